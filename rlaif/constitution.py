@@ -1,0 +1,294 @@
+"""Constitutions: the principles a run critiques, revises and judges by.
+
+A constitution is a YAML (or JSON) document; `constitutions/README.md` documents the format.
+`load_constitution()` validates it with pydantic and reports *every* problem at once as
+`file:line: field: message`, mapping each pydantic error location back to the YAML node it came from.
+Each constitution has a content SHA-256 (of its canonical JSON), so a run pins the exact version it used.
+
+    rlaif constitutions check constitutions/*.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+Tag = Literal["helpful", "honest", "harmless"]
+PrincipleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+
+MAX_CONSTITUTION_BYTES = 1_000_000
+MAX_YAML_NODES = 50_000
+MAX_YAML_DEPTH = 32
+
+
+class Principle(BaseModel):
+    """One principle: how to critique and revise under it (SL-CAI), and how to judge by it (RL-CAI)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: PrincipleId = Field(description="Stable identifier, unique within the constitution (lower-case, digits, - and _).")
+    tags: list[Tag] = Field(min_length=1, description="Which of helpful/honest/harmless the principle is about.")
+    critique: Text = Field(description="Critique request: asks the model to point out what is wrong with its answer.")
+    revision: Text = Field(description="Revision request: asks the model to rewrite its answer to fix the critique.")
+    comparison: Text = Field(
+        description="Comparison question for the judge, e.g. 'Which response is less harmful?'. "
+        "The options (A) and (B) are appended by the judge."
+    )
+
+
+class CritiqueExample(BaseModel):
+    """A worked critique-and-revision example, prepended as few-shot context (Bai et al. 2022, sec. 3.1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: Text = Field(description="The user's request.")
+    response: Text = Field(description="The assistant's first answer.")
+    principle: PrincipleId = Field(description="Id of the principle whose critique and revision requests were used.")
+    critique: Text = Field(description="The critique written under that principle.")
+    revision: Text = Field(description="The revised answer.")
+
+
+class ComparisonExample(BaseModel):
+    """A worked judge example: a prompt with a better and a worse response (few-shot context for the judge)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: Text = Field(description="The user's request.")
+    better: Text = Field(description="The response the judge should prefer.")
+    worse: Text = Field(description="The response the judge should not prefer.")
+
+
+class Constitution(BaseModel):
+    """A named set of principles with optional few-shot examples."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = Field(
+        description="Short name of the constitution."
+    )
+    description: str = Field(default="", max_length=4000, description="What the constitution is for.")
+    principles: list[Principle] = Field(min_length=1, max_length=512, description="The principles.")
+    critique_examples: list[CritiqueExample] = Field(
+        default_factory=list, max_length=16, description="Few-shot critique-and-revision examples."
+    )
+    comparison_examples: list[ComparisonExample] = Field(
+        default_factory=list, max_length=16, description="Few-shot examples for the judge."
+    )
+
+    @model_validator(mode="after")
+    def _check_ids(self) -> Constitution:
+        seen: dict[str, int] = {}
+        errors: list[str] = []
+        for index, principle in enumerate(self.principles):
+            if principle.id in seen:
+                errors.append(f"principles[{index}].id: duplicate principle id {principle.id!r} (first at principles[{seen[principle.id]}])")
+            seen.setdefault(principle.id, index)
+        for index, example in enumerate(self.critique_examples):
+            if example.principle not in seen:
+                errors.append(f"critique_examples[{index}].principle: unknown principle id {example.principle!r}")
+        if errors:
+            # A ValueError's message becomes one pydantic error; the loader splits it back per field.
+            raise ValueError("\n".join(errors))
+        return self
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of the canonical JSON form: equal for equal content whatever the YAML layout."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def principle(self, principle_id: str) -> Principle:
+        for principle in self.principles:
+            if principle.id == principle_id:
+                return principle
+        raise KeyError(f"constitution {self.name!r} has no principle {principle_id!r}")
+
+    def select(self, selectors: Sequence[str] | None) -> list[Principle]:
+        """Principles matching any selector: a principle id, or `tag:<tag>`. None or empty selects all."""
+        if not selectors:
+            return list(self.principles)
+        ids = {p.id for p in self.principles}
+        tags = {"helpful", "honest", "harmless"}
+        unknown = [s for s in selectors if not (s in ids or (s.startswith("tag:") and s[4:] in tags))]
+        if unknown:
+            raise ValueError(
+                f"unknown principle selector(s) {unknown} for constitution {self.name!r}: "
+                f"use a principle id ({', '.join(sorted(ids)[:5])}, ...) or tag:helpful|honest|harmless"
+            )
+        chosen = [p for p in self.principles if p.id in selectors or any(f"tag:{t}" in selectors for t in p.tags)]
+        if not chosen:
+            raise ValueError(f"selectors {list(selectors)} match no principle of constitution {self.name!r}")
+        return chosen
+
+
+def sample_principles(principles: Sequence[Principle], k: int, rng: random.Random) -> list[Principle]:
+    """k principles drawn independently (with replacement), as the paper samples one per round or label."""
+    if not principles:
+        raise ValueError("cannot sample from an empty list of principles")
+    return [rng.choice(list(principles)) for _ in range(k)]
+
+
+class ConstitutionError(ValueError):
+    """Every problem found in one constitution document, each as `source:line: field: message`."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs and absurd nesting before building Python objects."""
+
+
+def _compose_checked(text: str, source: str) -> yaml.Node | None:
+    try:
+        node = yaml.compose(text, Loader=_BoundedLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConstitutionError(source, [f"{source}:{line}: <document>: invalid YAML: {problem}"]) from None
+    if node is None:
+        return None
+    # Walk the node graph counting nodes *with* alias expansion, so a billion-laughs document fails fast.
+    count = 0
+    stack: list[tuple[yaml.Node, int]] = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise ConstitutionError(source, [f"{source}:1: <document>: more than {MAX_YAML_NODES} YAML nodes (alias bomb?)"])
+        if depth > MAX_YAML_DEPTH:
+            line = current.start_mark.line + 1
+            raise ConstitutionError(source, [f"{source}:{line}: <document>: nested deeper than {MAX_YAML_DEPTH} levels"])
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in current.value)
+        elif isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+    return node
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int:
+    """1-based line of the YAML node at pydantic location `loc` (the deepest existing ancestor)."""
+    if node is None:
+        return 1
+    current = node
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(current, yaml.MappingNode) and isinstance(part, str):
+            for key, value in current.value:
+                if key.value == part:
+                    child = value
+                    break
+        elif isinstance(current, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(current.value):
+            child = current.value[part]
+        if child is None:
+            break
+        current = child
+    return current.start_mark.line + 1
+
+
+def _format_loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<document>"
+
+
+def _parse_loc(path: str) -> list[int | str]:
+    """Inverse of _format_loc for messages raised by our own validators ("principles[3].id")."""
+    loc: list[int | str] = []
+    for chunk in path.replace("]", "").split("."):
+        name, *indices = chunk.split("[")
+        if name:
+            loc.append(name)
+        loc.extend(int(i) for i in indices)
+    return loc
+
+
+def _problems(exc: ValidationError, node: yaml.Node | None, source: str) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        message = error["msg"]
+        if error["type"] == "value_error" and ": " in message:
+            # Our model validator packs several "field: message" lines into one ValueError.
+            for line in message.removeprefix("Value error, ").splitlines():
+                field, _, text = line.partition(": ")
+                sub_loc = loc + _parse_loc(field)
+                problems.append(f"{source}:{_line_of(node, sub_loc)}: {_format_loc(sub_loc)}: {text}")
+            continue
+        if error["type"] == "missing":
+            message = "field required"
+        problems.append(f"{source}:{_line_of(node, loc)}: {_format_loc(loc)}: {message}")
+    return problems
+
+
+def parse_constitution(text: str | bytes, source: str = "<request>") -> Constitution:
+    """Validate a constitution document (YAML or JSON, which is YAML) and return it, or raise ConstitutionError."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_CONSTITUTION_BYTES:
+            raise ConstitutionError(source, [f"{source}:1: <document>: larger than {MAX_CONSTITUTION_BYTES} bytes"])
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConstitutionError(source, [f"{source}:1: <document>: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    if len(text) > MAX_CONSTITUTION_BYTES:
+        raise ConstitutionError(source, [f"{source}:1: <document>: larger than {MAX_CONSTITUTION_BYTES} characters"])
+    if "\x00" in text:
+        raise ConstitutionError(source, [f"{source}:1: <document>: contains NUL bytes (binary file?)"])
+    node = _compose_checked(text, source)
+    if node is None:
+        raise ConstitutionError(source, [f"{source}:1: <document>: empty document"])
+    data: Any = _BoundedLoader(text).get_single_data()
+    if not isinstance(data, dict):
+        raise ConstitutionError(source, [f"{source}:{node.start_mark.line + 1}: <document>: expected a mapping at the top level"])
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as exc:
+        raise ConstitutionError(source, _problems(exc, node, source)) from None
+
+
+def load_constitution(path: str | Path) -> Constitution:
+    """Load and validate a constitution file; errors name the file, line and field."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConstitutionError(str(path), [f"{path}:1: <document>: cannot read file: {exc.strerror}"]) from None
+    return parse_constitution(raw, source=str(path))
+
+
+def shipped_constitutions_dir() -> Path:
+    """The `constitutions/` folder of this checkout (or the one named by RLAIF_CONSTITUTIONS_DIR)."""
+    from rlaif.settings import settings
+
+    return settings.constitutions_dir
+
+
+def resolve_constitution(name_or_path: str) -> Path:
+    """A shipped constitution by name ("harmless") or a path to a file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml", ".json"} and candidate.exists():
+        return candidate
+    folder = shipped_constitutions_dir()
+    for suffix in (".yaml", ".yml", ".json"):
+        shipped = folder / f"{name_or_path}{suffix}"
+        if shipped.exists():
+            return shipped
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise FileNotFoundError(f"no constitution {name_or_path!r}: not a file, and not one of the shipped {names}")
