@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 Tag = Literal["helpful", "honest", "harmless"]
 PrincipleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -34,8 +34,18 @@ class Principle(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: PrincipleId = Field(description="Stable identifier, unique within the constitution (lower-case, digits, - and _).")
+    id: PrincipleId = Field(
+        description="Stable identifier, unique within the constitution (lower-case, digits, - and _)."
+    )
     tags: list[Tag] = Field(min_length=1, description="Which of helpful/honest/harmless the principle is about.")
+
+    @field_validator("tags")
+    @classmethod
+    def _unique_tags(cls, tags: list[str]) -> list[str]:
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"duplicate tags in {tags}")
+        return tags
+
     critique: Text = Field(description="Critique request: asks the model to point out what is wrong with its answer.")
     revision: Text = Field(description="Revision request: asks the model to rewrite its answer to fix the critique.")
     comparison: Text = Field(
@@ -74,7 +84,9 @@ class Constitution(BaseModel):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = Field(
         description="Short name of the constitution."
     )
-    description: str = Field(default="", max_length=4000, description="What the constitution is for.")
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] = Field(
+        default="", description="What the constitution is for."
+    )
     principles: list[Principle] = Field(min_length=1, max_length=512, description="The principles.")
     critique_examples: list[CritiqueExample] = Field(
         default_factory=list, max_length=16, description="Few-shot critique-and-revision examples."
@@ -85,15 +97,7 @@ class Constitution(BaseModel):
 
     @model_validator(mode="after")
     def _check_ids(self) -> Constitution:
-        seen: dict[str, int] = {}
-        errors: list[str] = []
-        for index, principle in enumerate(self.principles):
-            if principle.id in seen:
-                errors.append(f"principles[{index}].id: duplicate principle id {principle.id!r} (first at principles[{seen[principle.id]}])")
-            seen.setdefault(principle.id, index)
-        for index, example in enumerate(self.critique_examples):
-            if example.principle not in seen:
-                errors.append(f"critique_examples[{index}].principle: unknown principle id {example.principle!r}")
+        errors = _cross_reference_problems(self.model_dump())
         if errors:
             # A ValueError's message becomes one pydantic error; the loader splits it back per field.
             raise ValueError("\n".join(errors))
@@ -127,6 +131,31 @@ class Constitution(BaseModel):
         if not chosen:
             raise ValueError(f"selectors {list(selectors)} match no principle of constitution {self.name!r}")
         return chosen
+
+
+def _cross_reference_problems(data: Any) -> list[str]:
+    """Duplicate principle ids and examples naming unknown principles, as 'field: message' lines.
+
+    Works on raw (possibly invalid) data too, so the loader can report these alongside field errors.
+    """
+    if not isinstance(data, dict):
+        return []
+    principles = data.get("principles") if isinstance(data.get("principles"), list) else []
+    examples = data.get("critique_examples") if isinstance(data.get("critique_examples"), list) else []
+    seen: dict[str, int] = {}
+    errors: list[str] = []
+    for index, principle in enumerate(principles):
+        pid = principle.get("id") if isinstance(principle, dict) else None
+        if not isinstance(pid, str):
+            continue
+        if pid in seen:
+            errors.append(f"principles[{index}].id: duplicate principle id {pid!r} (first at principles[{seen[pid]}])")
+        seen.setdefault(pid, index)
+    for index, example in enumerate(examples):
+        ref = example.get("principle") if isinstance(example, dict) else None
+        if isinstance(ref, str) and seen and ref not in seen:
+            errors.append(f"critique_examples[{index}].principle: unknown principle id {ref!r}")
+    return errors
 
 
 def sample_principles(principles: Sequence[Principle], k: int, rng: random.Random) -> list[Principle]:
@@ -164,21 +193,36 @@ def _compose_checked(text: str, source: str) -> yaml.Node | None:
         return None
     # Walk the node graph counting nodes *with* alias expansion, so a billion-laughs document fails fast.
     count = 0
+    duplicates: list[tuple[int, str]] = []
     stack: list[tuple[yaml.Node, int]] = [(node, 1)]
     while stack:
         current, depth = stack.pop()
         count += 1
         if count > MAX_YAML_NODES:
-            raise ConstitutionError(source, [f"{source}:1: <document>: more than {MAX_YAML_NODES} YAML nodes (alias bomb?)"])
+            raise ConstitutionError(
+                source, [f"{source}:1: <document>: more than {MAX_YAML_NODES} YAML nodes (alias bomb?)"]
+            )
         if depth > MAX_YAML_DEPTH:
             line = current.start_mark.line + 1
-            raise ConstitutionError(source, [f"{source}:{line}: <document>: nested deeper than {MAX_YAML_DEPTH} levels"])
+            raise ConstitutionError(
+                source, [f"{source}:{line}: <document>: nested deeper than {MAX_YAML_DEPTH} levels"]
+            )
         if isinstance(current, yaml.SequenceNode):
             stack.extend((child, depth + 1) for child in current.value)
         elif isinstance(current, yaml.MappingNode):
+            keys: set[str] = set()
             for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in keys:
+                        line = key.start_mark.line + 1
+                        duplicates.append(
+                            (line, f"{source}:{line}: {key.value}: duplicate key (YAML keeps only the last)")
+                        )
+                    keys.add(key.value)
                 stack.append((key, depth + 1))
                 stack.append((value, depth + 1))
+    if duplicates:
+        raise ConstitutionError(source, [message for _, message in sorted(duplicates)])
     return node
 
 
@@ -246,7 +290,9 @@ def parse_constitution(text: str | bytes, source: str = "<request>") -> Constitu
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ConstitutionError(source, [f"{source}:1: <document>: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+            raise ConstitutionError(
+                source, [f"{source}:1: <document>: not UTF-8 text ({exc.reason} at byte {exc.start})"]
+            ) from None
     if len(text) > MAX_CONSTITUTION_BYTES:
         raise ConstitutionError(source, [f"{source}:1: <document>: larger than {MAX_CONSTITUTION_BYTES} characters"])
     if "\x00" in text:
@@ -256,11 +302,22 @@ def parse_constitution(text: str | bytes, source: str = "<request>") -> Constitu
         raise ConstitutionError(source, [f"{source}:1: <document>: empty document"])
     data: Any = _BoundedLoader(text).get_single_data()
     if not isinstance(data, dict):
-        raise ConstitutionError(source, [f"{source}:{node.start_mark.line + 1}: <document>: expected a mapping at the top level"])
+        raise ConstitutionError(
+            source, [f"{source}:{node.start_mark.line + 1}: <document>: expected a mapping at the top level"]
+        )
     try:
         return Constitution.model_validate(data)
     except ValidationError as exc:
-        raise ConstitutionError(source, _problems(exc, node, source)) from None
+        problems = _problems(exc, node, source)
+    # Field errors stop pydantic before the cross-reference check; run it on the raw data so that
+    # *every* problem is reported in one go.
+    for line in _cross_reference_problems(data):
+        field, _, text = line.partition(": ")
+        loc = _parse_loc(field)
+        problem = f"{source}:{_line_of(node, loc)}: {_format_loc(loc)}: {text}"
+        if problem not in problems:
+            problems.append(problem)
+    raise ConstitutionError(source, problems)
 
 
 def load_constitution(path: str | Path) -> Constitution:

@@ -9,9 +9,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import typer  # noqa: E402
+import typer
 
-from rlaif.cli import constitutions, models  # noqa: E402
+from rlaif.cli import constitutions, models
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Constitutional AI / RLAIF as a service.")
 app.add_typer(models.app, name="models")

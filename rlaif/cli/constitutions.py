@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from rlaif.constitution import ConstitutionError, load_constitution
 
 app = typer.Typer(no_args_is_help=True, help="Validate and inspect constitution files.")
-console = Console(stderr=True)
 
 
 @app.command("check")
@@ -23,9 +22,11 @@ def check_command(files: list[Path] = typer.Argument(..., help="Constitution YAM
         except ConstitutionError as exc:
             failed = True
             for problem in exc.problems:
-                console.print(problem, markup=False, highlight=False)
+                print(problem, file=sys.stderr)
             continue
-        print(f"{path}: ok: {constitution.name}, {len(constitution.principles)} principles, sha256 {constitution.sha256[:16]}")
+        print(
+            f"{path}: ok: {constitution.name}, {len(constitution.principles)} principles, sha256 {constitution.sha256[:16]}"
+        )
     if failed:
         raise typer.Exit(2)
 
@@ -37,8 +38,10 @@ def show_command(path: Path = typer.Argument(..., help="Constitution file.")) ->
         constitution = load_constitution(path)
     except ConstitutionError as exc:
         for problem in exc.problems:
-            console.print(problem, markup=False, highlight=False)
+            print(problem, file=sys.stderr)
         raise typer.Exit(2) from None
     for principle in constitution.principles:
-        print(f"{principle.id} [{', '.join(principle.tags)}]\n  critique:   {principle.critique}\n"
-              f"  revision:   {principle.revision}\n  comparison: {principle.comparison}")
+        print(
+            f"{principle.id} [{', '.join(principle.tags)}]\n  critique:   {principle.critique}\n"
+            f"  revision:   {principle.revision}\n  comparison: {principle.comparison}"
+        )
