@@ -51,7 +51,9 @@ class GenerationBackendConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="Compute dtype; 'auto' = bfloat16 where the CPU/GPU supports it fast, else float32."
     )
-    batch_size: int = Field(default=16, ge=1, le=1024, description="Sequences per generate call (transformers backend).")
+    batch_size: int = Field(
+        default=16, ge=1, le=1024, description="Sequences per generate call (transformers backend)."
+    )
 
 
 class CritiqueConfig(_Section):
@@ -64,7 +66,9 @@ class CritiqueConfig(_Section):
     few_shot: int = Field(
         default=1, ge=0, le=16, description="Few-shot critique examples from the constitution prepended to each prompt."
     )
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling for answers, critiques, revisions.")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="Sampling for answers, critiques, revisions."
+    )
 
 
 class SFTConfig(_Section):
@@ -74,7 +78,9 @@ class SFTConfig(_Section):
     learning_rate: float = Field(default=2e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(default=0.1, ge=0, le=1, description="Fraction of steps with linear warm-up.")
-    batch_size: int = Field(default=8, ge=1, description="Sequences per optimizer step (all devices, all accumulation).")
+    batch_size: int = Field(
+        default=8, ge=1, description="Sequences per optimizer step (all devices, all accumulation)."
+    )
     micro_batch_size: int = Field(default=4, ge=1, description="Sequences per forward pass on one device.")
     max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens kept per example.")
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out slice of the data for eval loss.")
@@ -152,10 +158,15 @@ class PPOConfig(_Section):
     learning_rate: float = Field(default=1e-6, gt=0, le=1.0, description="AdamW learning rate (blog: 1e-5 / 3e-6).")
     response_length: int = Field(default=48, ge=1, le=4096, description="Most tokens per rolled-out response.")
     temperature: float = Field(
-        default=0.7, gt=0, le=5.0, description="Sampling temperature; logits are divided by it in rollout *and* training."
+        default=0.7,
+        gt=0,
+        le=5.0,
+        description="Sampling temperature; logits are divided by it in rollout *and* training.",
     )
     kl_coef: float = Field(default=0.05, ge=0, description="Initial beta of the per-token KL penalty (blog: 0.05).")
-    kl_estimator: Literal["k1", "k3"] = Field(default="k1", description="KL estimator: k1 = logp - ref_logp; k3 = unbiased low-variance.")
+    kl_estimator: Literal["k1", "k3"] = Field(
+        default="k1", description="KL estimator: k1 = logp - ref_logp; k3 = unbiased low-variance."
+    )
     adaptive_kl: bool = Field(default=False, description="Adapt beta towards kl_target (Ziegler et al. 2019).")
     kl_target: float = Field(default=6.0, gt=0, description="Target KL (nats per sequence) of the adaptive controller.")
     kl_horizon: int = Field(default=10000, ge=1, description="Horizon (episodes) of the adaptive controller.")
@@ -185,8 +196,14 @@ class PPOConfig(_Section):
     @model_validator(mode="after")
     def _derive(self) -> PPOConfig:
         batch = self.prompts_per_step * self.samples_per_prompt
-        minibatch = exact_div(batch, self.num_minibatches, f"ppo.batch_size {batch} (prompts_per_step x samples_per_prompt) / ppo.num_minibatches")
-        exact_div(minibatch, min(self.micro_batch_size, minibatch), f"ppo.minibatch_size {minibatch} / ppo.micro_batch_size")
+        minibatch = exact_div(
+            batch,
+            self.num_minibatches,
+            f"ppo.batch_size {batch} (prompts_per_step x samples_per_prompt) / ppo.num_minibatches",
+        )
+        exact_div(
+            minibatch, min(self.micro_batch_size, minibatch), f"ppo.minibatch_size {minibatch} / ppo.micro_batch_size"
+        )
         updates = exact_div(self.total_episodes, batch, f"ppo.total_episodes / ppo.batch_size {batch}")
         object.__setattr__(self, "batch_size", batch)
         object.__setattr__(self, "minibatch_size", minibatch)
@@ -197,7 +214,9 @@ class PPOConfig(_Section):
 class EvalConfig(_Section):
     """Stage 7: the aligned policy against the base on held-out prompts."""
 
-    holdout_fraction: float = Field(default=0.2, ge=0, lt=1, description="Fraction of the prompt set held out for evaluation.")
+    holdout_fraction: float = Field(
+        default=0.2, ge=0, lt=1, description="Fraction of the prompt set held out for evaluation."
+    )
     max_prompts: int = Field(default=16, ge=1, description="Most held-out prompts evaluated.")
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=64),
@@ -213,10 +232,17 @@ class RunConfig(_Section):
         default=DEFAULT_MODEL, description="Base model: a registry name, a local Hugging Face folder or a hub id."
     )
     iterations: int = Field(
-        default=1, ge=1, le=10, description="RLAIF iterations: pairs -> judge -> reward model -> PPO, repeated from the new policy."
+        default=1,
+        ge=1,
+        le=10,
+        description="RLAIF iterations: pairs -> judge -> reward model -> PPO, repeated from the new policy.",
     )
-    shard_size: int = Field(default=8, ge=1, le=10000, description="Items per generation/judging shard (unit of fan-out).")
-    generation: GenerationBackendConfig = Field(default_factory=GenerationBackendConfig, description="Generation engine.")
+    shard_size: int = Field(
+        default=8, ge=1, le=10000, description="Items per generation/judging shard (unit of fan-out)."
+    )
+    generation: GenerationBackendConfig = Field(
+        default_factory=GenerationBackendConfig, description="Generation engine."
+    )
     critique: CritiqueConfig = Field(default_factory=CritiqueConfig, description="Stage 1: critique and revise.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Stage 2: SFT.")
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="Stage 3: paired responses.")

