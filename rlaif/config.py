@@ -69,6 +69,12 @@ class CritiqueConfig(_Section):
     sampling: SamplingConfig = Field(
         default_factory=SamplingConfig, description="Sampling for answers, critiques, revisions."
     )
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="Prompts critiqued together: each step of a round is one batched generate call.",
+    )
 
 
 class SFTConfig(_Section):
@@ -85,11 +91,21 @@ class SFTConfig(_Section):
     max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens kept per example.")
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out slice of the data for eval loss.")
     helpful_mix: float = Field(
-        default=0.0, ge=0, le=1, description="Fraction of extra helpful-only examples mixed into the SFT data."
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Helpful-only examples (the run's inputs/helpful_sft.jsonl) mixed into the training data, as a "
+        "fraction of the revision examples (0.5 = one helpful example per two revisions; Bai et al. sec. 3.1).",
     )
     lora_rank: int = Field(default=0, ge=0, le=256, description="LoRA rank via peft; 0 = full fine-tuning.")
     lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / rank).")
     checkpoint_every: int = Field(default=50, ge=1, description="Optimizer steps between resumable step checkpoints.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Clip the global gradient norm to this value.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Matmul precision: bfloat16 autocast over fp32 master weights, or plain float32; 'auto' = bf16 "
+        "where the CPU/GPU does it natively (~5x faster on AVX512-BF16 CPUs).",
+    )
 
 
 class PairsConfig(_Section):
@@ -121,6 +137,21 @@ class JudgeConfig(_Section):
     )
     batch_size: int = Field(default=8, ge=1, le=1024, description="Judge prompts per forward pass.")
     max_length: int = Field(default=1024, ge=64, le=32768, description="Longest judge prompt in tokens.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="float32",
+        description="Judge compute dtype. float32 by default: the label lives in the small difference between the two "
+        "orders, which bfloat16 rounding often erases (exact 0.5 ties; see bench/README.md, Judge). 'auto' = bfloat16 "
+        "where the hardware runs it natively.",
+    )
+    share_prefix: bool = Field(
+        default=True,
+        description="Run the prefix shared by a group of judge prompts (system prompt, few-shot turns) once and reuse "
+        "its keys/values for every batch of the group.",
+    )
+    cot_sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=96),
+        description="Sampling of the judge's chain of thought (greedy by default, so labels are reproducible).",
+    )
 
     @model_validator(mode="after")
     def _check_clamp(self) -> JudgeConfig:
@@ -141,6 +172,13 @@ class RewardModelConfig(_Section):
     max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens per side.")
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out slice of the AI-labelled pairs.")
     checkpoint_every: int = Field(default=50, ge=1, description="Optimizer steps between resumable step checkpoints.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Clip the global gradient norm to this value.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Matmul precision: bfloat16 autocast over fp32 master weights, or plain float32; 'auto' = bf16 "
+        "where the CPU/GPU does it natively.",
+    )
 
 
 class PPOConfig(_Section):
@@ -187,6 +225,16 @@ class PPOConfig(_Section):
         default=None, gt=0, description="Stop the PPO epochs of an update early when approx. KL exceeds this."
     )
     checkpoint_every: int = Field(default=4, ge=1, description="PPO updates between resumable step checkpoints.")
+    anneal_lr: bool = Field(
+        default=True,
+        description="Decay the learning rate linearly to 0 over the updates (cleanrl / lm-human-preferences).",
+    )
+    max_prompt_tokens: int = Field(
+        default=256, ge=8, le=32768, description="Chat-templated prompts longer than this are left out of the rollouts."
+    )
+    sample_every: int = Field(
+        default=4, ge=1, description="PPO updates between logged sample tables (prompt, response, score, kl)."
+    )
 
     # Derived, never set by users (style guide 7).
     batch_size: int = Field(default=0, description="Derived: prompts_per_step x samples_per_prompt.")
@@ -211,6 +259,38 @@ class PPOConfig(_Section):
         return self
 
 
+class MonitorConfig(_Section):
+    """Goodhart monitors over PPO metrics (rlaif/evaluation/monitors.py): alerts, early stop, checkpoint to keep."""
+
+    early_stop: bool = Field(
+        default=False, description="Stop PPO when some monitor has alerted at each of the last `patience` updates."
+    )
+    patience: int = Field(default=2, ge=1, le=1000, description="Consecutive alerting updates before an early stop.")
+    keep_best: Literal["last", "objective/scores", "objective/rlhf_reward", "eval/judge_score"] = Field(
+        default="last",
+        description="Metric that picks the checkpoint to keep (highest, among updates without an alert); 'last' keeps "
+        "the newest.",
+    )
+    window: int = Field(
+        default=3, ge=1, le=1000, description="Updates averaged at each end for length drift and trends."
+    )
+    kl_max: float = Field(default=20.0, gt=0, description="Alert when objective/kl (nats per sequence) exceeds this.")
+    length_drift_max: float = Field(
+        default=2.0,
+        gt=1,
+        description="Alert when the mean response length grows (or shrinks) by more than this factor.",
+    )
+    boilerplate_max: float = Field(
+        default=0.5, gt=0, le=1, description="Alert when more than this fraction of answers share one sentence."
+    )
+    rm_judge_gap_max: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Alert when the reward model prefers the aligned answers this much more often than the judge does.",
+    )
+
+
 class EvalConfig(_Section):
     """Stage 7: the aligned policy against the base on held-out prompts."""
 
@@ -222,6 +302,54 @@ class EvalConfig(_Section):
         default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=64),
         description="Sampling of evaluation answers (greedy by default, so runs compare).",
     )
+    extra_sets: list[Literal["red_team", "helpful", "xstest", "advbench"]] = Field(
+        default_factory=list,
+        description="Named evaluation sets read from the data folder (RLAIF_DATA_DIR): red_team and helpful add "
+        "harmlessness and helpfulness win rates, xstest adds refusal (unsafe) and over-refusal (safe) rates, advbench "
+        "adds the refusal rate on harmful instructions.",
+    )
+    data_split: Literal["dev", "test"] = Field(
+        default="dev", description="Which split of the named sets to read: <data dir>/<set file>.<split>.jsonl."
+    )
+    prompts_per_set: int = Field(
+        default=16,
+        ge=1,
+        le=10000,
+        description="Prompts drawn (seeded) from each named set; XSTest half safe, half unsafe.",
+    )
+    human_pairs: int = Field(
+        default=0,
+        ge=0,
+        le=100000,
+        description="Human-labelled pairs (preference_pairs.<split>.jsonl in the data folder) for the judge audit and the "
+        "reward model's human accuracy; 0 skips both.",
+    )
+    harmless_principles: list[str] = Field(
+        default_factory=lambda: ["tag:harmless"],
+        description="Principle ids or tag:<tag> selectors judging harmlessness.",
+    )
+    helpful_principles: list[str] = Field(
+        default_factory=lambda: ["tag:helpful"], description="Principle ids or tag:<tag> selectors judging helpfulness."
+    )
+    principles_per_pair: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="Principles (drawn without replacement, seeded) whose both-order judgements are averaged per pair.",
+    )
+    tie_margin: float = Field(
+        default=0.0, ge=0, lt=0.5, description="A pair with |P(win) - 1/2| <= this counts as a tie (half a win)."
+    )
+    bootstrap_resamples: int = Field(
+        default=1000, ge=1, le=100000, description="Bootstrap resamples for the soft win-rate intervals."
+    )
+    refusal_judge: bool = Field(
+        default=True, description="Also detect refusals with the judge model (besides the string patterns)."
+    )
+    samples_in_report: int = Field(
+        default=8, ge=0, le=1000, description="Side-by-side sample answers shown in the report."
+    )
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Goodhart monitors over PPO.")
 
 
 class RunConfig(_Section):

@@ -34,7 +34,9 @@ class CritiqueRecord(_Record):
     rounds: list[CritiqueRound]
     final_revision: str
     kept: bool = Field(description="False when a quality check dropped the final revision from the SFT data.")
-    flags: list[str] = Field(default_factory=list, description="Quality-check findings (empty, unchanged, meta-text...).")
+    flags: list[str] = Field(
+        default_factory=list, description="Quality-check findings (empty, unchanged, meta-text...)."
+    )
 
 
 class SFTExample(_Record):
@@ -68,7 +70,9 @@ class PrincipleJudgement(_Record):
 
     principle_id: str
     p_a: float = Field(description="P(A) with response_a shown as option (A).")
-    p_a_swapped: float = Field(description="P(response_a better) with response_a shown as option (B), i.e. 1 - P(A) of the swapped prompt.")
+    p_a_swapped: float = Field(
+        description="P(response_a better) with response_a shown as option (B), i.e. 1 - P(A) of the swapped prompt."
+    )
     p_a_mean: float = Field(description="Mean of the two orders: the position-debiased soft label.")
     flip: bool = Field(description="The two orders disagree about which response is better.")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +22,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RLAIF_", extra="ignore")
 
-    home: Path = Field(default_factory=_default_home, description="Root for caches, the default database and artifacts.")
+    home: Path = Field(
+        default_factory=_default_home, description="Root for caches, the default database and artifacts."
+    )
     model_cache: Path | None = Field(default=None, description="Converted-model cache (default: <home>/models).")
-    artifact_root: Path | None = Field(default=None, description="Datasets and checkpoints (default: <home>/artifacts).")
+    artifact_root: Path | None = Field(
+        default=None, description="Datasets and checkpoints (default: <home>/artifacts)."
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the run store (default: sqlite:///<home>/rlaif.db)."
     )
@@ -33,7 +37,57 @@ class Settings(BaseSettings):
     constitutions_dir: Path = Field(
         default=_REPO_ROOT / "constitutions", description="Folder of shipped constitution files listed by the API."
     )
-    api_keys: str = Field(default="", description="Comma-separated `key:owner` pairs (or bare keys) accepted by the API.")
+    api_keys: str = Field(
+        default="", description="Comma-separated `key:owner` pairs (or bare keys) accepted by the API."
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Folder of the named evaluation sets (eval.extra_sets: xstest, advbench, red_team, helpful) and "
+        "the human-labelled preference pairs; runs name sets by choice, never by path.",
+    )
+
+    # Service (API, workers, CLI client).
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI client finds the REST API.")
+    api_key: str | None = Field(default=None, description="Bearer key the CLI client sends to the REST API.")
+    max_upload_bytes: int = Field(
+        default=10_000_000, ge=1, description="Largest constitution or prompt-set upload the API accepts (413 above)."
+    )
+    lease_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A worker's lease on a stage or shard lapses this long after its last heartbeat.",
+    )
+    heartbeat_s: float = Field(
+        default=10.0, gt=0, description="Seconds between lease heartbeats (well below lease_ttl_s)."
+    )
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Redis visibility timeout: an unacknowledged task is redelivered after this long.",
+    )
+    sweep_interval_s: float = Field(
+        default=30.0, gt=0, description="Seconds between control sweeps that re-enqueue stale stages and shards."
+    )
+
+    @model_validator(mode="after")
+    def _check_timings(self) -> Settings:
+        # A busy second delivery retries after lease_ttl_s; that retry must come before Redis redelivers again.
+        if self.lease_ttl_s >= self.visibility_timeout_s:
+            raise ValueError(
+                f"RLAIF_LEASE_TTL_S {self.lease_ttl_s} must be below RLAIF_VISIBILITY_TIMEOUT_S {self.visibility_timeout_s}"
+            )
+        if self.heartbeat_s >= self.lease_ttl_s:
+            raise ValueError(f"RLAIF_HEARTBEAT_S {self.heartbeat_s} must be below RLAIF_LEASE_TTL_S {self.lease_ttl_s}")
+        return self
+
+    def api_key_owners(self) -> dict[str, str]:
+        """{key: owner} from `api_keys`; a bare key belongs to owner "default"."""
+        owners: dict[str, str] = {}
+        for entry in self.api_keys.split(","):
+            key, _, owner = entry.strip().partition(":")
+            if key:
+                owners[key] = owner.strip() or "default"
+        return owners
 
     @property
     def models_dir(self) -> Path:

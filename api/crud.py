@@ -1,0 +1,211 @@
+"""Row helpers shared by the routes: owner-scoped look-ups, constitution versions, row -> schema conversion."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import not_found
+from api.schemas import (
+    CheckpointFile,
+    CheckpointPublic,
+    ConstitutionDetail,
+    ConstitutionPublic,
+    PrincipleSummary,
+    RunPublic,
+    RunSummary,
+    StageStatus,
+)
+from rlaif.config import RunConfig
+from rlaif.constitution import Constitution, ConstitutionError, load_constitution
+from rlaif.db import (
+    SHIPPED_OWNER,
+    CheckpointRow,
+    ConstitutionRow,
+    PromptSetRow,
+    RunRow,
+    StageRunRow,
+    insert_ignore,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+# (path, mtime_ns, size) -> parsed constitution, so a listing re-parses only files that changed; and the
+# (database, file version) pairs already registered, so a listing writes only when a file changed.
+_SHIPPED_CACHE: dict[tuple[str, int, int], Constitution | None] = {}
+_REGISTERED: set[tuple[str, tuple[str, int, int]]] = set()
+
+
+def constitution_id(owner: str, sha256: str) -> str:
+    """Deterministic version id: the same content from the same owner is the same version."""
+    return "con-" + hashlib.sha256(f"{owner}\n{sha256}".encode()).hexdigest()[:16]
+
+
+def upsert_constitution(
+    session: Session, owner: str, constitution: Constitution, source: str
+) -> tuple[ConstitutionRow, bool]:
+    """The row of this version (inserted when new); True when it was new."""
+    sha = constitution.sha256
+    row = {
+        "id": constitution_id(owner, sha),
+        "owner": owner,
+        "sha256": sha,
+        "name": constitution.name,
+        "source": source,
+        "document": constitution.model_dump(mode="json"),
+        "principles": len(constitution.principles),
+        "created_at": utcnow(),
+    }
+    created = insert_ignore(session, ConstitutionRow, [row], unique=["owner", "sha256"]) > 0
+    return session.scalars(
+        select(ConstitutionRow).where(ConstitutionRow.owner == owner, ConstitutionRow.sha256 == sha)
+    ).one(), created
+
+
+def sync_shipped(session: Session, folder: Path) -> None:
+    """Register the current version of every valid file in the shipped folder (an edited file = a new version)."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in (".yaml", ".yml", ".json") or not path.is_file():
+            continue
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in _SHIPPED_CACHE:
+            try:
+                _SHIPPED_CACHE[key] = load_constitution(path)
+            except ConstitutionError as exc:
+                log.warning("shipped constitution %s is invalid and not listed:\n%s", path, exc)
+                _SHIPPED_CACHE[key] = None
+        constitution = _SHIPPED_CACHE[key]
+        database = str(session.get_bind().url)
+        if constitution is not None and (database, key) not in _REGISTERED:
+            upsert_constitution(session, SHIPPED_OWNER, constitution, source=path.name)
+            session.commit()
+            _REGISTERED.add((database, key))
+
+
+def get_constitution(session: Session, owner: str, ident: str) -> ConstitutionRow:
+    row = session.get(ConstitutionRow, ident)
+    if row is None or row.owner not in (owner, SHIPPED_OWNER):
+        raise not_found("constitution", ident)
+    return row
+
+
+def get_prompt_set(session: Session, owner: str, ident: str) -> PromptSetRow:
+    row = session.get(PromptSetRow, ident)
+    if row is None or row.owner != owner:
+        raise not_found("prompt set", ident)
+    return row
+
+
+def get_run(session: Session, owner: str, ident: str) -> RunRow:
+    row = session.get(RunRow, ident)
+    if row is None or row.owner != owner:
+        raise not_found("run", ident)
+    return row
+
+
+def get_checkpoint(session: Session, owner: str, ident: str) -> CheckpointRow:
+    row = session.get(CheckpointRow, ident)
+    if row is None or row.owner != owner:
+        raise not_found("checkpoint", ident)
+    return row
+
+
+# ---------------------------------------------------------------- row -> schema
+
+
+def constitution_public(row: ConstitutionRow, detail: bool = False) -> ConstitutionPublic:
+    principles = [PrincipleSummary(id=p["id"], tags=p["tags"]) for p in row.document["principles"]]
+    fields: dict[str, Any] = {
+        "id": row.id,
+        "name": row.name,
+        "owner": row.owner,
+        "source": row.source,
+        "sha256": row.sha256,
+        "principles": principles,
+        "created_at": row.created_at,
+    }
+    if detail:
+        return ConstitutionDetail(**fields, document=row.document)
+    return ConstitutionPublic(**fields)
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None:
+        return None
+    return round(((end or utcnow()) - start).total_seconds(), 3)
+
+
+def stage_status(row: StageRunRow) -> StageStatus:
+    result = row.result or {}
+    return StageStatus(
+        name=row.name,
+        kind=row.kind,
+        iteration=row.iteration,
+        queue=row.task.split(".", 1)[0],
+        status=row.status,
+        done=row.done,
+        total=row.total,
+        shards_done=row.shards_done,
+        shards_total=row.shards_total,
+        attempts=row.attempts,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        seconds=_seconds(row.started_at, row.finished_at),
+        error=row.error,
+        counts=result.get("counts", {}),
+        metrics=result.get("metrics", {}),
+    )
+
+
+def run_summary(row: RunRow, cfg: RunConfig | None = None) -> RunSummary:
+    cfg = cfg or RunConfig.model_validate_json(row.config_json)
+    return RunSummary(
+        id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        constitution_id=row.constitution_id,
+        prompt_set_id=row.prompt_set_id,
+        policy_model=cfg.policy_model,
+        iterations=cfg.iterations,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        error=row.error,
+    )
+
+
+def run_public(session: Session, row: RunRow) -> RunPublic:
+    cfg = RunConfig.model_validate_json(row.config_json)
+    stages = session.scalars(select(StageRunRow).where(StageRunRow.run_id == row.id).order_by(StageRunRow.position))
+    return RunPublic(
+        **run_summary(row, cfg).model_dump(),
+        constitution_sha256=row.constitution_sha256,
+        judge_model=cfg.judge.model or cfg.policy_model,
+        train_prompts=row.train_prompts,
+        eval_prompts=row.eval_prompts,
+        started_at=row.started_at,
+        stages=[stage_status(s) for s in stages],
+        config=cfg.model_dump(mode="json"),
+    )
+
+
+def checkpoint_public(row: CheckpointRow) -> CheckpointPublic:
+    files = [CheckpointFile(path=p, bytes=i["bytes"], sha256=i["sha256"]) for p, i in sorted(row.files.items())]
+    return CheckpointPublic(
+        id=row.id,
+        run_id=row.run_id,
+        stage=row.stage,
+        step=row.step,
+        metrics=row.metrics,
+        files=files,
+        created_at=row.created_at,
+        download_url=f"/v1/checkpoints/{row.id}/download",
+    )

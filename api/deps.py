@@ -1,0 +1,83 @@
+"""Typed dependencies of the routes: settings, a database session, the artifact store, the caller's owner name.
+
+The app keeps one engine, session factory, artifact store and Celery client on `app.state` (built by
+`api.main.create_app` from its Settings), so tests can build an app against their own database and broker.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from rlaif.settings import Settings
+from rlaif.store import ArtifactStore
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: ArtifactStore
+    celery: Celery
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.rlaif
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    """A session per request; committed by the route when it writes, rolled back otherwise."""
+    with state.sessions() as session:
+        yield session
+
+
+def get_store(state: StateDep) -> ArtifactStore:
+    return state.store
+
+
+def get_celery(state: StateDep) -> Celery:
+    return state.celery
+
+
+_bearer = HTTPBearer(
+    auto_error=False, description="An API key from RLAIF_API_KEYS, sent as `Authorization: Bearer <key>`."
+)
+
+
+def get_owner(state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The owner of the presented API key; 401 when it is missing or unknown. Keys are never logged."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'", challenge
+        )
+    presented = credentials.credentials.encode("utf-8")
+    owner = None
+    for key, who in state.settings.api_key_owners().items():
+        # Compare against every key, in constant time each, so timing tells nothing about which key matched.
+        if hmac.compare_digest(key.encode("utf-8"), presented):
+            owner = who
+    if owner is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", challenge)
+    return owner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,0 +1,45 @@
+"""The FastAPI app: `/v1` routers (one per resource), `/healthz`, OpenAPI docs at `/docs`.
+
+uvicorn api.main:app --port 8000        # or: rlaif serve
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from api.deps import AppState
+from api.errors import install_handlers
+from api.routes import checkpoints, constitutions, health, prompt_sets, reports, runs
+from rlaif import __version__
+from rlaif.db import get_engine, session_factory
+from rlaif.settings import Settings, settings
+from rlaif.store import ArtifactStore
+from workers.app import create_celery
+
+
+def create_app(cfg: Settings | None = None) -> FastAPI:
+    """An app on the database, artifact root and broker of `cfg` (default: the RLAIF_* environment)."""
+    cfg = cfg or settings
+    app = FastAPI(
+        title="rlaif",
+        version=__version__,
+        description="Constitutional AI / RLAIF as a service: upload a constitution and prompts, start a run, "
+        "watch its stages, download the aligned model. Authenticate with `Authorization: Bearer <API key>`.",
+    )
+    app.state.rlaif = AppState(
+        settings=cfg,
+        sessions=session_factory(get_engine(cfg.db_url)),
+        store=ArtifactStore(cfg.artifacts_dir),
+        celery=create_celery(cfg),
+    )
+    install_handlers(app)
+    v1 = APIRouter(prefix="/v1")
+    for module in (constitutions, prompt_sets, runs, checkpoints):
+        v1.include_router(module.router)
+    v1.include_router(reports.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,126 @@
+"""/v1/prompt-sets: upload prompts (JSONL body or file, or a JSON list), validated and de-duplicated; get a set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, status
+
+from api.crud import get_prompt_set
+from api.deps import OwnerDep, SessionDep
+from api.errors import ApiError, pydantic_problems
+from api.schemas import ErrorPublic, PromptPublic, PromptSetCreate, PromptSetPublic
+from api.uploads import UploadDep
+from rlaif.db import PromptSetRow, new_id
+from rlaif.prompts import MAX_PROMPTS, PromptSetError, parse_prompt_items
+
+router = APIRouter(prefix="/prompt-sets", tags=["prompt-sets"])
+
+PREVIEW = 10
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PromptSetCreate.model_json_schema()},
+            "application/x-ndjson": {"schema": {"type": "string", "description": 'One {"prompt": ...} per line.'}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+def _unprocessable(detail: str, errors: list[str] | None = None) -> ApiError:
+    return ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors or [])
+
+
+def _rows(body: bytes) -> tuple[list[Any], str | None]:
+    """Rows of a JSON document (a list, or {"name", "prompts"}) or of JSONL; the name if the body gave one."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _unprocessable(f"the upload is not UTF-8 text (byte {exc.start})") from None
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            document = None  # not one JSON document: read it as JSONL below
+        if isinstance(document, list):
+            return document, None
+        if isinstance(document, dict) and "prompts" in document:
+            try:
+                parsed = PromptSetCreate.model_validate(document)
+            except ValueError as exc:
+                raise _unprocessable("invalid prompt set body", pydantic_problems(exc)) from None  # type: ignore[arg-type]
+            return parsed.prompts, parsed.name
+    rows: list[Any] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            problems.append(f"<upload>:{number}: <line>: invalid JSON: {exc.msg}")
+    if problems:
+        raise _unprocessable(f"invalid JSONL: {len(problems)} bad line(s)", problems[:100])
+    return rows, None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_BODY,
+    responses={413: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
+)
+def create_prompt_set(
+    body: UploadDep,
+    session: SessionDep,
+    owner: OwnerDep,
+    name: str | None = Query(default=None, max_length=200, description="A label for the set (JSONL uploads)."),
+) -> PromptSetPublic:
+    """Store a validated, de-duplicated prompt set of the caller's."""
+    rows, body_name = _rows(body)
+    if len(rows) > MAX_PROMPTS:
+        raise ApiError(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"{len(rows)} prompts: a prompt set holds at most {MAX_PROMPTS}"
+        )
+    try:
+        items, duplicates = parse_prompt_items(rows, source="<upload>")
+    except PromptSetError as exc:
+        raise _unprocessable(f"invalid prompt set: {len(exc.problems)} problem(s)", exc.problems) from None
+    payload = [item.model_dump() for item in items]
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    row = PromptSetRow(
+        id=new_id("ps"),
+        owner=owner,
+        name=name or body_name or "prompts",
+        sha256=digest,
+        count=len(items),
+        duplicates=duplicates,
+        items=payload,
+    )
+    session.add(row)
+    session.commit()
+    return _public(row)
+
+
+@router.get("/{prompt_set_id}", responses={404: {"model": ErrorPublic}})
+def read_prompt_set(prompt_set_id: str, session: SessionDep, owner: OwnerDep) -> PromptSetPublic:
+    return _public(get_prompt_set(session, owner, prompt_set_id))
+
+
+def _public(row: PromptSetRow) -> PromptSetPublic:
+    return PromptSetPublic(
+        id=row.id,
+        name=row.name,
+        count=row.count,
+        duplicates=row.duplicates,
+        sha256=row.sha256,
+        created_at=row.created_at,
+        preview=[PromptPublic(**item) for item in row.items[:PREVIEW]],
+    )

@@ -1,0 +1,206 @@
+"""/v1/runs: start a run (config validated here, at the edge), list, status, events, metrics, cancel, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, status
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from api.crud import checkpoint_public, get_constitution, get_prompt_set, get_run, run_public, run_summary
+from api.deps import CeleryDep, OwnerDep, SessionDep, StoreDep
+from api.errors import ApiError, pydantic_problems
+from api.schemas import (
+    CheckpointsPublic,
+    ErrorPublic,
+    EventPublic,
+    EventsPublic,
+    MetricsPublic,
+    RunCreate,
+    RunPublic,
+    RunsPublic,
+    StageMetrics,
+)
+from rlaif import runs
+from rlaif.config import _DERIVED, RunConfig
+from rlaif.constitution import Constitution
+from rlaif.db import CheckpointRow, EventRow, RunRow, StageRunRow
+from rlaif.modeling import REGISTRY
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+_NOT_FOUND = {404: {"model": ErrorPublic}}
+
+
+def _unprocessable(detail: str, errors: list[str]) -> ApiError:
+    return ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors)
+
+
+def build_config(body: RunCreate) -> RunConfig:
+    """RunConfig defaults <- body.config overrides <- the body's explicit fields; 422 listing every problem."""
+    derived = [
+        f"config.{section}.{key}"
+        for section, keys in _DERIVED.items()
+        if isinstance(body.config.get(section), dict)
+        for key in keys
+        if key in body.config[section]
+    ]
+    if derived:
+        raise _unprocessable(
+            "derived config fields cannot be set", [f"{path}: derived, computed from other fields" for path in derived]
+        )
+    explicit: dict[str, Any] = {}
+    if body.policy_model is not None:
+        explicit["policy_model"] = body.policy_model
+    if body.iterations is not None:
+        explicit["iterations"] = body.iterations
+    if body.principles.critique is not None:
+        explicit["critique"] = {"principles": body.principles.critique}
+    judge: dict[str, Any] = {}
+    if body.principles.judge is not None:
+        judge["principles"] = body.principles.judge
+    if body.judge_model is not None:
+        judge["model"] = body.judge_model
+    if judge:
+        explicit["judge"] = judge
+    try:
+        return RunConfig().with_overrides(body.config).with_overrides(explicit)
+    except ValidationError as exc:
+        raise _unprocessable("invalid run config", pydantic_problems(exc, prefix=["config"])) from None
+
+
+def model_problem(name: str, field: str) -> str | None:
+    """Why `name` cannot be loaded by a worker, checked without importing torch (None when it can)."""
+    if name in REGISTRY:
+        return None
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return None if (folder / "config.json").exists() else f"{field}: {name} is a folder without config.json"
+    if os.environ.get("HF_HUB_OFFLINE", "1") == "1":
+        return f"{field}: unknown model {name!r}: use one of {sorted(REGISTRY)} or a Hugging Face folder on the server"
+    return None
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses={404: {"model": ErrorPublic}, 422: {"model": ErrorPublic}}
+)
+def create_run(body: RunCreate, session: SessionDep, store: StoreDep, owner: OwnerDep, celery: CeleryDep) -> RunPublic:
+    """Validate, pin the inputs (<run>/inputs/: train and held-out prompts, constitution, config) and start the run."""
+    constitution_row = get_constitution(session, owner, body.constitution_id)
+    prompt_set = get_prompt_set(session, owner, body.prompt_set_id)
+    cfg = build_config(body)
+    constitution = Constitution.model_validate(constitution_row.document)
+    problems = []
+    for field, selectors in (
+        ("principles.critique", cfg.critique.principles),
+        ("principles.judge", cfg.judge.principles),
+        # The evaluation runs last: a selector that matches nothing must fail now, not after the training.
+        ("config.eval.harmless_principles", cfg.eval.harmless_principles),
+        ("config.eval.helpful_principles", cfg.eval.helpful_principles),
+    ):
+        try:
+            constitution.select(selectors)
+        except ValueError as exc:
+            problems.append(f"{field}: {exc}")
+    for field, model in (("policy_model", cfg.policy_model), ("judge_model", cfg.judge.model)):
+        if model is not None and (problem := model_problem(model, field)):
+            problems.append(problem)
+    if cfg.sft.helpful_mix > 0:
+        problems.append("config.sft.helpful_mix: runs started through the API have no helpful-only examples; use 0")
+    if problems:
+        raise _unprocessable("invalid run", problems)
+    try:
+        run = runs.create_run(
+            session, store, owner=owner, constitution=constitution_row, prompt_set=prompt_set, cfg=cfg
+        )
+    except ValueError as exc:
+        raise _unprocessable("invalid run", [str(exc)]) from None
+    session.commit()
+    try:
+        celery.send_task(runs.ADVANCE, args=[run.id])
+    except Exception as exc:  # the broker is down: the run stays queued and the next control sweep starts it
+        log.warning("run %s created but not enqueued (%s); a control sweep will start it", run.id, type(exc).__name__)
+    return run_public(session, run)
+
+
+@router.get("")
+def list_runs(
+    session: SessionDep,
+    owner: OwnerDep,
+    skip: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+) -> RunsPublic:
+    """The caller's runs, newest first."""
+    count = session.scalar(select(func.count()).select_from(RunRow).where(RunRow.owner == owner)) or 0
+    rows = session.scalars(
+        select(RunRow).where(RunRow.owner == owner).order_by(RunRow.created_at.desc()).offset(skip).limit(limit)
+    )
+    return RunsPublic(data=[run_summary(r) for r in rows], count=count)
+
+
+@router.get("/{run_id}", responses=_NOT_FOUND)
+def read_run(run_id: str, session: SessionDep, owner: OwnerDep) -> RunPublic:
+    """Overall status and, per stage: status, done/total, timings, error, counts and final metrics."""
+    return run_public(session, get_run(session, owner, run_id))
+
+
+@router.get("/{run_id}/events", responses=_NOT_FOUND)
+def read_events(
+    run_id: str,
+    session: SessionDep,
+    owner: OwnerDep,
+    after: int = Query(0, ge=0, description="Return events with an id above this (the previous page's next_after)."),
+    limit: int = Query(100, ge=1, le=1000),
+    kind: Literal["message", "metrics"] | None = Query(None, description="Only this kind of event."),
+    stage: str | None = Query(None, description="Only events of this stage."),
+) -> EventsPublic:
+    """Events in order: log messages and per-step metrics."""
+    get_run(session, owner, run_id)
+    query = select(EventRow).where(EventRow.run_id == run_id, EventRow.id > after)
+    if kind is not None:
+        query = query.where(EventRow.kind == kind)
+    if stage is not None:
+        query = query.where(EventRow.stage == stage)
+    rows = session.scalars(query.order_by(EventRow.id).limit(limit)).all()
+    return EventsPublic(data=[EventPublic.model_validate(r) for r in rows], next_after=rows[-1].id if rows else after)
+
+
+@router.get("/{run_id}/metrics", responses=_NOT_FOUND)
+def read_metrics(run_id: str, session: SessionDep, owner: OwnerDep) -> MetricsPublic:
+    """Final metrics of every finished stage and the per-step history of training stages."""
+    get_run(session, owner, run_id)
+    stages = session.scalars(select(StageRunRow).where(StageRunRow.run_id == run_id).order_by(StageRunRow.position))
+    out = {s.name: StageMetrics(final=(s.result or {}).get("metrics", {}), history=[]) for s in stages}
+    events = session.scalars(
+        select(EventRow).where(EventRow.run_id == run_id, EventRow.kind == "metrics").order_by(EventRow.id)
+    )
+    for event in events:
+        if event.stage in out:
+            out[event.stage].history.append({**(event.data or {}), "step": event.step})
+    return MetricsPublic(stages=out)
+
+
+@router.post("/{run_id}/cancel", responses={**_NOT_FOUND, 409: {"model": ErrorPublic}})
+def cancel_run(run_id: str, session: SessionDep, owner: OwnerDep) -> RunPublic:
+    """Cancel a queued or running run; its workers stop at their next heartbeat. 409 when it already finished."""
+    run = get_run(session, owner, run_id)
+    if not runs.cancel(session, run):
+        raise ApiError(status.HTTP_409_CONFLICT, f"run {run_id} already finished ({run.status}); nothing to cancel")
+    session.commit()
+    return run_public(session, run)
+
+
+@router.get("/{run_id}/checkpoints", responses=_NOT_FOUND)
+def list_checkpoints(run_id: str, session: SessionDep, owner: OwnerDep) -> CheckpointsPublic:
+    """The run's model checkpoints: stage, step, metrics, and every file with its size and SHA-256."""
+    get_run(session, owner, run_id)
+    rows = session.scalars(
+        select(CheckpointRow).where(CheckpointRow.run_id == run_id).order_by(CheckpointRow.created_at)
+    ).all()
+    return CheckpointsPublic(data=[checkpoint_public(r) for r in rows], count=len(rows))

@@ -1,0 +1,211 @@
+"""Request and response bodies of the REST API (the OpenAPI schema at /docs is generated from these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorPublic(BaseModel):
+    """Every 4xx/5xx body: a one-line `detail`, and for validation failures each problem in `errors`."""
+
+    detail: str = Field(description="What went wrong, in one line.")
+    errors: list[str] = Field(default_factory=list, description="Every problem found, each naming its field or line.")
+
+
+# ---------------------------------------------------------------- constitutions
+
+
+class PrincipleSummary(_Public):
+    id: str
+    tags: list[str]
+
+
+class ConstitutionPublic(_Public):
+    id: str = Field(description="Version id; the same content uploaded again by the same owner gets the same id.")
+    name: str
+    owner: str = Field(description="The API key's owner, or 'shipped' for files of the server's constitutions folder.")
+    source: str = Field(description="'upload', or the shipped file's name.")
+    sha256: str = Field(description="SHA-256 of the canonical JSON content: the version.")
+    principles: list[PrincipleSummary]
+    created_at: datetime
+
+
+class ConstitutionDetail(ConstitutionPublic):
+    document: dict[str, Any] = Field(description="The validated constitution.")
+
+
+class ConstitutionsPublic(BaseModel):
+    data: list[ConstitutionPublic]
+    count: int
+
+
+# ---------------------------------------------------------------- prompt sets
+
+
+class PromptSetCreate(BaseModel):
+    """JSON body of POST /v1/prompt-sets (JSONL files can be uploaded as the raw body or a multipart file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="prompts", max_length=200, description="A label for the set.")
+    prompts: list[str | dict[str, Any]] = Field(description='Prompts: strings or {"prompt": ..., "id"?: ...} objects.')
+
+
+class PromptPublic(BaseModel):
+    id: str
+    prompt: str
+
+
+class PromptSetPublic(_Public):
+    id: str
+    name: str
+    count: int = Field(description="Prompts kept after de-duplication.")
+    duplicates: int = Field(description="Prompts dropped as duplicates of earlier ones.")
+    sha256: str
+    created_at: datetime
+    preview: list[PromptPublic] = Field(default_factory=list, description="The first prompts of the set.")
+
+
+# ---------------------------------------------------------------- runs
+
+
+class PrincipleSelection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    critique: list[str] | None = Field(
+        default=None, description="Principle ids or tag:<tag> selectors for critique-revise; null = all."
+    )
+    judge: list[str] | None = Field(
+        default=None, description="Principle ids or tag:<tag> selectors for the judge; null = all."
+    )
+
+
+class RunCreate(BaseModel):
+    """POST /v1/runs. Explicit fields win over the same settings inside `config`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    constitution_id: str = Field(description="A constitution version id (GET /v1/constitutions).")
+    prompt_set_id: str = Field(description="A prompt set id (POST /v1/prompt-sets).")
+    principles: PrincipleSelection = Field(default_factory=PrincipleSelection)
+    policy_model: str | None = Field(default=None, description="Base policy model (registry name or server folder).")
+    judge_model: str | None = Field(default=None, description="Judge model; null = the policy model.")
+    iterations: int | None = Field(
+        default=None, ge=1, le=10, description="RLAIF iterations (pairs -> judge -> RM -> PPO)."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Nested RunConfig overrides, e.g. {"ppo": {"kl_coef": 0.1}}; unknown keys -> 422.',
+    )
+
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class StageStatus(BaseModel):
+    name: str
+    kind: str
+    iteration: int
+    queue: str
+    status: str = Field(description="pending, running, completing, succeeded, failed or cancelled.")
+    done: int = Field(description="Items (sharded stages) or optimizer steps (training stages) done.")
+    total: int | None = Field(description="Items or steps in all; null while unknown.")
+    shards_done: int
+    shards_total: int
+    attempts: int = Field(description="Training stages: deliveries that took the lease (more than 1 = resumed).")
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: float | None = Field(description="Wall time from start to finish (or to now while running).")
+    error: str | None
+    counts: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class RunSummary(BaseModel):
+    id: str
+    status: RunStatus
+    constitution_id: str
+    prompt_set_id: str
+    policy_model: str
+    iterations: int
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+class RunPublic(RunSummary):
+    constitution_sha256: str
+    judge_model: str
+    train_prompts: int
+    eval_prompts: int
+    started_at: datetime | None
+    stages: list[StageStatus]
+    config: dict[str, Any] = Field(description="The frozen RunConfig of the run.")
+
+
+class RunsPublic(BaseModel):
+    data: list[RunSummary]
+    count: int
+
+
+class EventPublic(_Public):
+    id: int
+    stage: str | None
+    kind: Literal["message", "metrics"]
+    level: str
+    message: str
+    step: int | None
+    data: dict[str, Any] | None
+    created_at: datetime
+
+
+class EventsPublic(BaseModel):
+    data: list[EventPublic]
+    next_after: int = Field(description="Pass as `after` to get the next page (the last id returned).")
+
+
+class StageMetrics(BaseModel):
+    final: dict[str, float] = Field(description="The stage's final metrics.")
+    history: list[dict[str, Any]] = Field(description="Per-step metrics of training stages, in step order.")
+
+
+class MetricsPublic(BaseModel):
+    stages: dict[str, StageMetrics]
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class CheckpointFile(BaseModel):
+    path: str
+    bytes: int
+    sha256: str
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    run_id: str
+    stage: str
+    step: int
+    metrics: dict[str, Any]
+    files: list[CheckpointFile]
+    created_at: datetime
+    download_url: str
+
+
+class CheckpointsPublic(BaseModel):
+    data: list[CheckpointPublic]
+    count: int
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: str
+    broker: str

@@ -1,0 +1,47 @@
+"""Reading request bodies with a size limit (413 past `settings.max_upload_bytes`), raw or multipart."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request, status
+from starlette.datastructures import UploadFile
+
+from api.deps import SettingsDep
+from api.errors import ApiError
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than {limit} bytes (the server's RLAIF_MAX_UPLOAD_BYTES)"
+    )
+
+
+async def upload_body(request: Request, settings: SettingsDep) -> bytes:
+    """The request body, or the `file` part of a multipart form; 413 when larger than the limit."""
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise _too_large(limit)  # (+64 KiB: multipart framing around a file that may itself fit)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "multipart upload needs a 'file' part")
+        data = await upload.read(limit + 1)
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    if len(data) > limit:
+        raise _too_large(limit)
+    if not data.strip():
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "empty request body")
+    return data
+
+
+UploadDep = Annotated[bytes, Depends(upload_body)]

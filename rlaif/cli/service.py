@@ -1,0 +1,439 @@
+"""`rlaif serve | worker | submit | watch | pull | demo`: run the service and talk to it over HTTP.
+
+    rlaif serve                                   # the REST API (RLAIF_API_KEYS="key:owner")
+    rlaif worker -Q generate,judge                # a Celery worker for two queues
+    rlaif submit --constitution harmless --prompts examples/demo_prompts.jsonl --set ppo.kl_coef=0.1 --watch
+    rlaif watch RUN_ID
+    rlaif pull RUN_ID --stage policy
+    rlaif demo                                    # all of it, start to finish, on the embedded model
+
+The client commands use RLAIF_API_URL and RLAIF_API_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from rlaif.client import TERMINAL, ApiError, Client
+from rlaif.config import RunConfig, _deep_merge, parse_dotted_overrides
+from rlaif.settings import settings
+
+if TYPE_CHECKING:
+    from rlaif.evaluation.report import EvalReport
+
+app = typer.Typer(add_completion=False)
+console = Console()
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per poll would bury the progress bars
+err = Console(stderr=True)
+
+REPO = Path(__file__).resolve().parents[2]
+ALL_QUEUES = "control,generate,judge,train"
+
+
+def register(parent: typer.Typer) -> None:
+    """Add these commands at the top level of `rlaif`."""
+    parent.registered_commands += app.registered_commands
+
+
+def _client() -> Client:
+    if not settings.api_key:
+        err.print("[red]error:[/red] set RLAIF_API_KEY to one of the server's API keys (RLAIF_API_KEYS)")
+        raise typer.Exit(2)
+    return Client(settings.api_url, settings.api_key)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    return typer.Exit(1)
+
+
+# ---------------------------------------------------------------- processes
+
+
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Run the REST API (uvicorn). Docs at http://HOST:PORT/docs."""
+    import uvicorn
+
+    if not settings.api_key_owners():
+        err.print("[yellow]warning:[/yellow] RLAIF_API_KEYS is empty: every request will get 401")
+    uvicorn.run("api.main:app", host=host, port=port, log_level="info")
+
+
+@app.command("worker")
+def worker_command(
+    queues: str = typer.Option(ALL_QUEUES, "--queues", "-Q", help="Comma-separated queues to consume."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", help="Worker processes (prefork pool)."),
+    pool: str = typer.Option("prefork", help="Celery pool: prefork (a child process per task slot) or solo."),
+    beat: bool = typer.Option(False, "--beat", "-B", help="Also run the periodic control sweep (one worker only)."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Worker name (default: celery@<host>)."),
+    loglevel: str = typer.Option("INFO", help="Log level."),
+) -> None:
+    """Start a Celery worker (wraps `celery worker`)."""
+    from workers.app import Queue
+    from workers.app import app as celery_app
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in names if q not in Queue.__members__]
+    if unknown or not names:
+        err.print(f"[red]error:[/red] unknown queue(s) {unknown}: choose from {[q.value for q in Queue]}")
+        raise typer.Exit(2)
+    argv = ["worker", "-Q", ",".join(names), "-c", str(concurrency), "--pool", pool, "-l", loglevel]
+    argv += ["-B"] if beat else []
+    argv += ["-n", f"{name}@%h"] if name else []
+    celery_app.worker_main(argv=argv)
+
+
+# ---------------------------------------------------------------- client commands
+
+
+def _config_overrides(config: Path | None, sets: list[str]) -> dict[str, Any]:
+    """Overrides from a YAML file and `key.path=value` pairs, validated here (the edge) before sending."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{config}: a run config must be a mapping")
+        data = loaded or {}
+    overrides = _deep_merge(data, parse_dotted_overrides(sets))
+    RunConfig().with_overrides(overrides)
+    return overrides
+
+
+def submit_run(client: Client, constitution: Path, prompts: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Upload the constitution and prompts, start a run; returns the run."""
+    con = client.upload_constitution(constitution.read_bytes())
+    prompt_set = client.upload_prompts(prompts)
+    console.print(
+        f"constitution [bold]{con['name']}[/bold] {con['id']} (sha256 {con['sha256'][:12]}), "
+        f"prompt set {prompt_set['id']}: {prompt_set['count']} prompts ({prompt_set['duplicates']} duplicates dropped)"
+    )
+    run = client.create_run({"constitution_id": con["id"], "prompt_set_id": prompt_set["id"], "config": overrides})
+    console.print(
+        f"run [bold]{run['id']}[/bold]: {run['train_prompts']} training prompts, {run['eval_prompts']} held out"
+    )
+    return run
+
+
+@app.command("submit")
+def submit_command(
+    constitution: str = typer.Option(..., help="Constitution file, or a shipped name (harmless, hhh, minimal)."),
+    prompts: Path = typer.Option(..., exists=True, dir_okay=False, help='Prompts, JSONL ({"prompt": ...} per line).'),
+    config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="Run config YAML (overrides)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key.path=value (repeatable)."),
+    watch: bool = typer.Option(False, help="Watch the run until it finishes."),
+) -> None:
+    """Upload a constitution and prompts and start a run on the API at RLAIF_API_URL."""
+    from rlaif.constitution import resolve_constitution
+
+    try:
+        overrides = _config_overrides(config, set_)
+        path = resolve_constitution(constitution)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    client = _client()
+    try:
+        run = submit_run(client, path, prompts, overrides)
+        if watch:
+            run = watch_run(client, run["id"])
+            if run["status"] == "succeeded":
+                print_evaluation(client, run["id"])
+    except ApiError as exc:
+        raise _fail(exc) from None
+    print(run["id"])
+    if watch and run["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _stage_label(stage: dict[str, Any]) -> str:
+    seconds = f" {stage['seconds']:.0f}s" if stage["seconds"] is not None else ""
+    shards = f" shards {stage['shards_done']}/{stage['shards_total']}" if stage["shards_total"] else ""
+    resumed = f" (attempt {stage['attempts']})" if stage["attempts"] > 1 else ""
+    return f"{stage['status']}{shards}{seconds}{resumed}"
+
+
+def watch_run(client: Client, run_id: str, poll: float = 1.0) -> dict[str, Any]:
+    """Live per-stage progress bars until the run finishes; prints warnings and errors as they come."""
+    columns = (
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"),
+    )
+    after = 0
+    with Progress(*columns, console=console, refresh_per_second=4) as progress:
+        bars: dict[str, Any] = {}
+        while True:
+            run = client.run(run_id)
+            for stage in run["stages"]:
+                if stage["name"] not in bars:
+                    bars[stage["name"]] = progress.add_task(stage["name"], total=stage["total"], label="")
+                progress.update(
+                    bars[stage["name"]], completed=stage["done"], total=stage["total"], label=_stage_label(stage)
+                )
+            page = client.events(run_id, after=after, kind="message")
+            after = page["next_after"]
+            for event in page["data"]:
+                if event["level"] in ("warning", "error"):
+                    style = "red" if event["level"] == "error" else "yellow"
+                    progress.console.print(f"[{style}]{event['stage'] or 'run'}: {event['message']}[/{style}]")
+            if run["status"] in TERMINAL:
+                break
+            time.sleep(poll)
+    colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}[run["status"]]
+    console.print(f"run {run_id} [{colour}]{run['status']}[/{colour}]" + (f": {run['error']}" if run["error"] else ""))
+    return run
+
+
+def fetch_report(client: Client, run_id: str) -> EvalReport:
+    """The run's evaluation report (stage 7) from the API."""
+    from rlaif.evaluation.report import EvalReport
+
+    return EvalReport.model_validate(client.report(run_id))
+
+
+def print_evaluation(client: Client, run_id: str) -> None:
+    """Print the headline figures of the run's evaluation: win rates with intervals, refusal rates, alerts."""
+    from rlaif.evaluation.report import headline
+
+    console.print(headline(fetch_report(client, run_id)), highlight=False, markup=False)
+
+
+@app.command("watch")
+def watch_command(run_id: str = typer.Argument(..., help="Run id.")) -> None:
+    """Follow a run's stages with live progress bars; exit 1 unless it succeeds."""
+    client = _client()
+    try:
+        run = watch_run(client, run_id)
+        if run["status"] == "succeeded":
+            print_evaluation(client, run_id)
+    except ApiError as exc:
+        raise _fail(exc) from None
+    if run["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def pull_checkpoint(client: Client, run_id: str, stage: str, dest: Path) -> Path:
+    """Download the newest checkpoint of `stage` (or alias: policy, reward_model, sft), SHA-256 verified."""
+    from rlaif.pipeline import resolve_stage
+
+    run = client.run(run_id)
+    name = resolve_stage(RunConfig.model_validate(run["config"]), stage)
+    found = [c for c in client.checkpoints(run_id) if c["stage"] == name]
+    if not found:
+        raise ApiError(404, f"run {run_id} has no checkpoint of stage {name!r} yet (run status: {run['status']})")
+    checkpoint = max(found, key=lambda c: c["step"])
+    return client.download_checkpoint(checkpoint, dest / run_id)
+
+
+@app.command("pull")
+def pull_command(
+    run_id: str = typer.Argument(..., help="Run id."),
+    stage: str = typer.Option("policy", help="Stage name, or policy (the final PPO model), reward_model, sft."),
+    out: Path = typer.Option(None, help="Folder to download into (default: <RLAIF_HOME>/pulled)."),
+) -> None:
+    """Download a checkpoint (a Hugging Face folder), verify it against its manifest, print its path."""
+    try:
+        folder = pull_checkpoint(_client(), run_id, stage, out or settings.home / "pulled")
+    except (ApiError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    err.print(f"verified every file's SHA-256; load it with AutoModelForCausalLM.from_pretrained({str(folder)!r})")
+    print(folder)
+
+
+# ---------------------------------------------------------------- demo
+
+
+class _Background:
+    """Processes the demo started; stopped (terminate, then kill) on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        handle = log.open("ab")
+        proc = subprocess.Popen(
+            argv, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
+        self.procs.append((name, proc))
+        console.print(f"started {name} (pid {proc.pid}), log: {log}")
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                console.print(f"stopped {name}")
+
+
+def _api_up(client: Client) -> bool:
+    try:
+        return client.health().get("status") == "ok"
+    except Exception:
+        return False
+
+
+def _workers_alive() -> bool:
+    from workers.app import app as celery_app
+
+    try:
+        return bool(celery_app.control.ping(timeout=1.0))
+    except Exception:
+        return False
+
+
+def _side_by_side(report: EvalReport, limit: int) -> None:
+    """Held-out red-team prompts with the answers of the base model and the aligned policy from the evaluation
+    (greedy, same seed), and the judge's P(aligned answer is more harmless)."""
+    held_out = sorted((s for s in report.samples if s.dataset == "heldout"), key=lambda s: s.id)
+    chosen = ([s for s in held_out if "harm" in s.id] or held_out)[:limit]
+    if not chosen:
+        console.print("no held-out samples in the report (eval.holdout_fraction 0, or eval.samples_in_report 0)")
+        return
+    table = Table("held-out red-team prompt", "base model", "aligned policy", "P(aligned more harmless)")
+    table.show_lines = True
+    for sample in chosen:
+        p = sample.preferences.get("aligned>base|harmless")
+        table.add_row(
+            sample.prompt,
+            sample.answers.get("base", ""),
+            sample.answers.get("aligned", ""),
+            "-" if p is None else f"{p:.2f}",
+        )
+    console.print(table)
+
+
+def demo_data_dir(option: Path | None) -> Path | None:
+    """The folder of the evaluation sets for the demo: --data-dir, else RLAIF_DATA_DIR, else ../shared/data next to
+    the repository when it exists (a development checkout); None when there is none."""
+    if option is not None:
+        return option
+    if settings.data_dir is not None:
+        return settings.data_dir
+    shared = REPO.parent / "shared" / "data"
+    return shared if shared.is_dir() else None
+
+
+@app.command("demo")
+def demo_command(
+    constitution: Path = typer.Option(REPO / "constitutions" / "harmless.yaml", help="Constitution file."),
+    prompts: Path = typer.Option(REPO / "examples" / "demo_prompts.jsonl", help="Prompts (JSONL)."),
+    config: Path = typer.Option(REPO / "examples" / "run_config.demo.yaml", help="Run config YAML."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key.path=value (repeatable)."),
+    compare: int = typer.Option(3, help="Held-out red-team prompts shown with the base and the aligned answer."),
+    data_dir: Path | None = typer.Option(
+        None,
+        "--data-dir",
+        exists=True,
+        file_okay=False,
+        help="Folder of the evaluation sets (XSTest, human pairs) for the worker the demo starts. Default: "
+        "RLAIF_DATA_DIR, else ../shared/data next to the repository if present; without one the evaluation uses "
+        "the held-out prompts only.",
+    ),
+) -> None:
+    """A whole run through the REST API: start API and worker if needed, submit, watch, evaluate, pull, compare.
+
+    Point it at another model or size with --config / --set, e.g. `--set policy_model=tiny-random-llama`."""
+    import redis
+
+    from rlaif.evaluation.report import headline
+
+    try:
+        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        err.print(
+            f"[red]error:[/red] Redis is not reachable at {settings.broker_url}: start it first (scripts/setup.sh)"
+        )
+        raise typer.Exit(2) from None
+    try:
+        overrides = _config_overrides(config, set_)
+    except ValueError as exc:
+        raise _fail(exc) from None
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    data = demo_data_dir(data_dir)
+    if data is not None:
+        env["RLAIF_DATA_DIR"] = str(data.resolve())
+        console.print(f"evaluation sets from {data}")
+    else:  # the named sets and human pairs live in the data folder: evaluate on the held-out prompts alone
+        overrides = _deep_merge(overrides, {"eval": {"extra_sets": [], "human_pairs": 0}})
+        console.print(
+            "no data folder (--data-dir, RLAIF_DATA_DIR, ../shared/data): evaluating on held-out prompts only"
+        )
+    key = settings.api_key
+    background = _Background()
+    logs = settings.home / "demo"
+    try:
+        if not _api_up(Client(settings.api_url, key, timeout=3)):
+            if not key:
+                key = secrets.token_urlsafe(24)
+                env["RLAIF_API_KEYS"] = f"{key}:demo"
+            url = urlparse(settings.api_url)
+            argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", url.hostname or "127.0.0.1"]
+            background.start("API", [*argv, "--port", str(url.port or 80)], env, logs / "api.log")
+        elif not key:
+            err.print("[red]error:[/red] an API is already running at RLAIF_API_URL: set RLAIF_API_KEY for it")
+            raise typer.Exit(2)
+        if not _workers_alive():
+            argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ALL_QUEUES]
+            background.start("worker", [*argv, "--pool", "solo", "-B", "-l", "INFO"], env, logs / "worker.log")
+        client = Client(settings.api_url, key)
+        deadline = time.monotonic() + 120
+        while not _api_up(client):
+            if time.monotonic() > deadline:
+                raise _fail(RuntimeError(f"the API did not come up at {settings.api_url}; see {logs / 'api.log'}"))
+            time.sleep(0.5)
+        started = time.monotonic()
+        run = submit_run(client, constitution, prompts, overrides)
+        run = watch_run(client, run["id"])
+        _stage_times(run, time.monotonic() - started)
+        if run["status"] != "succeeded":
+            raise typer.Exit(1)
+        policy = pull_checkpoint(client, run["id"], "policy", settings.home / "pulled")
+        console.print(f"aligned policy (SHA-256 verified; its README.md has the evaluation): [bold]{policy}[/bold]")
+        page = logs / f"{run['id']}-report.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(client.report_html(run["id"]), encoding="utf-8")
+        console.print(f"evaluation report with plots: [bold]{page}[/bold]")
+        report = fetch_report(client, run["id"])
+        _side_by_side(report, compare)
+        console.print(headline(report), highlight=False, markup=False)
+    except ApiError as exc:
+        raise _fail(exc) from None
+    finally:
+        background.stop()
+
+
+def _stage_times(run: dict[str, Any], wall: float) -> None:
+    table = Table("stage", "status", "items/steps", "seconds")
+    for stage in run["stages"]:
+        total = stage["total"] if stage["total"] is not None else "?"
+        seconds = f"{stage['seconds']:.1f}" if stage["seconds"] is not None else "-"
+        table.add_row(stage["name"], stage["status"], f"{stage['done']}/{total}", seconds)
+    table.add_row("whole run", run["status"], "", f"{wall:.1f}")
+    console.print(table)
+    metrics = {s["name"]: s["metrics"] for s in run["stages"] if s["metrics"]}
+    if metrics:
+        console.print(json.dumps(metrics, indent=1, sort_keys=True), highlight=False)

@@ -1,0 +1,125 @@
+"""Answers of several models to the same prompts, and the judge's preference between two models' answers.
+
+Every model answers with the same sampling settings and the same seed (greedy by default), so differences come
+from the weights. A comparison "model vs baseline" on an axis (harmless or helpful) judges each prompt's pair of
+answers with `rlaif.stages.judge.judge_comparisons`: `eval.principles_per_pair` principles of the axis (drawn per
+pair from a seed and the pair id), each read in both orders, averaged into P(model's answer is better). Identical
+answers are a tie (P = 1/2) without asking the judge: the judge would only measure its own rounding.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from rlaif.config import RunConfig
+from rlaif.constitution import Constitution
+from rlaif.evaluation.datasets import Axis, EvalPrompt
+from rlaif.generation import Completion, make_generator
+from rlaif.generation.common import derive_seed
+from rlaif.records import Comparison
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from rlaif.generation import Generator
+
+log = logging.getLogger(__name__)
+
+
+class PairOutcome(BaseModel):
+    """The judge's verdict on one prompt: P(model's answer beats the baseline's) on one axis."""
+
+    prompt_id: str
+    axis: Axis
+    model: str = Field(description="Role of the model (aligned, sft).")
+    baseline: str = Field(description="Role of the baseline (base, sft).")
+    p: float = Field(description="P(model's answer is better): principle ensemble of both-order judgements.")
+    flips: list[bool] = Field(default_factory=list, description="Per principle: the two orders disagreed.")
+    principles: list[str] = Field(default_factory=list, description="Principles that judged the pair.")
+    identical: bool = Field(default=False, description="Both answers were the same text (a tie, not judged).")
+
+
+def generate_answers(
+    models: dict[str, str], prompts: Sequence[EvalPrompt], cfg: RunConfig, progress: bool = True
+) -> dict[str, list[Completion]]:
+    """{role: one completion per prompt}. Roles that name the same model share one generation pass."""
+    conversations = [[{"role": "user", "content": p.prompt}] for p in prompts]
+    seed = derive_seed(cfg.seed, "evaluate")
+    by_name: dict[str, list[Completion]] = {}
+    for role, name in models.items():
+        if name in by_name:
+            continue
+        log.info("answering %d evaluation prompts with %s (%s)", len(prompts), name, role)
+        generator = make_generator(name, cfg.generation)
+        by_name[name] = [c[0] for c in generator.generate(conversations, 1, cfg.eval.sampling, seed, progress=progress)]
+        del generator
+        gc.collect()  # one model at a time in memory
+    return {role: by_name[name] for role, name in models.items()}
+
+
+def judge_axis(
+    prompts: Sequence[EvalPrompt],
+    model_answers: Sequence[str],
+    baseline_answers: Sequence[str],
+    roles: tuple[str, str],
+    axis: Axis,
+    judge_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    constitution: Constitution,
+    cfg: RunConfig,
+    *,
+    generator: Generator | None = None,
+    progress: bool = True,
+) -> list[PairOutcome]:
+    """PairOutcome of each prompt on `axis`, model answer as response_a, baseline answer as response_b."""
+    from rlaif.stages.judge import judge_comparisons
+
+    model_role, baseline_role = roles
+    selectors = cfg.eval.harmless_principles if axis == "harmless" else cfg.eval.helpful_principles
+    judge_cfg = cfg.judge.model_copy(update={"principles_per_label": cfg.eval.principles_per_pair})
+    outcomes: dict[str, PairOutcome] = {}
+    to_judge: list[Comparison] = []
+    for prompt, ours, theirs in zip(prompts, model_answers, baseline_answers, strict=True):
+        if ours.strip() == theirs.strip():
+            outcomes[prompt.id] = PairOutcome(
+                prompt_id=prompt.id, axis=axis, model=model_role, baseline=baseline_role, p=0.5, identical=True
+            )
+            continue
+        to_judge.append(
+            Comparison(
+                id=f"{prompt.id}|{model_role}>{baseline_role}|{axis}",
+                prompt=prompt.prompt,
+                response_a=ours,
+                response_b=theirs,
+            )
+        )
+    if to_judge:
+        log.info("judging %d %s pairs, %s vs %s", len(to_judge), axis, model_role, baseline_role)
+        labels = judge_comparisons(
+            to_judge,
+            judge_model,
+            tokenizer,
+            constitution,
+            selectors,
+            judge_cfg,
+            cfg.seed,
+            generator=generator,
+            progress=progress,
+        )
+        for comparison, label in zip(to_judge, labels, strict=True):
+            prompt_id = comparison.id.split("|", 1)[0]
+            outcomes[prompt_id] = PairOutcome(
+                prompt_id=prompt_id,
+                axis=axis,
+                model=model_role,
+                baseline=baseline_role,
+                p=label.p_a,
+                flips=[j.flip for j in label.judgements],
+                principles=[j.principle_id for j in label.judgements],
+            )
+    return [outcomes[p.id] for p in prompts]

@@ -1,0 +1,144 @@
+"""What every generation backend shares: everything except the engine call.
+
+Both backends (transformers in `hf.py`, vLLM in `vllm.py`) go through the same steps, so they see the same
+prompt tokens and report results the same way:
+
+1. `encode_conversations` checks each conversation and renders it with the tokenizer's chat template
+   (`add_generation_prompt=True`), then tokenizes the text without adding special tokens again;
+2. `check_context` refuses a prompt that, with `max_new_tokens`, does not fit the model context, naming the item;
+3. the engine samples token ids, stopping at any of `stop_token_ids`;
+4. `to_completion` cuts the ids after the first stop token and decodes the text without it.
+
+Seeds are derived with `derive_seed` so that one user seed gives independent streams per batch or request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from rlaif.generation import Completion, Conversation
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+ROLES = ("system", "user", "assistant")
+
+
+def derive_seed(seed: int, *parts: int | str) -> int:
+    """A 32-bit seed from a base seed and labels (batch index, item id...): stable across processes and runs.
+
+    Hashing instead of `seed + index` keeps run seed 1 from replaying run seed 0 shifted by one batch.
+    """
+    digest = hashlib.sha256(repr((int(seed), *parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@contextmanager
+def seeded(seed: int, device: Any = None) -> Iterator[None]:
+    """Seed torch's RNG (CPU and the given CUDA device) inside the block, restoring the caller's state after."""
+    import torch
+
+    devices = [device] if device is not None and getattr(device, "type", str(device)) == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_conversation(index: int, conversation: Conversation) -> None:
+    """ValueError naming the item (and message) when a conversation is empty or malformed."""
+    if not isinstance(conversation, list | tuple) or len(conversation) == 0:
+        raise ValueError(f"conversation {index}: empty conversation (need at least one message)")
+    for position, message in enumerate(conversation):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ValueError(f"conversation {index}, message {position}: expected {{'role': ..., 'content': str}}")
+        if message.get("role") not in ROLES:
+            raise ValueError(
+                f"conversation {index}, message {position}: role {message.get('role')!r} is not one of {ROLES}"
+            )
+    if conversation[-1]["role"] == "assistant":
+        raise ValueError(
+            f"conversation {index}: ends with an assistant message; the model would answer itself "
+            "(end with a user message)"
+        )
+
+
+def encode_conversations(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation]) -> list[list[int]]:
+    """Prompt token ids of each conversation, rendered with the chat template and an open assistant turn."""
+    if len(conversations) == 0:
+        raise ValueError("no conversations to generate from")
+    prompts: list[list[int]] = []
+    for index, conversation in enumerate(conversations):
+        check_conversation(index, conversation)
+        # Render to text, then tokenize without special tokens: the template already has them, and the
+        # tokenize=True return type differs between transformers 4.x (vLLM's pin) and 5.x.
+        text = tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+        prompts.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return prompts
+
+
+def context_length(model_config: Any, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
+    """The model's context in tokens: `max_position_embeddings`, else a sane tokenizer `model_max_length`."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10_000_000:
+        return limit
+    raise ValueError(f"cannot tell the context length of {type(model_config).__name__}: no max_position_embeddings")
+
+
+def check_context(prompts: Sequence[Sequence[int]], max_new_tokens: int, context: int) -> None:
+    """ValueError naming the first item whose prompt plus `max_new_tokens` does not fit the context."""
+    for index, prompt in enumerate(prompts):
+        if len(prompt) >= context:
+            raise ValueError(
+                f"conversation {index}: the prompt is {len(prompt)} tokens, longer than the model context of "
+                f"{context} tokens; shorten it"
+            )
+        if len(prompt) + max_new_tokens > context:
+            raise ValueError(
+                f"conversation {index}: the prompt is {len(prompt)} tokens; with max_new_tokens={max_new_tokens} it "
+                f"exceeds the model context of {context} tokens; shorten it or lower max_new_tokens to "
+                f"{context - len(prompt)}"
+            )
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_eos: int | list[int] | None = None) -> list[int]:
+    """Token ids that end a completion: the tokenizer's EOS plus the model generation config's EOS id(s)."""
+    ids: list[int] = []
+    candidates = [tokenizer.eos_token_id]
+    candidates += generation_eos if isinstance(generation_eos, list) else [generation_eos]
+    for token_id in candidates:
+        if isinstance(token_id, int) and token_id not in ids:
+            ids.append(token_id)
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token and the model names none: cannot tell where answers end")
+    return ids
+
+
+def to_completion(
+    tokenizer: PreTrainedTokenizerBase,
+    token_ids: Sequence[int],
+    stop_ids: Sequence[int],
+    logprobs: Sequence[float] | None = None,
+) -> Completion:
+    """A Completion from generated ids: cut after the first stop token (kept in token_ids, left out of the text).
+
+    Anything after the first stop token is padding from a batch that ran on for its other rows.
+    """
+    ids = [int(t) for t in token_ids]
+    stops = set(stop_ids)
+    end = next((i for i, t in enumerate(ids) if t in stops), None)
+    finished = end is not None
+    if end is not None:
+        ids = ids[: end + 1]
+    text_ids = ids[:-1] if finished else ids
+    text = tokenizer.decode(text_ids, skip_special_tokens=True)
+    kept_logprobs = None if logprobs is None else [float(x) for x in logprobs[: len(ids)]]
+    if kept_logprobs is not None and len(kept_logprobs) != len(ids):
+        raise ValueError(f"{len(kept_logprobs)} log-probs for {len(ids)} generated tokens")
+    return Completion(text=text, token_ids=ids, logprobs=kept_logprobs, finished=finished)

@@ -1,0 +1,175 @@
+"""transformers backend: batched `model.generate` with left padding and the KV cache (the CPU default).
+
+Prompts are sorted by length (longest first, so an out-of-memory shows in the first batch) and cut into
+batches of about `batch_size` sequences, so little compute goes to padding; results come back in input order.
+Each batch runs under its own seed derived from the call's seed, so the same inputs and seed give the same
+outputs. Log-probs of the generated tokens are log_softmax(logits / temperature) of the raw logits, the
+distribution the tokens were sampled from (before top-p truncation), as PPO needs them.
+
+    python -c "from rlaif.generation.hf import HFGenerator; from rlaif.config import SamplingConfig; \
+print(HFGenerator('tiny-random-llama').generate([[{'role': 'user', 'content': 'Hi'}]], 2, SamplingConfig(), 0))"
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from rlaif.config import SamplingConfig
+from rlaif.generation import Completion, Conversation
+from rlaif.generation.common import (
+    check_context,
+    context_length,
+    derive_seed,
+    encode_conversations,
+    seeded,
+    stop_token_ids,
+    to_completion,
+)
+from rlaif.modeling import load_causal_lm, load_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+class HFGenerator:
+    """Generator over a transformers causal LM (loaded here, or handed in with `from_loaded`)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        dtype: str = "auto",
+        batch_size: int = 16,
+        device: str | None = None,
+        *,
+        model: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self.model = model if model is not None else load_causal_lm(model_name, dtype=dtype, device=device)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_name)
+        self.context = context_length(self.model.config, self.tokenizer)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+
+    @classmethod
+    def from_loaded(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        model_name: str | None = None,
+        batch_size: int = 16,
+    ) -> HFGenerator:
+        """Wrap an already-loaded model and tokenizer (a stage that also trains or scores with them)."""
+        name = model_name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+        return cls(name, batch_size=batch_size, model=model, tokenizer=tokenizer)
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        n: int,
+        sampling: SamplingConfig,
+        seed: int,
+        return_logprobs: bool = False,
+        progress: bool = True,
+    ) -> list[list[Completion]]:
+        """n completions per conversation, in input order. Same seed and inputs -> same outputs."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        prompts = encode_conversations(self.tokenizer, conversations)
+        check_context(prompts, sampling.max_new_tokens, self.context)
+        greedy = sampling.temperature == 0.0
+        # Greedy decoding gives the same answer n times: decode once and copy.
+        per_prompt = 1 if greedy else n
+        prompts_per_batch = max(1, self.batch_size // per_prompt)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        results: list[list[Completion]] = [[] for _ in prompts]
+        with tqdm(total=len(prompts) * n, desc=f"generate {self.model_name}", unit="seq", disable=not progress) as bar:
+            for batch_index, start in enumerate(range(0, len(order), prompts_per_batch)):
+                rows = order[start : start + prompts_per_batch]
+                batch = self._generate_batch(
+                    [prompts[i] for i in rows], per_prompt, sampling, derive_seed(seed, batch_index), return_logprobs
+                )
+                for row, completions in zip(rows, batch, strict=True):
+                    results[row] = [completions[0].model_copy() for _ in range(n)] if greedy else completions
+                bar.update(len(rows) * n)
+        log.debug("generated %d x %d completions with %s", len(prompts), n, self.model_name)
+        return results
+
+    def _generate_batch(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int, return_logprobs: bool
+    ) -> list[list[Completion]]:
+        """One `generate` call: n completions for each of the (left-padded) prompts."""
+        import torch
+        from transformers import GenerationConfig
+
+        input_ids, attention_mask = self._left_pad(prompts)
+        greedy = sampling.temperature == 0.0
+        # top_k=0 turns off transformers' default top-k of 50, as in vLLM: only temperature and top-p shape sampling.
+        options: dict[str, object] = (
+            {} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        )
+        config = GenerationConfig(
+            do_sample=not greedy,
+            repetition_penalty=1.0,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=n,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            output_logits=return_logprobs,
+            **options,
+        )
+        # A model handed in by a training stage may be in train mode: generate in eval mode, then put it back.
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), seeded(seed, self.model.device):
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        finally:
+            self.model.train(was_training)
+        new_tokens = out.sequences[:, input_ids.shape[1] :].cpu()  # (B * n, T_new), rows b*n .. b*n+n-1 for prompt b
+        logprobs = self._token_logprobs(out.logits, new_tokens, sampling.temperature) if return_logprobs else None
+        completions = [
+            to_completion(
+                self.tokenizer, new_tokens[row].tolist(), self.stop_ids, None if logprobs is None else logprobs[row]
+            )
+            for row in range(new_tokens.shape[0])
+        ]
+        return [completions[b * n : (b + 1) * n] for b in range(len(prompts))]
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), each (B, T_max), padded on the left so every row ends at the same column."""
+        import torch
+
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[row, width - len(prompt) :] = 1
+        return input_ids.to(self.model.device), attention_mask.to(self.model.device)
+
+    @staticmethod
+    def _token_logprobs(
+        step_logits: tuple[torch.Tensor, ...], tokens: torch.Tensor, temperature: float
+    ) -> list[list[float]]:
+        """log_softmax(logits / T) of each generated token; T = 1 for greedy. One step at a time: (B, V) each."""
+        import torch
+
+        scale = temperature if temperature > 0 else 1.0
+        columns = []
+        for step, logits in enumerate(step_logits):
+            logp = torch.log_softmax(logits.float().cpu() / scale, dim=-1)  # (B * n, V)
+            columns.append(logp.gather(-1, tokens[:, step : step + 1]).squeeze(-1))
+        return torch.stack(columns, dim=1).tolist()  # (B * n, T_new)

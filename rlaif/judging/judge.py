@@ -1,0 +1,255 @@
+"""Judge pairs of responses under principles: both orders, option log-probs, one forward pass per batch.
+
+    from rlaif.judging import judge_pair
+    verdict = judge_pair(model, tokenizer, "How do I pick a lock?", "I can't help with that.", "Use a pick.", principle)
+    verdict.p_a_mean  # P(response_a is better), position-debiased
+
+Every pair becomes two prompts, (A)=response_a and (A)=response_b; `judge_requests` scores all of them together
+(`scoring.score_options`), reads P(A) over the two options, and averages the orders (`labels.combine_orders`).
+With chain of thought the judge first writes its reasoning with a Generator, the option log-probs are read after
+"So the answer is: (", and each order's P(A) is clamped to `cot_clamp` before averaging (Bai et al. 2022 sec. 4.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from rlaif.config import SamplingConfig
+from rlaif.constitution import ComparisonExample, Principle
+from rlaif.judging.labels import PairJudgement, clamp, combine_orders
+from rlaif.judging.prompts import (
+    ANSWER_PREFIX,
+    COT_ANSWER_PREFIX,
+    JudgeInputError,
+    assistant_prefill,
+    encode_judge_text,
+    judge_messages,
+    option_token_ids,
+    render_judge_text,
+)
+from rlaif.judging.scoring import OptionLogprobs, PrefixCache, score_options
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from rlaif.generation import Conversation, Generator
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COT_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=96)
+
+
+class JudgeRequest(NamedTuple):
+    """One pair to judge under one principle; both orders are built from it."""
+
+    item_id: str
+    prompt: str
+    response_a: str
+    response_b: str
+    principle: Principle
+
+
+def _check(request: JudgeRequest) -> None:
+    for field in ("prompt", "response_a", "response_b"):
+        if not isinstance(getattr(request, field), str):
+            raise JudgeInputError(f"comparison {request.item_id!r}: {field} must be a string")
+    if not request.prompt.strip():
+        raise JudgeInputError(f"comparison {request.item_id!r}: empty prompt")
+
+
+def _order_messages(
+    request: JudgeRequest, examples: Sequence[ComparisonExample], chain_of_thought: bool
+) -> tuple[Conversation, Conversation]:
+    """(response_a shown as (A), response_b shown as (A))."""
+    first = judge_messages(
+        request.prompt, request.response_a, request.response_b, request.principle, examples, chain_of_thought
+    )
+    second = judge_messages(
+        request.prompt, request.response_b, request.response_a, request.principle, examples, chain_of_thought
+    )
+    return first, second
+
+
+def context_limit(model: PreTrainedModel, max_length: int) -> int:
+    """The longest judge prompt allowed: judge.max_length, or the model's context if that is shorter."""
+    model_context = getattr(model.config, "max_position_embeddings", None)
+    return min(max_length, model_context) if model_context else max_length
+
+
+def build_sequences(
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[JudgeRequest],
+    *,
+    examples: Sequence[ComparisonExample] = (),
+    reasoning: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[list[int]]:
+    """Token ids of the 2N judge prompts: row 2i is request i in order, row 2i+1 with the responses swapped.
+
+    `reasoning` (2N generated chains of thought, same rows) switches to the chain-of-thought prompt.
+    """
+    chain_of_thought = reasoning is not None
+    sequences: list[list[int]] = []
+    for index, request in enumerate(requests):
+        _check(request)
+        for order, messages in enumerate(_order_messages(request, examples, chain_of_thought)):
+            row = 2 * index + order
+            prefill = assistant_prefill(reasoning[row] if reasoning is not None else None)
+            ids = encode_judge_text(tokenizer, render_judge_text(tokenizer, messages, prefill))
+            if limit is not None and len(ids) > limit:
+                raise JudgeInputError(
+                    f"comparison {request.item_id!r} (principle {request.principle.id!r}, "
+                    f"{'swapped' if order else 'original'} order): the judge prompt is {len(ids)} tokens, "
+                    f"longer than the limit of {limit} (judge.max_length or the model's context)"
+                )
+            sequences.append(ids)
+    return sequences
+
+
+def generate_reasoning(
+    generator: Generator,
+    requests: Sequence[JudgeRequest],
+    examples: Sequence[ComparisonExample],
+    sampling: SamplingConfig,
+    seed: int,
+    progress: bool = False,
+) -> list[str]:
+    """The judge's chain of thought for both orders of every request (2N texts, rows as in build_sequences)."""
+    conversations: list[Conversation] = []
+    for request in requests:
+        _check(request)
+        conversations.extend(_order_messages(request, examples, chain_of_thought=True))
+    completions = generator.generate(conversations, n=1, sampling=sampling, seed=seed, progress=progress)
+    return [choices[0].text for choices in completions]
+
+
+def score_requests(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[JudgeRequest],
+    *,
+    examples: Sequence[ComparisonExample] = (),
+    batch_size: int = 8,
+    max_length: int = 1024,
+    share_prefix: bool = True,
+    chain_of_thought: bool = False,
+    generator: Generator | None = None,
+    cot_sampling: SamplingConfig = DEFAULT_COT_SAMPLING,
+    seed: int = 0,
+    prefix_cache: PrefixCache | None = None,
+    progress: bool = False,
+) -> OptionLogprobs:
+    """Raw option log-probs of the 2N judge prompts (rows 2i, 2i+1 = the two orders of request i)."""
+    reasoning = None
+    if chain_of_thought:
+        if generator is None:
+            raise ValueError("chain-of-thought judging needs a generator to write the reasoning")
+        reasoning = generate_reasoning(generator, requests, examples, cot_sampling, seed, progress)
+    option_ids = option_token_ids(tokenizer, COT_ANSWER_PREFIX if chain_of_thought else ANSWER_PREFIX)
+    sequences = build_sequences(
+        tokenizer, requests, examples=examples, reasoning=reasoning, limit=context_limit(model, max_length)
+    )
+    # Few-shot turns carry the principle's question, so only prompts of one principle share a long prefix (group);
+    # all prompts of one pair share the conversation (family: both orders, and every principle without few-shot).
+    groups = [r.principle.id if examples else "" for r in requests for _ in range(2)]
+    families = [r.item_id for r in requests for _ in range(2)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return score_options(
+        model,
+        sequences,
+        option_ids,
+        batch_size=batch_size,
+        groups=groups,
+        families=families,
+        share_prefix=share_prefix,
+        pad_id=pad_id,
+        prefix_cache=prefix_cache,
+        progress=progress,
+    )
+
+
+def judgements_from_scores(
+    scores: OptionLogprobs, clamp_bounds: tuple[float, float] | None = None
+) -> list[PairJudgement]:
+    """Pair up the two orders of each request: P(A) over two options, optional clamp, both-order average."""
+    p_a = scores.p_a.tolist()
+    out: list[PairJudgement] = []
+    for row in range(0, len(p_a), 2):
+        first, second = p_a[row], p_a[row + 1]
+        if clamp_bounds is not None:
+            first, second = clamp(first, clamp_bounds), clamp(second, clamp_bounds)
+        out.append(combine_orders(first, second))
+    return out
+
+
+def judge_requests(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[JudgeRequest],
+    *,
+    examples: Sequence[ComparisonExample] = (),
+    batch_size: int = 8,
+    max_length: int = 1024,
+    share_prefix: bool = True,
+    chain_of_thought: bool = False,
+    generator: Generator | None = None,
+    cot_sampling: SamplingConfig = DEFAULT_COT_SAMPLING,
+    cot_clamp: tuple[float, float] = (0.4, 0.6),
+    seed: int = 0,
+    prefix_cache: PrefixCache | None = None,
+    progress: bool = False,
+) -> list[PairJudgement]:
+    """One PairJudgement per request, in order."""
+    if not requests:
+        return []
+    scores = score_requests(
+        model,
+        tokenizer,
+        requests,
+        examples=examples,
+        batch_size=batch_size,
+        max_length=max_length,
+        share_prefix=share_prefix,
+        chain_of_thought=chain_of_thought,
+        generator=generator,
+        cot_sampling=cot_sampling,
+        seed=seed,
+        prefix_cache=prefix_cache,
+        progress=progress,
+    )
+    return judgements_from_scores(scores, cot_clamp if chain_of_thought else None)
+
+
+def judge_pair(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response_a: str,
+    response_b: str,
+    principle: Principle,
+    *,
+    examples: Sequence[ComparisonExample] = (),
+    max_length: int = 1024,
+    chain_of_thought: bool = False,
+    generator: Generator | None = None,
+    cot_sampling: SamplingConfig = DEFAULT_COT_SAMPLING,
+    cot_clamp: tuple[float, float] = (0.4, 0.6),
+    seed: int = 0,
+) -> PairJudgement:
+    """P(response_a is better than response_b) under `principle`: both orders in one forward pass (batch of 2)."""
+    request = JudgeRequest("pair", prompt, response_a, response_b, principle)
+    return judge_requests(
+        model,
+        tokenizer,
+        [request],
+        examples=examples,
+        batch_size=2,
+        max_length=max_length,
+        chain_of_thought=chain_of_thought,
+        generator=generator,
+        cot_sampling=cot_sampling,
+        cot_clamp=cot_clamp,
+        seed=seed,
+    )[0]

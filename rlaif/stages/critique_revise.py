@@ -1,0 +1,384 @@
+"""Stage 1, SL-CAI (Bai et al. 2022 sec. 3.1): answer, then rounds of critique and revision -> SFT data.
+
+For each prompt the model answers; then `critique.rounds` times, under a principle drawn independently for the
+round (seeded per item, so a re-run or a different batching draws the same principles), it is asked the
+principle's critique request, writes a critique, is asked the revision request and writes a revision. All of it is
+one growing chat conversation. The constitution's first `critique.few_shot` worked examples are prepended to every
+critique and revision call as earlier chat turns: without them a small model loses its point of view (it critiques
+"the user" or answers the critique instead of revising). The first answer is generated without them, so it is
+the model's own answer to the prompt.
+
+Generation is batched across prompts: each step (answer, critique r, revision r) is one generate call over all
+prompts of a batch. Every revision is cleaned (leading "Here is a revised response:", "Revision:", wrapping quotes,
+'The assistant should have said: "..."') and checked per round: empty, meta-text (a critique or talk about the
+response instead of a response) and repetitive loops block a revision; unchanged-from-previous and truncated (cut at
+max_new_tokens) are recorded. The final revision is the last unblocked one, and the record is kept for SFT when there
+is one and it differs from the first answer.
+
+    rlaif critique --constitution harmless --prompts examples/demo_prompts.jsonl --limit 3
+    python -c "from rlaif.stages.critique_revise import run_critique_revise; help(run_critique_revise)"
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+from tqdm.auto import tqdm
+
+from rlaif.config import CritiqueConfig, RunConfig
+from rlaif.constitution import Constitution, CritiqueExample, Principle, sample_principles
+from rlaif.generation import Completion, Conversation, Generator
+from rlaif.generation.common import derive_seed
+from rlaif.prompts import normalise
+from rlaif.records import CritiqueRecord, CritiqueRound, PromptItem, SFTExample
+from rlaif.stages import CRITIQUE_RECORDS_FILE, INPUTS, PROMPTS_FILE, SFT_DATA_FILE, StageResult
+from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
+
+log = logging.getLogger(__name__)
+
+STAGE = "critique"
+
+# ------------------------------------------------------------------ cleaning and quality checks
+
+_LEADING_META = re.compile(
+    r"""^\s*(?:
+        (?:(?:sure|okay|ok|certainly|of\ course|absolutely)[,!.]?\s+)?
+        here(?:'s|\ is|\ are)\s+(?:a|an|the|my)?\s*
+        (?:revised|rewritten|updated|improved|new|edited|corrected|better|modified|final)\b[^:\n]{0,80}:
+      | (?:revised|rewritten|updated|improved|new|edited|corrected|final)?\s*
+        (?:revision|response|answer|version|reply)\s*:
+      | assistant\s*:
+    )\s*""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`"}
+_META_START = re.compile(
+    r"""^(?:
+        (?:the|this|that|your|my|its|their)\s+
+        (?:(?:assistant|ai|model|chatbot)(?:'s)?\s+|original\s+|previous\s+|above\s+|last\s+|initial\s+|first\s+|preceding\s+)*
+        (?:response|answer|reply)\b
+      | the\s+(?:assistant|ai|model)\b
+      | (?:critique|critique\s*request|revision\s*request|critiquerequest|revisionrequest)\s*:
+      | (?:in|upon)\s+(?:the|this|my|your)\s+(?:response|answer|reply)\b
+    )""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_META_ANYWHERE = re.compile(r"critique\s*request|revision\s*request", re.IGNORECASE)
+
+
+# "The assistant should have said: "..."", "A wise person would say, "..."": the revision is the quotation.
+_QUOTED_INTRO = re.compile(
+    r"""^(?P<intro>[^"\u201c\n]{0,160}?)\b(?:said|say|says|replied|reply|respond|responded|be|read|reads)\s*[:,]?\s*["\u201c]""",
+    re.IGNORECASE,
+)
+_INTRO_SUBJECT = re.compile(
+    r"\b(?:assistant|response|message|reply|revision|rewrite|rewritten|person|answer|ai)\b", re.IGNORECASE
+)
+
+
+def _unwrap_quotation(text: str) -> str:
+    match = _QUOTED_INTRO.match(text)
+    if not match or not _INTRO_SUBJECT.search(match.group("intro")):
+        return text
+    rest = text[match.end() :]
+    close = min((i for i in (rest.find('"'), rest.find("\u201d")) if i >= 0), default=-1)
+    return (rest[:close] if close >= 0 else rest).strip()
+
+
+def clean_revision(text: str) -> tuple[str, bool]:
+    """(revision without leading meta such as "Here is a revised response:" or wrapping quotes, whether any was cut)."""
+    current = text.strip()
+    original = current
+    for _ in range(4):  # "Revision: "Here is ...: "..."" peels in a few passes; 4 is plenty
+        before = current
+        current = _unwrap_quotation(_LEADING_META.sub("", current, count=1).strip())
+        if len(current) >= 2 and current[0] in _QUOTES and current[-1] == _QUOTES[current[0]]:
+            current = current[1:-1].strip()
+        if current == before:
+            break
+    return current, current != original
+
+
+def is_meta_text(revision: str, critique: str = "") -> bool:
+    """True when a 'revision' is really a critique or talk about the response instead of a new response."""
+    if _META_START.match(revision) or _META_ANYWHERE.search(revision):
+        return True
+    return bool(critique.strip()) and normalise(revision) == normalise(critique)
+
+
+def is_repetitive(text: str, min_words: int = 16, min_distinct: float = 0.4) -> bool:
+    """True for a degenerate loop ("I'll use that. I'll use that. ..."): few distinct word trigrams."""
+    words = text.lower().split()
+    if len(words) < min_words:
+        return False
+    trigrams = list(zip(words, words[1:], words[2:], strict=False))
+    return len(set(trigrams)) / len(trigrams) < min_distinct
+
+
+def check_revision(revision: str, previous: str, critique: str, finished: bool = True) -> list[str]:
+    """Quality flags of one cleaned revision.
+
+    Blocking (the revision is never used as the final one): 'empty'; 'meta' (a critique or talk about the response
+    instead of a response); 'repetitive' (a degenerate loop). Informational: 'unchanged' (same as the answer
+    before it, normalised), 'truncated' (cut at max_new_tokens, not ended by the model).
+    """
+    if not revision.strip():
+        return ["empty"]
+    flags = []
+    if is_meta_text(revision, critique):
+        flags.append("meta")
+    if is_repetitive(revision):
+        flags.append("repetitive")
+    if normalise(revision) == normalise(previous):
+        flags.append("unchanged")
+    if not finished:
+        flags.append("truncated")
+    return flags
+
+
+BLOCKING = {"empty", "meta", "repetitive"}  # a revision with these flags is never used as the final revision
+
+
+# ------------------------------------------------------------------ conversation building
+
+
+def few_shot_messages(constitution: Constitution, examples: Sequence[CritiqueExample]) -> Conversation:
+    """Worked examples as earlier chat turns: prompt, answer, critique request, critique, revision request, revision."""
+    messages: Conversation = []
+    for example in examples:
+        principle = constitution.principle(example.principle)
+        messages += [
+            {"role": "user", "content": example.prompt},
+            {"role": "assistant", "content": example.response},
+            {"role": "user", "content": principle.critique},
+            {"role": "assistant", "content": example.critique},
+            {"role": "user", "content": principle.revision},
+            {"role": "assistant", "content": example.revision},
+        ]
+    return messages
+
+
+class _Trajectory(NamedTuple):
+    """One prompt in flight: its chat history (without few-shot turns) and the principles of its rounds."""
+
+    item: PromptItem
+    principles: list[Principle]
+    history: Conversation
+
+
+def principles_for(item_id: str, selected: Sequence[Principle], rounds: int, seed: int) -> list[Principle]:
+    """One independently drawn principle per round; depends only on (seed, item id)."""
+    return sample_principles(selected, rounds, random.Random(f"critique:{seed}:{item_id}"))
+
+
+def validate_items(items: Sequence[PromptItem]) -> None:
+    """ValueError naming the item for an empty prompt or a repeated id."""
+    seen: set[str] = set()
+    for item in items:
+        if not item.prompt.strip():
+            raise ValueError(f"prompt item {item.id!r}: empty prompt")
+        if item.id in seen:
+            raise ValueError(f"prompt item {item.id!r}: duplicate id")
+        seen.add(item.id)
+
+
+def _generate(
+    generator: Generator,
+    conversations: list[Conversation],
+    batch: Sequence[PromptItem],
+    cfg: CritiqueConfig,
+    seed: int,
+    what: str,
+) -> list[Completion]:
+    """One batched generate call; a backend error about 'conversation i' is re-raised naming the prompt item."""
+    try:
+        completions = generator.generate(conversations, n=1, sampling=cfg.sampling, seed=seed, progress=False)
+    except ValueError as exc:
+        match = re.match(r"conversation (\d+)", str(exc))
+        if match and int(match.group(1)) < len(batch):
+            item = batch[int(match.group(1))]
+            raise ValueError(f"prompt item {item.id!r} ({what}): {exc}") from exc
+        raise
+    return [choices[0] for choices in completions]
+
+
+def assemble_record(
+    item: PromptItem, initial: str, rounds: Sequence[CritiqueRound], round_flags: Sequence[Sequence[str]]
+) -> CritiqueRecord:
+    """The record of one trajectory: per-round flags, the final revision (the last one without a blocking flag) and
+    whether it is kept for SFT (there is such a revision and it differs from the first answer)."""
+    flags = [f"round{r}:{flag}" for r, found in enumerate(round_flags, start=1) for flag in found]
+    valid = [rnd.revision for rnd, found in zip(rounds, round_flags, strict=True) if not BLOCKING & set(found)]
+    final = valid[-1] if valid else rounds[-1].revision
+    kept = bool(valid)
+    if not valid:
+        flags.append("no-valid-revision")
+    elif normalise(final) == normalise(initial):
+        flags.append("unchanged-from-initial")
+        kept = False
+    return CritiqueRecord(
+        id=item.id,
+        prompt=item.prompt,
+        initial_response=initial,
+        rounds=list(rounds),
+        final_revision=final,
+        kept=kept,
+        flags=flags,
+    )
+
+
+def _run_batch(
+    batch: Sequence[PromptItem],
+    selected: Sequence[Principle],
+    shots: Conversation,
+    cfg: CritiqueConfig,
+    generator: Generator,
+    seed: int,
+    batch_index: int,
+) -> list[CritiqueRecord]:
+    trajectories = [
+        _Trajectory(
+            item, principles_for(item.id, selected, cfg.rounds, seed), [{"role": "user", "content": item.prompt}]
+        )
+        for item in batch
+    ]
+    answers = _generate(
+        generator, [t.history for t in trajectories], batch, cfg, derive_seed(seed, batch_index, "answer"), "answer"
+    )
+    initial = [c.text.strip() for c in answers]
+    for trajectory, answer in zip(trajectories, initial, strict=True):
+        trajectory.history.append({"role": "assistant", "content": answer})
+    rounds: list[list[CritiqueRound]] = [[] for _ in batch]
+    round_flags: list[list[list[str]]] = [[] for _ in batch]
+    previous = list(initial)
+    for r in range(cfg.rounds):
+        for t in trajectories:
+            t.history.append({"role": "user", "content": t.principles[r].critique})
+        critiques = [
+            c.text.strip()
+            for c in _generate(
+                generator,
+                [shots + t.history for t in trajectories],
+                batch,
+                cfg,
+                derive_seed(seed, batch_index, r, "critique"),
+                f"critique {r + 1}",
+            )
+        ]
+        for t, critique in zip(trajectories, critiques, strict=True):
+            t.history.extend(
+                [{"role": "assistant", "content": critique}, {"role": "user", "content": t.principles[r].revision}]
+            )
+        raw = _generate(
+            generator,
+            [shots + t.history for t in trajectories],
+            batch,
+            cfg,
+            derive_seed(seed, batch_index, r, "revision"),
+            f"revision {r + 1}",
+        )
+        for i, (t, critique, completion) in enumerate(zip(trajectories, critiques, raw, strict=True)):
+            revision, stripped = clean_revision(completion.text)
+            found = check_revision(revision, previous[i], critique, completion.finished) + (
+                ["stripped-meta"] if stripped else []
+            )
+            t.history.append({"role": "assistant", "content": revision})
+            rounds[i].append(CritiqueRound(principle_id=t.principles[r].id, critique=critique, revision=revision))
+            round_flags[i].append(found)
+            if not BLOCKING & set(found):
+                previous[i] = revision
+    return [assemble_record(t.item, initial[i], rounds[i], round_flags[i]) for i, t in enumerate(trajectories)]
+
+
+def critique_revise(
+    items: Iterable[PromptItem],
+    constitution: Constitution,
+    principles: Sequence[str] | None,
+    cfg: CritiqueConfig,
+    generator: Generator,
+    seed: int,
+    *,
+    progress: bool = True,
+) -> Iterator[CritiqueRecord]:
+    """CritiqueRecords in input order, yielded batch by batch (`cfg.batch_size` prompts per generate call).
+
+    `principles` are ids or tag:<tag> selectors (None = all); an unknown one raises ValueError naming it.
+    """
+    items = list(items)
+    validate_items(items)
+    selected = constitution.select(principles)
+    shots = few_shot_messages(constitution, constitution.critique_examples[: cfg.few_shot])
+    if cfg.few_shot > len(constitution.critique_examples):
+        log.warning(
+            "critique.few_shot=%d but constitution %r has only %d critique examples",
+            cfg.few_shot,
+            constitution.name,
+            len(constitution.critique_examples),
+        )
+    with tqdm(total=len(items), desc="critique-revise", unit="prompt", disable=not progress) as bar:
+        for batch_index, start in enumerate(range(0, len(items), cfg.batch_size)):
+            batch = items[start : start + cfg.batch_size]
+            yield from _run_batch(batch, selected, shots, cfg, generator, seed, batch_index)
+            bar.update(len(batch))
+
+
+def to_sft_examples(records: Iterable[CritiqueRecord]) -> list[SFTExample]:
+    """(prompt, final revision) of every kept record."""
+    return [SFTExample(id=r.id, prompt=r.prompt, response=r.final_revision) for r in records if r.kept]
+
+
+def _result(records: Sequence[CritiqueRecord], n_sft: int) -> StageResult:
+    flag_counts: dict[str, int] = {}
+    for record in records:
+        for flag in record.flags:
+            kind = flag.split(":", 1)[-1]
+            flag_counts[kind] = flag_counts.get(kind, 0) + 1
+    return StageResult(
+        stage=STAGE,
+        outputs=[f"{STAGE}/{CRITIQUE_RECORDS_FILE}", f"{STAGE}/{SFT_DATA_FILE}"],
+        counts={"prompts": len(records), "kept": n_sft, "dropped": len(records) - n_sft},
+        metrics={"critique/kept_fraction": n_sft / len(records)} if records else {},
+        extra={"flags": flag_counts},
+    )
+
+
+def run_critique_revise(
+    cfg: RunConfig,
+    store: ArtifactStore,
+    run_id: str,
+    constitution: Constitution,
+    generator: Generator | None = None,
+) -> StageResult:
+    """Critique and revise `<run>/inputs/prompts.jsonl` into `<run>/critique/records.jsonl` and `sft.jsonl`.
+
+    The manifest is written last; a stage folder that has one is verified and returned without generating again.
+    """
+    out_dir = store.stage_dir(run_id, STAGE)
+    if store.is_complete(run_id, STAGE):
+        verify_manifest(out_dir)
+        records = read_jsonl(out_dir / CRITIQUE_RECORDS_FILE, CritiqueRecord)
+        log.info("critique stage of run %s is already complete (%d records)", run_id, len(records))
+        return _result(records, sum(r.kept for r in records))
+    source = store.path(run_id, INPUTS, PROMPTS_FILE)
+    if not source.is_file():
+        raise StoreError(f"run {run_id}: {source} is missing; the run has no prompts")
+    items = read_jsonl(source, PromptItem)
+    if not items:
+        raise StoreError(f"run {run_id}: {source} has no prompts")
+    if generator is None:
+        from rlaif.generation import make_generator
+
+        generator = make_generator(cfg.policy_model, cfg.generation)
+    log.info("critique-revise: %d prompts, %d rounds, model %s", len(items), cfg.critique.rounds, generator.model_name)
+    records = list(critique_revise(items, constitution, cfg.critique.principles, cfg.critique, generator, cfg.seed))
+    sft = to_sft_examples(records)
+    write_jsonl(out_dir / CRITIQUE_RECORDS_FILE, records)
+    write_jsonl(out_dir / SFT_DATA_FILE, sft)
+    result = _result(records, len(sft))
+    write_manifest(out_dir, extra={"stage": STAGE, "counts": result.counts, "metrics": result.metrics})
+    log.info("kept %d of %d revisions for SFT (%s)", len(sft), len(records), result.extra["flags"])
+    return result

@@ -1,0 +1,585 @@
+"""Stage 7: did alignment work, and at what cost to helpfulness? The aligned policy against the base and SFT models.
+
+Bai et al. 2022 sec. 4.3-4.5 compare RL-CAI models with their SL-CAI and helpful-only starting points on
+harmlessness and helpfulness (crowdworker Elo there; the AI judge here) and look at over-refusal ("evasiveness").
+This stage measures, on the run's held-out prompts plus the named sets of `eval.extra_sets`:
+
+1. every model (base, SFT, aligned) answers every prompt with the same sampling and seed;
+2. harmlessness and helpfulness **win rates** of aligned vs base, aligned vs SFT and SFT vs base by the judge
+   (both orders, `eval.principles_per_pair` principles of the axis, ties as half; Wilson and bootstrap intervals);
+3. **refusal rates** per prompt group (harmful, safe-looking, ...) by the string patterns and by the judge;
+4. the **reward model**: accuracy on the AI-labelled pairs it held out and on human pairs; its preference for the
+   aligned answers next to the judge's (a gap is a Goodhart sign);
+5. a **judge audit** on human-labelled pairs (agreement, flip rate, calibration) and per-principle statistics of
+   the run's labels;
+6. the **Goodhart monitors** over the PPO metrics and samples (KL, length drift, boilerplate, RM vs judge).
+
+Writes `<run>/evaluate/answers.jsonl` (all answers side by side), `report.json` (`EvalReport`), `report.html`
+and the manifest last. A finished stage (valid manifest) is returned as it is.
+
+    python -c "from rlaif.stages.evaluate import run_evaluate; help(run_evaluate)"
+    rlaif eval --model <aligned folder> --baseline smollm2-135m-instruct --sets xstest --max-prompts 8
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rlaif.config import RunConfig
+from rlaif.constitution import Constitution
+from rlaif.evaluation import monitors
+from rlaif.evaluation.compare import PairOutcome, generate_answers, judge_axis
+from rlaif.evaluation.datasets import EvalPrompt, load_eval_prompts, set_path
+from rlaif.evaluation.label_stats import principle_stats
+from rlaif.evaluation.refusal import detect_refusal
+from rlaif.evaluation.report import (
+    ANSWERS_FILE,
+    HARMFUL,
+    POOLED,
+    REPORT_FILE,
+    REPORT_HTML_FILE,
+    SAFE_LOOKALIKE,
+    EvalReport,
+    ModelSummary,
+    RefusalEntry,
+    RewardModelSummary,
+    Sample,
+    TrainingCurves,
+    WinRateEntry,
+    headline,
+    read_report,
+)
+from rlaif.evaluation.report_html import render_html
+from rlaif.evaluation.stats import rate, win_rate
+from rlaif.records import LabelRecord
+from rlaif.stages import LABELS_FILE, METRICS_FILE, StageResult
+from rlaif.store import (
+    ArtifactStore,
+    atomic_write_json,
+    atomic_write_text,
+    iter_jsonl_dicts,
+    read_jsonl,
+    verify_manifest,
+    write_jsonl,
+    write_manifest,
+)
+
+if TYPE_CHECKING:
+    from rlaif.generation import Completion
+    from rlaif.judging.audit import LabelledPair
+
+log = logging.getLogger(__name__)
+
+PPO_SAMPLES_FILE = "samples.jsonl"  # = rlaif.stages.ppo.SAMPLES_FILE (not imported: that module pulls in training)
+# (model, baseline) pairs judged when both roles are present.
+COMPARISONS: tuple[tuple[str, str], ...] = (("aligned", "base"), ("aligned", "sft"), ("sft", "base"))
+TRAINING_KEYS = (
+    "objective/scores",
+    "objective/rlhf_reward",
+    "objective/kl",
+    "val/mean_response_length",
+    monitors.JUDGE_KEY,
+    monitors.BOILERPLATE_KEY,
+)
+
+
+def evaluate_models(
+    models: dict[str, str],
+    prompts: Sequence[EvalPrompt],
+    cfg: RunConfig,
+    constitution: Constitution,
+    *,
+    judge_model: str | None = None,
+    reward_model: str | None = None,
+    ai_heldout_pairs: Sequence[LabelRecord] = (),
+    human_pairs: Sequence[LabelledPair] = (),
+    labels: Sequence[LabelRecord] = (),
+    ppo_history: Sequence[dict[str, Any]] = (),
+    run_id: str | None = None,
+    progress: bool = True,
+) -> tuple[EvalReport, list[Sample]]:
+    """The report and one Sample per prompt. `models` maps roles (base, sft, aligned) to model names/folders.
+
+    The judge is `judge_model`, else `cfg.judge.model`, else the base model. `ppo_history` is the PPO metric
+    records (with `val/boilerplate_fraction` filled in from the PPO samples when the caller has them).
+    """
+    unknown = set(models) - {"base", "sft", "aligned"}
+    if unknown or not models:
+        raise ValueError(f"models must map roles base/sft/aligned to model names, got roles {sorted(models)}")
+    eval_cfg = cfg.eval
+    judge_name = judge_model or cfg.judge.model or models.get("base") or next(iter(models.values()))
+    answers = generate_answers(models, prompts, cfg, progress=progress)
+    texts = {role: [c.text for c in completions] for role, completions in answers.items()}
+    samples = _samples(prompts, answers)
+
+    judge, tokenizer, generator = None, None, None
+    comparisons = [(m, b) for m, b in COMPARISONS if m in models and b in models]
+    needs_judge = (
+        eval_cfg.refusal_judge
+        or bool(human_pairs)
+        or any(texts[m][i].strip() != texts[b][i].strip() for m, b in comparisons for i in range(len(prompts)))
+    )
+    if needs_judge:
+        from rlaif.modeling import load_causal_lm, load_tokenizer
+
+        log.info("loading the judge %s", judge_name)
+        judge, tokenizer = load_causal_lm(judge_name, dtype=cfg.judge.dtype), load_tokenizer(judge_name)
+        if cfg.judge.chain_of_thought:
+            from rlaif.generation.hf import HFGenerator
+
+            generator = HFGenerator.from_loaded(judge, tokenizer, judge_name, batch_size=cfg.generation.batch_size)
+
+    # --- win rates --------------------------------------------------------------------------------------------
+    outcomes: list[PairOutcome] = []
+    for model_role, baseline_role in comparisons:
+        for axis in ("harmless", "helpful"):
+            chosen = [i for i, p in enumerate(prompts) if axis in p.axes]
+            if not chosen:
+                continue
+            outcomes += judge_axis(
+                [prompts[i] for i in chosen],
+                [texts[model_role][i] for i in chosen],
+                [texts[baseline_role][i] for i in chosen],
+                (model_role, baseline_role),
+                axis,  # type: ignore[arg-type]
+                judge,  # type: ignore[arg-type]
+                tokenizer,  # type: ignore[arg-type]
+                constitution,
+                cfg,
+                generator=generator,
+                progress=progress,
+            )
+    by_id = {s.id: s for s in samples}
+    for outcome in outcomes:
+        by_id[outcome.prompt_id].preferences[f"{outcome.model}>{outcome.baseline}|{outcome.axis}"] = outcome.p
+    win_rates = _win_rates(outcomes, prompts, cfg)
+
+    # --- refusals ---------------------------------------------------------------------------------------------
+    if eval_cfg.refusal_judge and judge is not None:
+        from rlaif.evaluation.refusal_judge import refusal_probabilities
+
+        judged: dict[str, list[float]] = {}
+        for role, name in models.items():
+            if name not in judged:
+                log.info("judging refusals of %s", role)
+                judged[name] = refusal_probabilities(
+                    judge,
+                    tokenizer,  # type: ignore[arg-type]
+                    [p.prompt for p in prompts],
+                    texts[role],
+                    batch_size=cfg.judge.batch_size,
+                    max_length=cfg.judge.max_length,
+                    progress=progress,
+                )
+            for sample, p_refusal in zip(samples, judged[name], strict=True):
+                sample.refusal_judge[role] = p_refusal
+    refusals = _refusal_rates(samples, list(models))
+
+    # --- reward model, judge audit, labels, PPO monitors -----------------------------------------------------
+    alerts: list[monitors.Alert] = []
+    reward = None
+    if reward_model is not None:
+        reward = _reward_section(reward_model, models, prompts, texts, samples, outcomes, ai_heldout_pairs, human_pairs)
+        if reward.rm_judge_gap is not None and reward.rm_judge_gap > eval_cfg.monitor.rm_judge_gap_max:
+            alerts.append(
+                monitors.Alert(
+                    step=-1,
+                    monitor="rm_judge_divergence",
+                    value=reward.rm_judge_gap,
+                    threshold=eval_cfg.monitor.rm_judge_gap_max,
+                    message=f"the reward model prefers the aligned answers on {reward.rm_win_rate:.0%} of prompts, the "
+                    f"judge on {reward.judge_win_rate:.0%}",
+                )
+            )
+    audit = None
+    if human_pairs and judge is not None:
+        from rlaif.judging.audit import audit_judge
+
+        log.info("auditing the judge on %d human-labelled pairs", len(human_pairs))
+        audit = audit_judge(
+            human_pairs,
+            judge,
+            tokenizer,
+            constitution,
+            cfg.judge,
+            cfg.seed,
+            model_name=judge_name,
+            generator=generator,
+            progress=progress,  # type: ignore[arg-type]
+        ).model_dump(mode="json")
+    summaries = _model_summaries(models, answers, samples)
+    alerts += _answer_alerts(summaries, cfg)
+    history = list(ppo_history)
+    report = EvalReport(
+        run_id=run_id,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        models=dict(models),
+        judge_model=judge_name,
+        reward_model=reward_model,
+        constitution={"name": constitution.name, "sha256": constitution.sha256},
+        config=eval_cfg.model_dump(mode="json"),
+        prompts={name: sum(p.dataset == name for p in prompts) for name in dict.fromkeys(p.dataset for p in prompts)},
+        win_rates=win_rates,
+        refusals=refusals,
+        model_summaries=summaries,
+        reward=reward,
+        judge_audit=audit,
+        labels=principle_stats(labels) if labels else None,
+        training=_training_curves(history) if history else None,
+        monitors=monitors.summarise(history, eval_cfg.monitor) if history else None,
+        alerts=alerts,
+        samples=_pick_samples(samples, eval_cfg.samples_in_report, cfg.seed),
+    )
+    return report, samples
+
+
+def _samples(prompts: Sequence[EvalPrompt], answers: dict[str, list[Completion]]) -> list[Sample]:
+    samples = []
+    for index, prompt in enumerate(prompts):
+        sample = Sample(id=prompt.id, dataset=prompt.dataset, kind=prompt.kind, prompt=prompt.prompt, answers={})
+        for role, completions in answers.items():
+            completion = completions[index]
+            verdict = detect_refusal(completion.text)
+            sample.answers[role] = completion.text
+            sample.finished[role] = completion.finished
+            sample.tokens[role] = len(completion.token_ids)
+            sample.refused[role] = verdict.refused
+            if verdict.rule:
+                sample.refusal_rule[role] = verdict.rule
+        samples.append(sample)
+    return samples
+
+
+def _win_rates(outcomes: Sequence[PairOutcome], prompts: Sequence[EvalPrompt], cfg: RunConfig) -> list[WinRateEntry]:
+    """One entry per (data set, axis, model, baseline), plus the pooled 'all' entry per (axis, model, baseline)."""
+    dataset_of = {p.id: p.dataset for p in prompts}
+    groups: dict[tuple[str, str, str, str], list[PairOutcome]] = {}
+    for o in outcomes:
+        groups.setdefault((POOLED, o.axis, o.model, o.baseline), []).append(o)
+        groups.setdefault((dataset_of[o.prompt_id], o.axis, o.model, o.baseline), []).append(o)
+    entries = []
+    for (dataset, axis, model, baseline), members in groups.items():
+        stats = win_rate(
+            [o.p for o in members],
+            tie_margin=cfg.eval.tie_margin,
+            flips=[f for o in members for f in o.flips],
+            resamples=cfg.eval.bootstrap_resamples,
+            seed=cfg.seed,
+        )
+        entries.append(WinRateEntry(dataset=dataset, axis=axis, model=model, baseline=baseline, stats=stats))  # type: ignore[arg-type]
+    return entries
+
+
+def _refusal_rates(samples: Sequence[Sample], roles: Sequence[str]) -> list[RefusalEntry]:
+    """Refusal rates per prompt kind (harmful and safe_lookalike first), role and detector."""
+    kinds = sorted({s.kind for s in samples}, key=lambda k: (k not in (HARMFUL, SAFE_LOOKALIKE), k))
+    entries = []
+    for kind in kinds:
+        members = [s for s in samples if s.kind == kind]
+        for role in roles:
+            entries.append(
+                RefusalEntry(
+                    group=kind, model=role, detector="patterns", stats=rate([s.refused[role] for s in members])
+                )
+            )  # type: ignore[arg-type]
+            if all(role in s.refusal_judge for s in members):
+                flags = [s.refusal_judge[role] > 0.5 for s in members]
+                entries.append(
+                    RefusalEntry(
+                        group=kind,
+                        model=role,  # type: ignore[arg-type]
+                        detector="judge",
+                        stats=rate(flags),
+                        mean_p=sum(s.refusal_judge[role] for s in members) / len(members),
+                        agreement=sum(f == s.refused[role] for f, s in zip(flags, members, strict=True)) / len(members),
+                    )
+                )
+    return entries
+
+
+def _reward_section(
+    path: str,
+    models: dict[str, str],
+    prompts: Sequence[EvalPrompt],
+    texts: dict[str, list[str]],
+    samples: Sequence[Sample],
+    outcomes: Sequence[PairOutcome],
+    ai_heldout_pairs: Sequence[LabelRecord],
+    human_pairs: Sequence[LabelledPair],
+) -> RewardModelSummary:
+    """RM scores of every answer, RM accuracy on AI and human pairs, RM vs judge on aligned vs base."""
+    from rlaif.stages.reward_model import PreferencePair, evaluate_reward_model, reward_score_fn
+
+    log.info("scoring the answers with the reward model %s", path)
+    score = reward_score_fn(path)
+    scored: dict[str, list[float]] = {}
+    for role, name in models.items():
+        if name not in scored:
+            scored[name] = score([p.prompt for p in prompts], texts[role]).tolist()
+        for sample, value in zip(samples, scored[name], strict=True):
+            sample.rewards[role] = value
+    summary = RewardModelSummary(path=str(path))
+    if ai_heldout_pairs:
+        result = evaluate_reward_model(path, list(ai_heldout_pairs))
+        summary.accuracy_ai_heldout, summary.pairs_ai_heldout = result["accuracy"], int(result["pairs"])
+    if human_pairs:
+        pairs = [PreferencePair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected) for p in human_pairs]
+        result = evaluate_reward_model(path, pairs)
+        summary.accuracy_human, summary.pairs_human = result["accuracy"], int(result["pairs"])
+    if "aligned" in models and "base" in models:
+        # The judge's view of each prompt: the mean of its aligned-vs-base preferences over the axes judged.
+        judge_p: dict[str, list[float]] = {}
+        for o in outcomes:
+            if (o.model, o.baseline) == ("aligned", "base"):
+                judge_p.setdefault(o.prompt_id, []).append(o.p)
+        rm_wins, judge_soft, agree, decided = [], [], 0, 0
+        for sample in samples:
+            if sample.id not in judge_p:
+                continue
+            margin = sample.rewards["aligned"] - sample.rewards["base"]
+            p = sum(judge_p[sample.id]) / len(judge_p[sample.id])
+            rm_wins.append(1.0 if margin > 0 else 0.0 if margin < 0 else 0.5)
+            judge_soft.append(p)
+            if margin != 0 and p != 0.5:
+                decided += 1
+                agree += (margin > 0) == (p > 0.5)
+        if rm_wins:
+            summary.rm_win_rate = sum(rm_wins) / len(rm_wins)
+            summary.judge_win_rate = sum(judge_soft) / len(judge_soft)
+            summary.rm_judge_gap = summary.rm_win_rate - summary.judge_win_rate
+            summary.rm_judge_agreement = agree / decided if decided else None
+    return summary
+
+
+def _model_summaries(
+    models: dict[str, str], answers: dict[str, list[Completion]], samples: Sequence[Sample]
+) -> list[ModelSummary]:
+    out = []
+    for role, name in models.items():
+        completions = answers[role]
+        n = len(completions)
+        rewards = [s.rewards[role] for s in samples if role in s.rewards]
+        out.append(
+            ModelSummary(
+                role=role,  # type: ignore[arg-type]
+                name=name,
+                answers=n,
+                mean_tokens=sum(len(c.token_ids) for c in completions) / n if n else 0.0,
+                mean_chars=sum(len(c.text) for c in completions) / n if n else 0.0,
+                empty=sum(not c.text.strip() for c in completions),
+                unfinished=sum(not c.finished for c in completions),
+                boilerplate=monitors.boilerplate([c.text for c in completions]),
+                reward_mean=sum(rewards) / len(rewards) if rewards else None,
+            )
+        )
+    return out
+
+
+def _answer_alerts(summaries: Sequence[ModelSummary], cfg: RunConfig) -> list[monitors.Alert]:
+    """Evaluation-time monitors on the answers: boilerplate in the evaluated model, its length against its start."""
+    roles = {s.role: s for s in summaries}
+    top = roles.get("aligned") or roles.get("sft")
+    if top is None:
+        return []
+    limits = cfg.eval.monitor
+    alerts = []
+    if top.boilerplate.fraction > limits.boilerplate_max:
+        alerts.append(
+            monitors.Alert(
+                step=-1,
+                monitor="boilerplate",
+                value=top.boilerplate.fraction,
+                threshold=limits.boilerplate_max,
+                message=f"{top.boilerplate.fraction:.0%} of the {top.role} answers contain {top.boilerplate.sentence[:80]!r}",
+            )
+        )
+    start = roles.get("sft") if top.role == "aligned" and "sft" in roles else roles.get("base")
+    if start is not None and start is not top and start.mean_tokens > 0:
+        ratio = top.mean_tokens / start.mean_tokens
+        if ratio > limits.length_drift_max or ratio < 1 / limits.length_drift_max:
+            alerts.append(
+                monitors.Alert(
+                    step=-1,
+                    monitor="length_drift",
+                    value=ratio,
+                    threshold=limits.length_drift_max,
+                    message=f"{top.role} answers are x{ratio:.2f} the length of the {start.role} answers",
+                )
+            )
+    return alerts
+
+
+def _training_curves(history: Sequence[dict[str, Any]]) -> TrainingCurves:
+    steps = [int(r.get("step", i)) for i, r in enumerate(history)]
+    series: dict[str, list[float | None]] = {}
+    for key in TRAINING_KEYS:
+        values = [r.get(key) for r in history]
+        if any(isinstance(v, int | float) for v in values):
+            series[key] = [float(v) if isinstance(v, int | float) else None for v in values]
+    return TrainingCurves(steps=steps, series=series)
+
+
+def _pick_samples(samples: Sequence[Sample], n: int, seed: int) -> list[Sample]:
+    """n samples, round-robin over the data sets so every set shows (seeded order within a set)."""
+    by_set: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_set.setdefault(sample.dataset, []).append(sample)
+    rng = random.Random(f"samples:{seed}")
+    queues = [rng.sample(members, len(members)) for members in by_set.values()]
+    picked: list[Sample] = []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop(0))
+    return picked
+
+
+def ppo_history_with_boilerplate(metrics_path: Path, samples_path: Path | None = None) -> list[dict[str, Any]]:
+    """PPO metric records; `val/boilerplate_fraction` is filled in per update from samples.jsonl when present."""
+    if not metrics_path.is_file():
+        return []
+    history = [dict(r) for r in iter_jsonl_dicts(metrics_path)]
+    if samples_path is not None and samples_path.is_file():
+        responses: dict[int, list[str]] = {}
+        for row in iter_jsonl_dicts(samples_path):
+            if isinstance(row.get("step"), int) and isinstance(row.get("response"), str):
+                responses.setdefault(row["step"], []).append(row["response"])
+        for record in history:
+            step = record.get("step")
+            if monitors.BOILERPLATE_KEY not in record and step in responses:
+                record[monitors.BOILERPLATE_KEY] = monitors.boilerplate(responses[step]).fraction
+    return history
+
+
+def write_report(out_dir: Path, report: EvalReport, samples: Sequence[Sample]) -> list[str]:
+    """answers.jsonl, report.json and report.html in out_dir (atomically); returns the file names."""
+    write_jsonl(out_dir / ANSWERS_FILE, samples)
+    atomic_write_json(out_dir / REPORT_FILE, report.model_dump(mode="json"))
+    atomic_write_text(out_dir / REPORT_HTML_FILE, render_html(report))
+    return [ANSWERS_FILE, REPORT_FILE, REPORT_HTML_FILE]
+
+
+def report_metrics(report: EvalReport) -> dict[str, float]:
+    """Headline figures as namespaced metrics (eval/*) for the StageResult and the run's metrics."""
+    top = report.top_model
+    out: dict[str, float] = {}
+    for axis in ("harmless", "helpful"):
+        for baseline in ("base", "sft"):
+            stats = report.win_rate(axis, top, baseline)
+            if stats is not None:
+                out[f"eval/{axis}_win_rate_vs_{baseline}"] = stats.win_rate
+    for group, key in ((HARMFUL, "refusal_rate_harmful"), (SAFE_LOOKALIKE, "over_refusal_rate")):
+        for detector, suffix in (("patterns", ""), ("judge", "_judge")):
+            stats = report.refusal(group, top, detector)
+            if stats is not None:
+                out[f"eval/{key}{suffix}"] = stats.rate
+    if report.judge_audit is not None:
+        out["eval/judge_agreement"] = float(report.judge_audit["agreement"])
+        out["eval/judge_flip_rate"] = float(report.judge_audit["flip_rate"])
+    if report.reward is not None:
+        for key in ("accuracy_ai_heldout", "accuracy_human", "rm_judge_gap"):
+            value = getattr(report.reward, key)
+            if value is not None:
+                out[f"eval/rm_{key.removeprefix('rm_')}"] = value
+    out["eval/alerts"] = float(len(report.alerts) + (len(report.monitors.alerts) if report.monitors else 0))
+    return out
+
+
+def _result(stage: str, report: EvalReport, outputs: list[str]) -> StageResult:
+    return StageResult(
+        stage=stage,
+        outputs=[f"{stage}/{name}" for name in outputs],
+        counts={"prompts": sum(report.prompts.values()), **{f"prompts_{k}": v for k, v in report.prompts.items()}},
+        metrics=report_metrics(report),
+        extra={"headline": headline(report)},
+    )
+
+
+def run_evaluate(
+    cfg: RunConfig,
+    store: ArtifactStore,
+    run_id: str,
+    base_model: str,
+    sft_model: str | None,
+    policy_model: str | None,
+    reward_model: str | None,
+    constitution: Constitution,
+    stage: str = "evaluate",
+    *,
+    data_dir: Path | None = None,
+    judge_stage: str = "judge",
+    ppo_stage: str = "ppo",
+    progress: bool = True,
+) -> StageResult:
+    """Evaluate the run's models; writes <run>/<stage>/{answers.jsonl, report.json, report.html, manifest.json}.
+
+    `data_dir` (default `settings.data_dir`, i.e. RLAIF_DATA_DIR) holds the named sets of eval.extra_sets and the
+    human pairs; the run's labels (<judge_stage>/labels.jsonl) and PPO metrics (<ppo_stage>/metrics.jsonl) are
+    read when present. `policy_model` None evaluates the SFT model as the top model.
+    """
+    out_dir = store.stage_dir(run_id, stage)
+    if store.is_complete(run_id, stage):
+        verify_manifest(out_dir)
+        report = read_report(out_dir / REPORT_FILE)
+        log.info("%s of run %s is already complete; not evaluating again", stage, run_id)
+        return _result(stage, report, [ANSWERS_FILE, REPORT_FILE, REPORT_HTML_FILE])
+    if data_dir is None:
+        from rlaif.settings import settings
+
+        data_dir = settings.data_dir
+    models = {"base": base_model}
+    if sft_model is not None:
+        models["sft"] = sft_model
+    if policy_model is not None:
+        models["aligned"] = policy_model
+    if len(models) < 2:
+        raise ValueError(f"run {run_id}: evaluation needs the base model and at least one of sft_model / policy_model")
+
+    prompts = load_eval_prompts(store, run_id, cfg.eval, data_dir, cfg.seed)
+    human_pairs: list[LabelledPair] = []
+    if cfg.eval.human_pairs:
+        from rlaif.judging.audit import load_labelled_pairs
+
+        human_pairs = load_labelled_pairs(
+            set_path(data_dir, "preference_pairs", cfg.eval.data_split, "eval.human_pairs"), limit=cfg.eval.human_pairs
+        )
+    labels_path = store.stage_dir(run_id, judge_stage, create=False) / LABELS_FILE
+    labels = read_jsonl(labels_path, LabelRecord) if labels_path.is_file() else []
+    ai_heldout: list[LabelRecord] = []
+    if reward_model is not None and labels:
+        from rlaif.training import split_holdout
+
+        # The same split the reward-model stage made (rlaif/stages/reward_model.py), so these pairs were unseen.
+        _, held = split_holdout(len(labels), cfg.reward_model.eval_fraction, cfg.seed)
+        ai_heldout = [labels[i] for i in held]
+    ppo_dir = store.stage_dir(run_id, ppo_stage, create=False)
+    history = ppo_history_with_boilerplate(ppo_dir / METRICS_FILE, ppo_dir / PPO_SAMPLES_FILE)
+    log.info(
+        "evaluating run %s: %d prompts (%s), models %s",
+        run_id,
+        len(prompts),
+        ", ".join(sorted({p.dataset for p in prompts})),
+        models,
+    )
+    report, samples = evaluate_models(
+        models,
+        prompts,
+        cfg,
+        constitution,
+        reward_model=reward_model,
+        ai_heldout_pairs=ai_heldout,
+        human_pairs=human_pairs,
+        labels=labels,
+        ppo_history=history,
+        run_id=run_id,
+        progress=progress,
+    )
+    outputs = write_report(out_dir, report, samples)
+    write_manifest(out_dir, extra={"stage": stage, "metrics": report_metrics(report)})
+    log.info("evaluation of run %s written to %s\n%s", run_id, out_dir, headline(report))
+    return _result(stage, report, outputs)

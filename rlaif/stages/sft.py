@@ -1,0 +1,302 @@
+"""Stage 2, SL-CAI supervised fine-tuning: train the policy on (prompt, final revision) pairs.
+
+Bai et al. 2022, sec. 3 ("Constitutional AI: Critiques, Revisions, and Supervised Learning"): the pretrained
+model is fine-tuned on its own revised responses, optionally mixed with helpful-only samples (sec. 3.1).
+The prompt is chat-templated exactly as generation sees it and masked out of the loss (labels -100 on the
+prompt and the padding), so the model learns the response only. The loss is the token mean over each global
+batch: the same for any split into ranks and micro-batches. AdamW, linear warm-up then decay, gradient
+clipping, bf16 autocast where fast, optional LoRA (peft), step checkpoints every `sft.checkpoint_every` steps
+with exact resume, and metrics (`loss/train`, `loss/eval`, `optim/lr`, `perf/tokens_per_s`) in metrics.jsonl.
+Runs data-parallel under torchrun (rlaif/distributed.py).
+
+    rlaif sft --run-id demo                                  # one process
+    torchrun --nproc_per_node 2 -m rlaif sft --run-id demo   # two data-parallel ranks
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from rlaif.checkpoints import checkpoint_meta, load_latest_step_state, save_hf_checkpoint, save_step_state
+from rlaif.config import RunConfig, SFTConfig
+from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
+from rlaif.modeling import disable_dropout, load_causal_lm, load_tokenizer
+from rlaif.records import SFTExample
+from rlaif.stages import (
+    CONSTITUTION_FILE,
+    HELPFUL_SFT_FILE,
+    INPUTS,
+    METRICS_FILE,
+    MODEL_DIR,
+    SFT_DATA_FILE,
+    STEPS_DIR,
+    StageResult,
+)
+from rlaif.store import ArtifactStore, read_jsonl, read_manifest
+from rlaif.training import (
+    LossModule,
+    TokenizedExample,
+    append_metrics,
+    autocast,
+    autocast_dtype,
+    global_batches,
+    make_optimizer,
+    make_scheduler,
+    masked_lm_loss_sum,
+    pack,
+    plan_batches,
+    rank_micro_batches,
+    seed_everything,
+    seeded_permutation,
+    split_holdout,
+    target_tokens,
+    tokenize_chat,
+    truncate_metrics,
+    use_packed_attention,
+)
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def train_sft(
+    examples: list[SFTExample],
+    base_model: str,
+    cfg: SFTConfig,
+    out_dir: Path,
+    seed: int,
+    meta: dict[str, Any] | None = None,
+    helpful_examples: list[SFTExample] | None = None,
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> StageResult:
+    """Fine-tune `base_model` on `examples`; writes out_dir/model (HF folder), out_dir/steps, out_dir/metrics.jsonl.
+
+    `on_step(step, metrics)` is called after every optimizer step (and after that step's checkpoint): a worker
+    heartbeats from it, and an exception raised in it stops training like a crash (resume picks up from the
+    newest step state). `meta` (lineage from `checkpoint_meta`) is extended with counts and final metrics.
+    """
+    # --- setup ----------------------------------------------------------------------------------------------
+    info = init_distributed()
+    seed_everything(seed)
+    out_dir = Path(out_dir)
+    steps_dir, metrics_path = out_dir / STEPS_DIR, out_dir / METRICS_FILE
+    tokenizer = load_tokenizer(base_model)
+
+    train_idx, eval_idx = split_holdout(len(examples), cfg.eval_fraction, seed)
+    train_examples = [examples[i] for i in train_idx] + _helpful_mix(helpful_examples, len(train_idx), cfg, seed)
+    train_data, dropped_train = _tokenize(tokenizer, train_examples, cfg.max_length)
+    eval_data, dropped_eval = _tokenize(tokenizer, [examples[i] for i in eval_idx], cfg.max_length)
+    plan = plan_batches(len(train_data), cfg.batch_size, cfg.micro_batch_size, info.world_size, "sft")
+    total_steps = plan.steps_per_epoch * cfg.epochs
+    lengths = [len(e.input_ids) for e in train_data]
+
+    model = load_causal_lm(base_model, dtype="float32", device=str(info.device))  # fp32 master weights
+    attention = use_packed_attention(model)  # restored before saving
+    if cfg.lora_rank > 0:
+        model = _add_lora(model, cfg)
+    model.train()
+    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, total_steps, cfg.warmup_ratio)
+    start_step = load_latest_step_state(steps_dir, model, optimizer, scheduler) or 0
+    if info.is_main:
+        truncate_metrics(metrics_path, start_step)  # a resumed run rewrites what came after its step state
+    loss_module = wrap_ddp(LossModule(model, masked_lm_loss_sum), info)
+    amp = autocast_dtype(cfg.dtype, info.device)
+    log.info(
+        "SFT of %s on %d examples (%d held out, %d helpful mixed in): %d steps of %d sequences, %d micro-batches of "
+        "%d per rank x %d ranks, start at step %d, autocast %s",
+        base_model, len(train_data), len(eval_data), len(train_examples) - len(train_idx), total_steps,
+        plan.batch_size, plan.accumulation, cfg.micro_batch_size, info.world_size, start_step, amp,
+    )  # fmt: skip
+
+    # --- loop -----------------------------------------------------------------------------------------------
+    bar = tqdm(total=total_steps, initial=start_step, desc="sft", disable=not (progress and info.is_main))
+    metrics: dict[str, float] = {}
+    for step in range(start_step, total_steps):
+        epoch, index = divmod(step, plan.steps_per_epoch)
+        batch = global_batches(len(train_data), plan.batch_size, seed, epoch)[index]
+        micro_batches = rank_micro_batches(batch, lengths, info.rank, info.world_size, cfg.micro_batch_size)
+        n_targets = sum(target_tokens(train_data[i]) for i in batch)  # the whole global batch, known on every rank
+        started, started_cpu = time.perf_counter(), time.process_time()
+        loss_sum, n_tokens = _train_step(loss_module, train_data, micro_batches, n_targets, info, amp)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, n_tokens = all_reduce_sum([loss_sum, n_tokens], info)
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
+        metrics = {
+            "step": step + 1,
+            "epoch": epoch,
+            "loss/train": loss_sum / n_targets,
+            "optim/lr": lr,
+            "perf/tokens_per_s": n_tokens / seconds,
+            "perf/step_s": seconds,
+            "perf/step_cpu_s": cpu_seconds,  # all threads; well below step_s x threads = a contended CPU
+        }
+        if (step + 1) % plan.steps_per_epoch == 0 and eval_data:
+            metrics["loss/eval"] = evaluate_sft_loss(model, eval_data, cfg.micro_batch_size, info, amp)
+        if info.is_main:
+            append_metrics(metrics_path, metrics)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+            if info.is_main:
+                save_step_state(steps_dir, step + 1, model, optimizer, scheduler, {"metrics": metrics})
+            barrier(info)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss/train']:.3f}")
+        if on_step is not None:
+            on_step(step + 1, metrics)
+    bar.close()
+
+    # --- save -----------------------------------------------------------------------------------------------
+    counts = {
+        "train_examples": len(train_data),
+        "eval_examples": len(eval_data),
+        "helpful_examples": len(train_examples) - len(train_idx),
+        "dropped_too_long": dropped_train + dropped_eval,
+        "steps": total_steps,
+    }
+    final = {k: v for k, v in metrics.items() if k.startswith("loss/")}
+    if info.is_main:
+        full_meta = {**(meta or {}), "counts": {**(meta or {}).get("counts", {}), **counts}, "metrics": final}
+        full_meta.setdefault("stage", "sft")
+        full_meta.setdefault("base_model", base_model)
+        model.eval()
+        model.set_attn_implementation(attention)
+        save_hf_checkpoint(model, tokenizer, out_dir / MODEL_DIR, full_meta)
+        shutil.rmtree(steps_dir, ignore_errors=True)  # the finished model supersedes the resume states
+    barrier(info)
+    return StageResult(stage="sft", outputs=[MODEL_DIR, METRICS_FILE], counts=counts, metrics=final)
+
+
+def _train_step(
+    loss_module: torch.nn.Module,
+    data: list[TokenizedExample],
+    micro_batches: list[list[int]],
+    n_targets: int,
+    info: DistInfo,
+    amp: torch.dtype | None,
+) -> tuple[float, int]:
+    """Forward/backward over this rank's micro-batches; returns (summed token loss, tokens seen) of this rank.
+
+    Each micro-batch contributes loss_sum / n_targets, so the accumulated gradient is that of the token-mean
+    loss over the global batch. DDP averages gradients over ranks; multiplying by world_size undoes that mean.
+    """
+    loss_total, tokens = 0.0, 0
+    for i, micro in enumerate(micro_batches):
+        batch = pack([data[j] for j in micro]).to(info.device)  # padding-free: no compute on padding
+        with no_sync(loss_module, sync=i == len(micro_batches) - 1):
+            with autocast(info.device, amp):
+                loss_sum = loss_module(batch)
+            (loss_sum * info.world_size / n_targets).backward()
+        loss_total += loss_sum.item()
+        tokens += batch.input_ids.numel()
+    return loss_total, tokens
+
+
+@torch.no_grad()
+def evaluate_sft_loss(
+    model: torch.nn.Module,
+    data: list[TokenizedExample],
+    micro_batch_size: int,
+    info: DistInfo,
+    amp: torch.dtype | None = None,
+) -> float:
+    """Token-mean masked LM loss over `data` (dealt across ranks, sums all-reduced)."""
+    model.eval()
+    mine = list(range(info.rank, len(data), info.world_size))
+    loss_sum, n_targets = 0.0, 0
+    for start in range(0, len(mine), micro_batch_size):
+        chunk = [data[i] for i in mine[start : start + micro_batch_size]]
+        with autocast(info.device, amp):
+            loss_sum += masked_lm_loss_sum(model, pack(chunk).to(info.device)).item()
+        n_targets += sum(target_tokens(e) for e in chunk)
+    model.train()
+    loss_sum, n_targets = all_reduce_sum([loss_sum, n_targets], info)
+    return loss_sum / max(n_targets, 1)
+
+
+def _tokenize(tokenizer: Any, examples: list[SFTExample], max_length: int) -> tuple[list[TokenizedExample], int]:
+    """Tokenised examples, and how many were dropped because the prompt leaves no room for a response token."""
+    out = [tokenize_chat(tokenizer, e.prompt, e.response, max_length) for e in examples]
+    kept = [e for e in out if target_tokens(e) > 0]
+    if len(kept) < len(out):
+        log.warning(
+            "dropped %d of %d SFT examples whose prompt fills sft.max_length=%d",
+            len(out) - len(kept),
+            len(out),
+            max_length,
+        )
+    return kept, len(out) - len(kept)
+
+
+def _helpful_mix(helpful: list[SFTExample] | None, n_train: int, cfg: SFTConfig, seed: int) -> list[SFTExample]:
+    """round(helpful_mix x n_train) helpful-only examples, a seeded sample (Bai et al. mix in helpful data)."""
+    if cfg.helpful_mix <= 0:
+        return []
+    if not helpful:
+        raise ValueError(
+            f"sft.helpful_mix is {cfg.helpful_mix} but no helpful-only examples were given ({HELPFUL_SFT_FILE})"
+        )
+    wanted = round(cfg.helpful_mix * n_train)
+    if wanted > len(helpful):
+        log.warning("sft.helpful_mix wants %d helpful examples, only %d exist: using all", wanted, len(helpful))
+    order = seeded_permutation(len(helpful), seed, 2)[:wanted]
+    return [helpful[i] for i in sorted(order)]
+
+
+def _add_lora(model: torch.nn.Module, cfg: SFTConfig) -> torch.nn.Module:
+    """LoRA adapters on every linear layer of the decoder (peft); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    model = get_peft_model(model, lora)
+    disable_dropout(model)
+    return model
+
+
+def run_sft(cfg: RunConfig, store: ArtifactStore, run_id: str, base_model: str, stage: str = "sft") -> StageResult:
+    """Stage wrapper: <run>/critique/sft.jsonl (+ inputs/helpful_sft.jsonl) -> <run>/<stage>/model.
+
+    A finished stage (model folder with a manifest) is not trained again: a redelivered task returns its result.
+    """
+    out_dir = store.stage_dir(run_id, stage)
+    done = read_manifest(out_dir / MODEL_DIR)
+    if done is not None:
+        log.info("%s/%s already has a complete model; skipping training", run_id, stage)
+        return _finished_result(stage, out_dir)
+    data_path = store.path(run_id, "critique", SFT_DATA_FILE)
+    if not data_path.exists():
+        raise FileNotFoundError(f"{data_path} is missing: run the critique stage first")
+    examples = read_jsonl(data_path, SFTExample)
+    helpful_path = store.path(run_id, INPUTS, HELPFUL_SFT_FILE)
+    helpful = read_jsonl(helpful_path, SFTExample) if cfg.sft.helpful_mix > 0 and helpful_path.exists() else None
+    constitution_path = store.path(run_id, INPUTS, CONSTITUTION_FILE)
+    constitution = _read_json(constitution_path) if constitution_path.exists() else None
+    meta = checkpoint_meta("sft", base_model, cfg, constitution, counts={"sft_records": len(examples)}, run_id=run_id)
+    return train_sft(examples, base_model, cfg.sft, out_dir, cfg.seed, meta=meta, helpful_examples=helpful)
+
+
+def _finished_result(stage: str, out_dir: Path) -> StageResult:
+    meta = _read_json(out_dir / MODEL_DIR / "meta.json")
+    return StageResult(
+        stage=stage, outputs=[MODEL_DIR, METRICS_FILE], counts=meta.get("counts", {}), metrics=meta.get("metrics", {})
+    )
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

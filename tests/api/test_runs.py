@@ -1,0 +1,209 @@
+"""/v1/runs: create (config validated at the edge, inputs pinned, advance enqueued), read, events, metrics, cancel."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from service_fixtures import REPO, TINY_RUN, Service, auth, error_of
+
+from rlaif.config import RunConfig
+from rlaif.constitution import load_constitution
+from rlaif.db import EventRow, get_engine, session_factory
+from rlaif.pipeline import plan
+from rlaif.prompts import load_prompts, split_holdout
+from rlaif.records import PromptItem
+from rlaif.store import read_jsonl, verify_manifest
+
+PROMPTS = REPO / "examples" / "demo_prompts.jsonl"
+
+
+@pytest.fixture(scope="module")
+def inputs(api: TestClient) -> dict[str, str]:
+    """A constitution and a prompt set of alice's, and a prompt set of bob's."""
+    con = api.post("/v1/constitutions", content=(REPO / "constitutions" / "minimal.yaml").read_bytes(), headers=auth())
+    files = {"file": ("demo.jsonl", PROMPTS.read_bytes(), "application/x-ndjson")}
+    prompts = api.post("/v1/prompt-sets", files=files, headers=auth())
+    bobs = api.post("/v1/prompt-sets", json=["bob's question?"], headers=auth("bob"))
+    return {"constitution": con.json()["id"], "prompts": prompts.json()["id"], "bobs_prompts": bobs.json()["id"]}
+
+
+def body(inputs: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"constitution_id": inputs["constitution"], "prompt_set_id": inputs["prompts"], "config": TINY_RUN, **extra}
+
+
+def test_create_pins_inputs_and_enqueues_the_run(api: TestClient, api_service: Service, inputs: dict[str, str]) -> None:
+    queue = redis.Redis.from_url(api_service.broker_url)
+    queued_before = queue.llen("control")
+    response = api.post(
+        "/v1/runs", json=body(inputs, principles={"critique": ["tag:harmless"], "judge": ["honest"]}), headers=auth()
+    )
+    assert response.status_code == 201, response.text
+    run = response.json()
+    cfg = (
+        RunConfig()
+        .with_overrides(TINY_RUN)
+        .with_overrides({"critique": {"principles": ["tag:harmless"]}, "judge": {"principles": ["honest"]}})
+    )
+    assert run["config"] == cfg.model_dump(mode="json")
+    assert (run["status"], run["policy_model"], run["judge_model"]) == (
+        "queued",
+        "tiny-random-llama",
+        "tiny-random-llama",
+    )
+    assert [s["name"] for s in run["stages"]] == [s.name for s in plan(cfg)]
+    assert all(s["status"] == "pending" for s in run["stages"])
+    assert [s["queue"] for s in run["stages"]] == [
+        "generate",
+        "train",
+        "generate",
+        "judge",
+        "train",
+        "train",
+        "generate",
+    ]
+    # The prompt set is split into train and held-out prompts exactly as rlaif.prompts.split_holdout does.
+    train, held_out = split_holdout(load_prompts(PROMPTS), cfg.eval.holdout_fraction, cfg.seed)
+    assert (run["train_prompts"], run["eval_prompts"]) == (len(train), len(held_out))
+    folder = api_service.artifacts / "runs" / run["id"] / "inputs"
+    verify_manifest(folder)
+    assert read_jsonl(folder / "prompts.jsonl", PromptItem) == train
+    assert read_jsonl(folder / "eval_prompts.jsonl", PromptItem) == held_out
+    pinned = json.loads((folder / "constitution.json").read_text())
+    assert pinned == load_constitution(REPO / "constitutions" / "minimal.yaml").model_dump(mode="json")
+    assert RunConfig.model_validate(json.loads((folder / "config.json").read_text())) == cfg
+    assert queue.llen("control") == queued_before + 1  # control.advance waits for a worker
+
+
+def test_iterations_add_suffixed_stages(api: TestClient, inputs: dict[str, str]) -> None:
+    run = api.post("/v1/runs", json=body(inputs, iterations=2), headers=auth()).json()
+    names = [s["name"] for s in run["stages"]]
+    assert names == [
+        "critique",
+        "sft",
+        "pairs",
+        "judge",
+        "reward_model",
+        "ppo",
+        "pairs-2",
+        "judge-2",
+        "reward_model-2",
+        "ppo-2",
+        "evaluate",  # once, after the last iteration
+    ]
+    assert run["stages"][-1]["iteration"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"config": {"ppo": {"not_a_field": 1}}}, ["config.ppo.not_a_field: Extra inputs are not permitted"]),
+        ({"config": {"ppo": 5}}, ["config.ppo: Input should be a valid dictionary or instance of PPOConfig"]),
+        ({"config": {"seed": -1, "shard_size": "many"}}, ["config.seed: Input should be greater", "config.shard_size"]),
+        ({"config": {"ppo": {"batch_size": 4}}}, ["config.ppo.batch_size: derived, computed from other fields"]),
+        (
+            {"principles": {"critique": ["tag:kindness"]}},
+            ["principles.critique: unknown principle selector(s) ['tag:kindness']"],
+        ),
+        ({"principles": {"judge": ["nope"]}}, ["principles.judge: unknown principle selector(s) ['nope']"]),
+        (
+            {"config": {"eval": {"helpful_principles": ["nope"]}}},
+            ["config.eval.helpful_principles: unknown principle selector(s) ['nope']"],
+        ),
+        ({"policy_model": "no-such-model"}, ["policy_model: unknown model 'no-such-model'"]),
+        ({"judge_model": "/nonexistent/folder"}, ["judge_model: unknown model '/nonexistent/folder'"]),
+        (
+            {"config": {"sft": {"helpful_mix": 0.5}}},
+            ["config.sft.helpful_mix: runs started through the API have no helpful"],
+        ),
+    ],
+)
+def test_invalid_runs_are_422_with_every_reason(
+    api: TestClient, inputs: dict[str, str], extra: dict[str, Any], expected: list[str]
+) -> None:
+    request = {**body(inputs), **extra}
+    request["config"] = {**TINY_RUN, **extra.get("config", {})}
+    status, detail, errors = error_of(api.post("/v1/runs", json=request, headers=auth()))
+    assert status == 422 and detail in ("invalid run config", "invalid run", "derived config fields cannot be set")
+    assert len(errors) == len(expected)
+    for error, start in zip(errors, expected, strict=True):
+        assert error.startswith(start), error
+
+
+def test_indivisible_ppo_sizes_name_the_fields(api: TestClient, inputs: dict[str, str]) -> None:
+    request = body(inputs)
+    request["config"] = {**TINY_RUN, "ppo": {**TINY_RUN["ppo"], "num_minibatches": 3}}
+    status, detail, errors = error_of(api.post("/v1/runs", json=request, headers=auth()))
+    assert (status, detail) == (422, "invalid run config")
+    assert "ppo.num_minibatches" in errors[0] and "not divisible" in errors[0]
+
+
+def test_unknown_fields_and_missing_ids(api: TestClient, inputs: dict[str, str]) -> None:
+    status, detail, errors = error_of(api.post("/v1/runs", json={**body(inputs), "colour": "red"}, headers=auth()))
+    assert (status, detail, errors) == (
+        422,
+        "invalid request: 1 problem(s)",
+        ["body.colour: Extra inputs are not permitted"],
+    )
+    status, _, errors = error_of(api.post("/v1/runs", json={"prompt_set_id": inputs["prompts"]}, headers=auth()))
+    assert status == 422 and errors == ["body.constitution_id: Field required"]
+    missing = body(inputs, constitution_id="con-0000000000000000")
+    assert error_of(api.post("/v1/runs", json=missing, headers=auth()))[:2] == (
+        404,
+        "constitution 'con-0000000000000000' not found",
+    )
+    foreign = body(inputs, prompt_set_id=inputs["bobs_prompts"])
+    assert error_of(api.post("/v1/runs", json=foreign, headers=auth()))[:2] == (
+        404,
+        f"prompt set {inputs['bobs_prompts']!r} not found",
+    )
+
+
+def test_runs_are_private_to_their_key(api: TestClient, inputs: dict[str, str]) -> None:
+    run = api.post("/v1/runs", json=body(inputs), headers=auth()).json()
+    assert run["id"] in [r["id"] for r in api.get("/v1/runs", headers=auth()).json()["data"]]
+    assert run["id"] not in [r["id"] for r in api.get("/v1/runs", headers=auth("bob")).json()["data"]]
+    for path in ("", "/events", "/metrics", "/checkpoints"):
+        assert error_of(api.get(f"/v1/runs/{run['id']}{path}", headers=auth("bob")))[:2] == (
+            404,
+            f"run {run['id']!r} not found",
+        )
+    assert error_of(api.post(f"/v1/runs/{run['id']}/cancel", headers=auth("bob")))[0] == 404
+    assert error_of(api.get("/v1/runs/run-0000000000000000", headers=auth()))[:2] == (
+        404,
+        "run 'run-0000000000000000' not found",
+    )
+
+
+def test_events_are_paginated_and_typed(api: TestClient, api_service: Service, inputs: dict[str, str]) -> None:
+    run = api.post("/v1/runs", json=body(inputs), headers=auth()).json()
+    with session_factory(get_engine(api_service.db_url)).begin() as session:  # what a worker would record
+        for step in range(1, 4):
+            session.add(
+                EventRow(run_id=run["id"], stage="sft", kind="metrics", step=step, data={"loss/train": 1.0 / step})
+            )
+        session.add(EventRow(run_id=run["id"], stage="sft", kind="message", level="warning", message="resumed"))
+    first = api.get(f"/v1/runs/{run['id']}/events", params={"limit": 2}, headers=auth()).json()
+    assert [e["kind"] for e in first["data"]] == ["message", "metrics"]  # "run created", then the first metrics
+    rest = api.get(f"/v1/runs/{run['id']}/events", params={"after": first["next_after"]}, headers=auth()).json()
+    assert [(e["kind"], e["step"]) for e in rest["data"]] == [("metrics", 2), ("metrics", 3), ("message", None)]
+    only = api.get(f"/v1/runs/{run['id']}/events", params={"kind": "message", "stage": "sft"}, headers=auth()).json()
+    assert [e["message"] for e in only["data"]] == ["resumed"]
+    metrics = api.get(f"/v1/runs/{run['id']}/metrics", headers=auth()).json()["stages"]
+    assert metrics["sft"]["history"] == [{"loss/train": 1.0 / s, "step": s} for s in (1, 2, 3)]
+    assert metrics["ppo"] == {"final": {}, "history": []}
+    assert error_of(api.get(f"/v1/runs/{run['id']}/events", params={"kind": "logs"}, headers=auth()))[0] == 422
+
+
+def test_cancel_then_cancel_again_is_409(api: TestClient, inputs: dict[str, str]) -> None:
+    run = api.post("/v1/runs", json=body(inputs), headers=auth()).json()
+    cancelled = api.post(f"/v1/runs/{run['id']}/cancel", headers=auth())
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    assert {s["status"] for s in cancelled.json()["stages"]} == {"cancelled"}
+    status, detail, _ = error_of(api.post(f"/v1/runs/{run['id']}/cancel", headers=auth()))
+    assert (status, detail) == (409, f"run {run['id']} already finished (cancelled); nothing to cancel")
+    assert api.get(f"/v1/runs/{run['id']}/checkpoints", headers=auth()).json() == {"data": [], "count": 0}

@@ -1,0 +1,144 @@
+"""The report's headline, model-card block and HTML page (escaping, one SVG per plot, no external loads)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rlaif.evaluation.label_stats import LabelSummary, PrincipleStats
+from rlaif.evaluation.monitors import Alert, Boilerplate, MonitorSummary
+from rlaif.evaluation.report import (
+    EvalReport,
+    ModelSummary,
+    RefusalEntry,
+    Sample,
+    TrainingCurves,
+    WinRateEntry,
+    card_headline,
+    headline,
+    load_report,
+    read_report,
+)
+from rlaif.evaluation.report_html import render_html
+from rlaif.evaluation.stats import rate, win_rate
+from rlaif.evaluation.svg import bar_chart, line_chart, nice_ticks
+from rlaif.store import ArtifactStore, StoreError, atomic_write_json
+
+HOSTILE = '<script>alert("x")</script><img src="http://example.com/x.png">'
+
+
+def make_report() -> EvalReport:
+    entries = []
+    for axis, prefs in (("harmless", [0.9, 0.8, 0.7, 0.2]), ("helpful", [0.4, 0.5, 0.6, 0.3])):
+        for baseline in ("base", "sft"):
+            entries.append(
+                WinRateEntry(dataset="all", axis=axis, model="aligned", baseline=baseline, stats=win_rate(prefs))
+            )
+        entries.append(
+            WinRateEntry(dataset="all", axis=axis, model="sft", baseline="base", stats=win_rate([0.6, 0.5, 0.5, 0.5]))
+        )
+    refusals = [
+        RefusalEntry(group=group, model=role, detector=detector, stats=rate(flags))
+        for group, flags in (("harmful", [True, True, False]), ("safe_lookalike", [False, True, False]))
+        for role in ("base", "sft", "aligned")
+        for detector in ("patterns", "judge")
+    ]
+    summaries = [
+        ModelSummary(
+            role=role,
+            name=f"model-{role}",
+            answers=3,
+            mean_tokens=20.0,
+            mean_chars=80.0,
+            empty=0,
+            unfinished=1,
+            boilerplate=Boilerplate(fraction=0.0),
+        )
+        for role in ("base", "sft", "aligned")
+    ]
+    return EvalReport(
+        run_id="run-1",
+        created_at="2026-01-01T00:00:00+00:00",
+        models={"base": "base-model", "sft": "sft-model", "aligned": "aligned-model"},
+        judge_model="judge-model",
+        constitution={"name": "minimal", "sha256": "0" * 64},
+        prompts={"heldout": 4, "xstest": 6},
+        win_rates=entries,
+        refusals=refusals,
+        model_summaries=summaries,
+        judge_audit={"model": "judge-model", "pairs": 8, "agreement": 0.625, "agreement_single_order": 0.5, "flip_rate": 0.25,
+                     "first_position_rate": 0.75, "by_source": {"helpful-base": {"count": 8, "agreement": 0.625}},
+                     "calibration": [{"low": 0.0, "high": 0.05, "count": 8, "agreement": 0.625, "claimed": 0.51}]},
+        labels=LabelSummary(labels=2, judgements=3, flip_rate=0.3, mean_confidence=0.2, principles=[
+            PrincipleStats(principle_id="harmful", judgements=2, share=2 / 3, mean_preference=0.5, mean_confidence=0.3, flip_rate=0.5, first_position_rate=0.5),
+            PrincipleStats(principle_id="helpful", judgements=1, share=1 / 3, mean_preference=0.6, mean_confidence=0.2, flip_rate=0.0, first_position_rate=1.0),
+        ]),
+        training=TrainingCurves(steps=[1, 2, 3], series={"objective/scores": [0.1, 0.3, None], "objective/kl": [0.0, 1.0, 2.0], "val/mean_response_length": [10, 12, 30]}),
+        monitors=MonitorSummary(steps=3, alerts=[Alert(step=3, monitor="length_drift", value=3.0, threshold=2.0, message="x3")], first_alert={"length_drift": 3}),
+        samples=[Sample(id="heldout:1", dataset="heldout", kind="heldout", prompt=HOSTILE, answers={"base": HOSTILE, "sft": "ok", "aligned": "I can't help with that."},
+                        refused={"base": False, "sft": False, "aligned": True}, refusal_judge={"aligned": 0.9}, preferences={"aligned>base|harmless": 0.9})],
+    )  # fmt: skip
+
+
+def test_headline_has_win_rates_with_intervals_and_refusals() -> None:
+    text = headline(make_report())
+    # [0.9, 0.8, 0.7, 0.2]: 3 wins of 4 -> 0.75, Wilson 3/4 = (0.30064, 0.95441)
+    assert "harmlessness win rate vs base: 0.75 [0.30, 0.95] (soft 0.65, n=4)" in text
+    assert "helpfulness win rate vs sft: 0.38" in text  # (1 win + 1 tie / 2) / 4 = 0.375
+    assert "refusal on harmful prompts (patterns / judge): base 0.67 (2/3) / judge 0.67" in text
+    assert "over-refusal on safe prompts" in text
+    assert "judge agreement with human labels: 0.62 (n=8, single order 0.50, flip rate 0.25)" in text
+    assert "Goodhart monitors: alerts: length_drift" in text
+
+
+def test_card_headline_is_a_markdown_table() -> None:
+    card = card_headline(make_report())
+    assert card.startswith("## Evaluation\n")
+    assert "| Harmlessness win rate vs base | 0.75 [0.30, 0.95] (soft 0.65, n=4) |" in card
+    assert "| Over-refusal rate, safe prompts (aligned) | 0.33 (1/3) |" in card
+
+
+def test_html_is_self_contained_and_escapes_model_text() -> None:
+    html = render_html(make_report())
+    assert HOSTILE not in html and "&lt;script&gt;" in html
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing loaded from elsewhere
+    plots = re.findall(r'<svg class="plot" data-plot="([^"]+)"', html)
+    assert {"plane", "ppo-reward", "ppo-kl", "ppo-length", "principles", "refusals-patterns", "refusals-judge"} <= set(
+        plots
+    )
+    assert "no data" not in html  # every plot of this report has data
+    # the plane shows base at (1/2, 1/2) and the aligned point at (helpful 0.375, harmless 0.75)
+    assert html.count("<circle") >= 3
+
+
+def test_empty_report_still_renders_every_section() -> None:
+    report = EvalReport(created_at="now", models={"base": "a", "aligned": "b"}, judge_model="a")
+    html = render_html(report)
+    assert html.count('class="plot"') >= 5 and "no data" in html
+    assert "n/a" in headline(report)
+
+
+def test_svg_helpers() -> None:
+    assert nice_ticks(0, 1) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(3, 3)[0] <= 3 <= nice_ticks(3, 3)[-1]
+    chart = line_chart("c", "t", [("a", [1, 2, 3], [1.0, None, 2.0])], "x", "y")
+    assert chart.count("<circle") == 2 and "<polyline" not in chart  # the None splits the line into single points
+    bars = bar_chart("b", "t", ["x", "y"], [("g", [0.5, 0.0])], "v", 1.0)
+    assert bars.count("<rect") == 1 + 2  # the background and 2 bars (a zero shows as a hairline); one group: no legend
+    assert 'width="520" height="300"' in bars
+
+
+def test_read_report_errors_name_the_file(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(StoreError, match="evaluation has not finished"):
+        load_report(store, "run-1")
+    assert not (tmp_path / "runs" / "run-1" / "evaluate").exists()  # reading creates no folders
+    path = tmp_path / "report.json"
+    atomic_write_json(path, {"created_at": 1})
+    with pytest.raises(StoreError, match="report.json: not a valid evaluation report"):
+        read_report(path)
+    atomic_write_json(path, make_report().model_dump(mode="json"))
+    assert read_report(path) == make_report()

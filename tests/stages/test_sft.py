@@ -1,0 +1,135 @@
+"""SFT stage on the tiny model: a loadable checkpoint with lineage, helpful mixing, LoRA, exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from rlaif.config import RunConfig, SFTConfig
+from rlaif.constitution import load_constitution, resolve_constitution
+from rlaif.modeling import prepare_model
+from rlaif.records import SFTExample
+from rlaif.stages import CONSTITUTION_FILE, HELPFUL_SFT_FILE, INPUTS, SFT_DATA_FILE
+from rlaif.stages.sft import run_sft, train_sft
+from rlaif.store import ArtifactStore, verify_manifest, write_jsonl
+
+
+def _examples(n: int, prefix: str = "q") -> list[SFTExample]:
+    return [
+        SFTExample(
+            id=f"{prefix}{i}",
+            prompt=f"Question {i}: how should I answer?",
+            response="Politely and honestly. " * (1 + i % 3),
+        )
+        for i in range(n)
+    ]
+
+
+def _metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+FAST = SFTConfig(batch_size=4, micro_batch_size=2, epochs=2, learning_rate=1e-3, eval_fraction=0.2, dtype="float32")
+
+
+def test_train_sft_learns_and_writes_a_loadable_model(tiny_model: str, tmp_path: Path) -> None:
+    cfg = FAST.model_copy(update={"epochs": 4})
+    result = train_sft(_examples(10), tiny_model, cfg, tmp_path, seed=0, progress=False)
+
+    # 8 train examples (2 held out), batch 4 -> 2 steps per epoch, 4 epochs.
+    assert result.counts == {
+        "train_examples": 8,
+        "eval_examples": 2,
+        "helpful_examples": 0,
+        "dropped_too_long": 0,
+        "steps": 8,
+    }
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert {"loss/train", "optim/lr", "perf/tokens_per_s", "epoch"} <= set(rows[0])
+    evals = [r["loss/eval"] for r in rows if "loss/eval" in r]
+    assert len(evals) == 4 and evals[-1] < evals[0]  # one eval per epoch, improving on the repetitive data
+    assert rows[-1]["loss/train"] < rows[0]["loss/train"]
+    assert result.metrics == {"loss/train": rows[-1]["loss/train"], "loss/eval": rows[-1]["loss/eval"]}
+
+    verify_manifest(tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert model.config.architectures == ["LlamaForCausalLM"]
+    assert not (tmp_path / "steps").exists()  # resume states removed once the model is complete
+
+
+def test_run_sft_reads_the_run_and_records_lineage(tiny_model: str, tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    cfg = RunConfig(seed=3, sft=FAST.model_copy(update={"epochs": 1, "helpful_mix": 0.5}))
+    write_jsonl(store.path("r1", "critique", SFT_DATA_FILE), _examples(10))
+    write_jsonl(store.path("r1", INPUTS, HELPFUL_SFT_FILE), _examples(20, prefix="h"))
+    constitution = load_constitution(resolve_constitution("minimal"))
+    store.path("r1", INPUTS, CONSTITUTION_FILE).write_text(constitution.model_dump_json())
+
+    result = run_sft(cfg, store, "r1", tiny_model)
+    assert result.counts["helpful_examples"] == 4  # round(0.5 x 8 training revisions)
+    assert result.counts["train_examples"] == 12
+    meta = json.loads(store.path("r1", "sft", "model", "meta.json").read_text())
+    assert meta["constitution"]["sha256"] == constitution.sha256 and meta["base_model"] == tiny_model
+    assert meta["run_config"]["sft"]["helpful_mix"] == 0.5 and meta["counts"]["sft_records"] == 10
+    assert meta["metrics"] == result.metrics
+
+    weights = store.path("r1", "sft", "model", "model.safetensors").stat().st_mtime_ns
+    assert run_sft(cfg, store, "r1", tiny_model).metrics == result.metrics  # redelivered: not trained again
+    assert store.path("r1", "sft", "model", "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_bad_inputs_name_the_problem(tiny_model: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sft.helpful_mix is 0.5 but no helpful-only examples"):
+        train_sft(_examples(4), tiny_model, FAST.model_copy(update={"helpful_mix": 0.5}), tmp_path, 0, progress=False)
+    with pytest.raises(ValueError, match="sft.batch_size per rank 6 / sft.micro_batch_size"):
+        train_sft(
+            _examples(4), tiny_model, FAST.model_copy(update={"batch_size": 6, "micro_batch_size": 4}), tmp_path, 0
+        )
+    with pytest.raises(FileNotFoundError, match="run the critique stage first"):
+        run_sft(RunConfig(), ArtifactStore(tmp_path), "r2", tiny_model)
+
+
+def test_lora_sft_trains_adapters_only_and_saves_both(tiny_model: str, tmp_path: Path) -> None:
+    cfg = FAST.model_copy(update={"lora_rank": 4, "lora_alpha": 8, "epochs": 1})
+    train_sft(_examples(6), tiny_model, cfg, tmp_path, seed=0, progress=False)
+    verify_manifest(tmp_path / "model")
+    adapter = load_file(tmp_path / "model" / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)
+    merged = load_file(tmp_path / "model" / "model.safetensors")
+    base = load_file(prepare_model(tiny_model) / "model.safetensors")
+    changed = [n for n in base if n in merged and not torch.equal(base[n], merged[n])]
+    assert changed and all("proj" in n for n in changed)  # the merged adapters moved the linear layers only
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path) -> None:
+    cfg = FAST.model_copy(update={"epochs": 3, "checkpoint_every": 2, "dtype": "auto"})
+    examples = _examples(10)
+    train_sft(examples, tiny_model, cfg, tmp_path / "full", seed=1, progress=False)
+
+    class Preempted(Exception):
+        pass
+
+    def crash_at_step_5(step: int, metrics: dict[str, float]) -> None:
+        if step == 5:
+            raise Preempted
+
+    with pytest.raises(Preempted):
+        train_sft(examples, tiny_model, cfg, tmp_path / "resumed", seed=1, progress=False, on_step=crash_at_step_5)
+    assert (tmp_path / "resumed" / "steps" / "step-00000004").exists() and not (tmp_path / "resumed" / "model").exists()
+    train_sft(examples, tiny_model, cfg, tmp_path / "resumed", seed=1, progress=False)  # resumes at step 4
+
+    full = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert all(torch.equal(full[name], resumed[name]) for name in full)
+
+    def timeless(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+    assert timeless(_metrics(tmp_path / "full")) == timeless(_metrics(tmp_path / "resumed"))
+    assert [r["step"] for r in _metrics(tmp_path / "resumed")] == list(range(1, 7))  # 8 examples / 4 x 3 epochs
