@@ -128,7 +128,13 @@ class JudgeConfig(_Section):
     principles_per_label: int = Field(
         default=1, ge=1, le=16, description="m principles sampled per pair; their soft labels are averaged (ensemble)."
     )
-    few_shot: int = Field(default=1, ge=0, le=16, description="Comparison examples from the constitution prepended.")
+    few_shot: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Comparison examples from the constitution prepended. 0 by default: with one example the "
+        "embedded 135M judge copies that example's answer for every pair (flip rate 1.0; bench/README.md).",
+    )
     chain_of_thought: bool = Field(
         default=False, description="Generate reasoning before reading the option log-probs (Bai et al. sec. 4.1)."
     )
@@ -234,6 +240,25 @@ class PPOConfig(_Section):
     )
     sample_every: int = Field(
         default=4, ge=1, description="PPO updates between logged sample tables (prompt, response, score, kl)."
+    )
+    value_network: Literal["separate", "shared"] = Field(
+        default="separate",
+        description="separate: a second transformer, started from the reward model (TRL PPOv2, 'The N+ Implementation "
+        "Details of RLHF with PPO'); shared: a zero-initialised scalar head on the policy's own transformer "
+        "(lm-human-preferences, 'The N Implementation Details of RLHF with PPO'), half the trainable weights and "
+        "optimizer state and one forward pass fewer; the value loss then also trains the policy's transformer.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute each transformer layer's activations in the backward pass instead of keeping them "
+        "(policy and value model): lower peak memory (-270 MiB with micro-batches of 4 x ~90 tokens on the 135M "
+        "model, more with longer or larger micro-batches) for one more forward pass per update; results are identical.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Matmul precision of rollouts and updates: bfloat16 autocast over fp32 master weights (policy, "
+        "reference and value model alike, so the first rollout's KL is exactly 0), or plain float32; 'auto' = bf16 "
+        "where the CPU/GPU does it natively (~5x faster matmuls on AVX512-BF16 CPUs).",
     )
 
     # Derived, never set by users (style guide 7).

@@ -263,6 +263,8 @@ def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # copied from the config at init
+            module.attention_dropout = 0.0
     for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
         if hasattr(getattr(model, "config", None), key):
             setattr(model.config, key, 0.0)

@@ -225,7 +225,9 @@ def _ppo_alone(
     policy = policy_model or cfg.policy_model
     texts = [item.prompt for item in load_prompts(prompts, limit)]
     meta = checkpoint_meta("ppo", policy, cfg, scorer=scorer, prompts=str(prompts), reward_model=reward_model)
-    return train_ppo(texts, policy, score_fn, cfg.ppo, out, cfg.seed, value_model=reward_model, meta=meta)
+    return train_ppo(
+        texts, policy, score_fn, cfg.ppo, out, cfg.seed, value_model=reward_model, meta=meta, monitor=cfg.eval.monitor
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -5,10 +5,13 @@ fine-tuned by RL against the preference model trained on AI labels. The loop fol
 lm-human-preferences as described in "The N Implementation Details of RLHF with PPO" (Huang et al. 2022);
 the numbered comments in `rollout()` name those details. Policy and frozen reference start from the SFT model.
 The value model starts from the reward model (backbone with its scalar head applied at every token) or, without
-one, from the policy with a zero-initialised head (std=0). Dropout is off in all three. Each update rolls out
-`ppo.batch_size` episodes and trains on them for `ppo.ppo_epochs` epochs of `ppo.num_minibatches` minibatches,
-each accumulated over micro-batches. Step states every `ppo.checkpoint_every` updates make it resumable: a
-resumed run ends with the same weights and metrics as an uninterrupted one with the same seed.
+one, from the policy with a zero-initialised head (std=0). With `ppo.value_network = "shared"` it is instead a
+zero-initialised scalar head on the policy's own transformer, as in lm-human-preferences: half the trainable
+weights and optimizer state, and one forward pass gives both log-probs and values. Dropout is off throughout.
+Each update rolls out `ppo.batch_size` episodes and trains on them for `ppo.ppo_epochs` epochs of
+`ppo.num_minibatches` minibatches, each accumulated over micro-batches, under bf16 autocast where the hardware
+has it (`ppo.dtype`), optionally with gradient checkpointing. Step states every `ppo.checkpoint_every` updates
+make it resumable: a resumed run ends with the same weights and metrics as an uninterrupted one with the same seed.
 
 Goodhart monitors (rlaif/evaluation/monitors.py, `eval.monitor`) run after every update: with
 `monitor.early_stop` PPO stops once a monitor (KL, length drift, repeated boilerplate) has alerted for
@@ -20,15 +23,16 @@ that sampled the best rollout by that metric (among rollouts without an alert), 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from rich.console import Console
@@ -76,6 +80,8 @@ from rlaif.training import (
     Batch,
     TokenizedExample,
     append_metrics,
+    autocast,
+    autocast_dtype,
     chat_prompt_ids,
     collate,
     epoch_order,
@@ -143,10 +149,18 @@ def train_ppo(
     policy = load_causal_lm(policy_model, dtype="float32", device=str(device))
     check_context(queries, cfg.response_length, context_length(policy.config, tokenizer))
     ref_policy = load_causal_lm(policy_model, dtype="float32", device=str(device)).requires_grad_(False)
-    value_net = load_value_model(value_model or policy_model, device, zero_head=value_model is None)
+    if cfg.value_network == "shared":
+        value_net: ValueNet = ValueHead(policy.config.hidden_size).to(device)
+    else:
+        value_net = load_value_model(value_model or policy_model, device, zero_head=value_model is None)
     model = torch.nn.ModuleDict({"policy": policy, "value": value_net})  # one optimizer, one step state
-    # Adam eps 1e-5 as in lm-human-preferences (the N-details blog: TF's default, not PyTorch's 1e-8).
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
+    if cfg.gradient_checkpointing:
+        for net in (policy, value_net):
+            if not isinstance(net, ValueHead):  # a head has no layers to recompute
+                net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    # Adam eps 1e-5 as in lm-human-preferences (the N-details blog: TF's default, not PyTorch's 1e-8). Fused: one
+    # kernel per step instead of ~10 elementwise passes, each with a parameter-sized temporary.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
     lr_factor = functools.partial(_lr_factor, num_updates=cfg.num_updates, anneal=cfg.anneal_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
@@ -160,9 +174,10 @@ def train_ppo(
     checkpoint_best = best_step(history, monitor) if keep_best and history else None
     log.info(
         "PPO of %s on %d prompts (%d too long): %d updates of %d episodes, %d epochs x %d minibatches of %d, "
-        "value model from %s, start at update %d",
+        "value model from %s, autocast %s, start at update %d",
         policy_model, len(queries), dropped, cfg.num_updates, cfg.batch_size, cfg.ppo_epochs, cfg.num_minibatches,
-        cfg.minibatch_size, value_model or f"{policy_model} (zero head)", start_update,
+        cfg.minibatch_size, _value_source(cfg, policy_model, value_model), autocast_dtype(cfg.dtype, device),
+        start_update,
     )  # fmt: skip
 
     # --- loop -----------------------------------------------------------------------------------------------
@@ -179,13 +194,14 @@ def train_ppo(
                        b_query_mask.to(device), score_fn, kl_coef, cfg, generator)  # fmt: skip
         kl_ctl.update(data.kl.sum(1).mean().item(), cfg.batch_size)
         record = rollout_metrics(update + 1, data, kl_coef, response_texts(tokenizer, data), cfg)
-        if keep_best and best_step([*history, record], monitor) == update + 1:
-            # The best rollout so far: keep the policy that sampled it, before this update trains on it. The
-            # monitors and the keep-best metrics read only rollout metrics, so `record` decides as the full one will.
+        # The monitors and the keep-best metrics read only rollout metrics, so `record` decides as the full one will.
+        best = best_step([*history, record], monitor) if keep_best else None
+        if best == update + 1:  # the best rollout so far: keep the policy that sampled it, before it trains on it
             _save_best(policy, best_dir, update + 1)
         ptx_batches = _ptx_batches(ptx_data, update, cfg, seed, tokenizer.pad_token_id, device)
         minibatch_generator = torch.Generator().manual_seed(derive_seed(seed, "minibatches", update))
-        stats = ppo_update(policy, value_net, optimizer, data, cfg, minibatch_generator, ptx_batches)
+        with training_mode(policy, value_net):
+            stats = ppo_update(policy, value_net, optimizer, data, cfg, minibatch_generator, ptx_batches)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         metrics = {**record, **update_metrics(stats, lr, cfg)}
@@ -197,9 +213,9 @@ def train_ppo(
             log_samples(samples_path, update + 1, b_prompts, data, tokenizer, progress)
         if (update + 1) % cfg.checkpoint_every == 0 and update + 1 < cfg.num_updates and not decision.stop:
             save_step_state(steps_dir, update + 1, model, optimizer, scheduler, {"kl_ctl": kl_ctl.state_dict()})
-            checkpoint_best = best_step(history, monitor) if keep_best else None
+            checkpoint_best = best
         if keep_best:  # the current best, and the one a resume from the newest step state would come back to
-            _prune_best(best_dir, keep={best_step(history, monitor), checkpoint_best})
+            _prune_best(best_dir, keep={best, checkpoint_best})
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
         if on_step is not None:
@@ -246,7 +262,7 @@ def train_ppo(
 def rollout(
     policy: PreTrainedModel,
     ref_policy: PreTrainedModel,
-    value_net: PreTrainedModel,
+    value_net: ValueNet,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     queries: torch.Tensor,
@@ -259,16 +275,22 @@ def rollout(
     """Sample one response per query row, score it, and compute rewards, advantages and returns.
 
     queries, query_mask: (B, Q) left-padded chat prompts; `prompts` are their texts (for the score function).
+    Sampling and the three forward passes run under `ppo.dtype` autocast, as the update's forward passes do.
     """
     stop_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    responses = sample_responses(policy, queries, query_mask, cfg.response_length, cfg.temperature, stop_id, generator)
+    amp = autocast_dtype(cfg.dtype, queries.device)
+    with autocast(queries.device, amp):
+        responses = sample_responses(
+            policy, queries, query_mask, cfg.response_length, cfg.temperature, stop_id, generator
+        )
     # 1. truncate at stop token: what was sampled after the first EOS is padding, outside every loss and reward
     responses, response_mask = truncate_at_stop_token(responses, stop_id, pad_id)  # (B, R)
     query_responses = torch.cat([queries, responses], dim=1)  # (B, Q + R)
     attention_mask = torch.cat([query_mask.long(), torch.ones_like(responses)], dim=1)
-    logprobs, ref_logprobs, values = _score_tokens(
-        policy, ref_policy, value_net, query_responses, attention_mask, queries.shape[1], cfg
-    )
+    with autocast(queries.device, amp):
+        logprobs, ref_logprobs, values = _score_tokens(
+            policy, ref_policy, value_net, query_responses, attention_mask, queries.shape[1], cfg
+        )
     # 2. score with RM: the score function sees the decoded text, as a reward model or a rule would
     texts = decode_responses(tokenizer, responses, response_mask)
     scores = score_fn(prompts, texts).to(device=responses.device, dtype=torch.float32)  # (B,)
@@ -300,7 +322,7 @@ def rollout(
 
 def ppo_update(
     policy: PreTrainedModel,
-    value_net: PreTrainedModel,
+    value_net: ValueNet,
     optimizer: torch.optim.Optimizer,
     data: Rollout,
     cfg: PPOConfig,
@@ -335,7 +357,7 @@ def ppo_update(
 
 def microbatch_step(
     policy: PreTrainedModel,
-    value_net: PreTrainedModel,
+    value_net: ValueNet,
     data: Rollout,
     mb_inds: torch.Tensor,
     cfg: PPOConfig,
@@ -347,13 +369,13 @@ def microbatch_step(
     entropy, ratio.
     """
     context = data.context_length
-    response_length = data.logprobs.shape[1]
     mb_query_responses, mb_attention_mask = data.query_responses[mb_inds], data.attention_mask[mb_inds]
     mb_responses = mb_query_responses[:, context:]
     mb_mask = data.response_mask[mb_inds]
-    logits = forward_logits(policy, mb_query_responses, mb_attention_mask, response_length + 1)[:, :-1]  # (b, R, V)
+    device = mb_query_responses.device
+    with autocast(device, autocast_dtype(cfg.dtype, device)):  # the rollout's precision, so the first ratio is 1
+        logits, vpred = forward_policy_values(policy, value_net, mb_query_responses, mb_attention_mask, context)
     new_logprobs = logprobs_from_logits(logits, mb_responses, cfg.temperature)
-    vpred = forward_values(value_net, mb_query_responses, mb_attention_mask)[:, context - 1 : -1]  # (b, R)
     pg = ppo_policy_loss(new_logprobs, data.logprobs[mb_inds], data.advantages[mb_inds], mb_mask, cfg.cliprange)
     vf = clipped_value_loss(vpred, data.values[mb_inds], data.returns[mb_inds], mb_mask, cfg.cliprange_value)
     entropy_logits = logits if cfg.entropy_coef > 0 else logits.detach()  # no graph for an unused bonus
@@ -368,12 +390,28 @@ def microbatch_step(
 def ptx_step(policy: PreTrainedModel, batch: Batch, cfg: PPOConfig) -> torch.Tensor:
     """PPO-ptx (InstructGPT): gamma x the token-mean LM loss on SFT examples, added to this minibatch's gradient."""
     n_targets = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
-    loss = masked_lm_loss_sum(policy, batch) / max(n_targets, 1)
+    device = batch.input_ids.device
+    with autocast(device, autocast_dtype(cfg.dtype, device)):
+        loss = masked_lm_loss_sum(policy, batch) / max(n_targets, 1)
     (cfg.ptx_coef * loss).backward()
     return loss.detach()
 
 
 # --- models -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def training_mode(*nets: torch.nn.Module) -> Iterator[None]:
+    """train() for an update, eval() after. Dropout is off either way (disable_dropout), so the mode only switches
+    transformers' gradient checkpointing (ppo.gradient_checkpointing), which runs in training mode only and
+    would turn off the KV cache that sampling needs."""
+    for net in nets:
+        net.train()
+    try:
+        yield
+    finally:
+        for net in nets:
+            net.eval()
 
 
 def load_value_model(name: str, device: torch.device, zero_head: bool) -> PreTrainedModel:
@@ -402,6 +440,59 @@ def load_value_model(name: str, device: torch.device, zero_head: bool) -> PreTra
     return model.to(device)
 
 
+class ValueHead(torch.nn.Module):
+    """V(s_t) as a scalar head on the policy's own transformer (ppo.value_network = "shared").
+
+    lm-human-preferences' policy is one transformer with an LM head and a scalar `value` head; the value loss
+    trains the shared transformer too. Zero-initialised (N details: value head std=0): the first values are 0.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.score = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.score.weight)
+        torch.nn.init.zeros_(self.score.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden).squeeze(-1).float()  # (B, T, d) -> (B, T)
+
+
+# The value network: a sequence-classification model of its own, or a head on the policy (shared).
+ValueNet: TypeAlias = "PreTrainedModel | ValueHead"
+
+
+def _value_source(cfg: PPOConfig, policy_model: str, value_model: str | None) -> str:
+    if cfg.value_network == "shared":
+        return "a zero head on the policy's transformer (shared)"
+    return value_model or f"{policy_model} (zero head)"
+
+
+def forward_policy_values(
+    policy: PreTrainedModel,
+    value_net: ValueNet,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Policy logits predicting each response token (B, R, V) and the values before each one (B, R).
+
+    Shared value head: one pass of the policy's transformer feeds both heads. The LM head runs on the same R + 1
+    last positions as `forward_logits` (then drops the last), so the two paths do identical matmuls.
+    """
+    response_length = query_responses.shape[1] - context
+    if isinstance(value_net, ValueHead):
+        hidden = policy.get_decoder()(
+            input_ids=query_responses,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # (B, T, d)
+        logits = policy.get_output_embeddings()(hidden[:, context - 1 :])[:, :-1]  # (B, R, V)
+        return logits, value_net(hidden[:, context - 1 : -1])
+    logits = forward_logits(policy, query_responses, attention_mask, response_length + 1)[:, :-1]  # (B, R, V)
+    return logits, forward_values(value_net, query_responses, attention_mask)[:, context - 1 : -1]
+
+
 def forward_values(value_net: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head at every position (not only the last, as the classifier's own forward does): (B, T)."""
     backbone = getattr(value_net, value_net.base_model_prefix)
@@ -417,7 +508,7 @@ def forward_values(value_net: PreTrainedModel, input_ids: torch.Tensor, attentio
 def _score_tokens(
     policy: PreTrainedModel,
     ref_policy: PreTrainedModel,
-    value_net: PreTrainedModel,
+    value_net: ValueNet,
     query_responses: torch.Tensor,
     attention_mask: torch.Tensor,
     context: int,
@@ -425,7 +516,7 @@ def _score_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logprobs, ref_logprobs, values), each (B, R), in micro-batches of the training size.
 
-    The same micro-batch size and the same `forward_logits` call as `microbatch_step`, so before the first
+    The same micro-batch size and the same `forward_policy_values` call as `microbatch_step`, so before the first
     optimizer step the training log-probs equal these exactly (ratio 1).
     """
     response_length = query_responses.shape[1] - context
@@ -435,11 +526,11 @@ def _score_tokens(
         mb_query_responses = query_responses[start : start + micro_size]
         mb_attention_mask = attention_mask[start : start + micro_size]
         mb_responses = mb_query_responses[:, context:]
-        logits = forward_logits(policy, mb_query_responses, mb_attention_mask, response_length + 1)[:, :-1]
+        logits, mb_values = forward_policy_values(policy, value_net, mb_query_responses, mb_attention_mask, context)
         logprobs.append(logprobs_from_logits(logits, mb_responses, cfg.temperature))
+        values.append(mb_values)
         ref_logits = forward_logits(ref_policy, mb_query_responses, mb_attention_mask, response_length + 1)[:, :-1]
         ref_logprobs.append(logprobs_from_logits(ref_logits, mb_responses, cfg.temperature))
-        values.append(forward_values(value_net, mb_query_responses, mb_attention_mask)[:, context - 1 : -1])
     return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
 
@@ -677,7 +768,8 @@ def run_ppo(
     """Stage wrapper: <run>/inputs/prompts.jsonl, the SFT model and the reward model -> <run>/<stage>/model.
 
     The reward model folder gives both the score function (with its stored gain/bias normalisation) and the
-    value model's initial weights; `cfg.eval.monitor` drives early stopping and keep-best. With ppo.ptx_coef > 0 the SFT data (<run>/critique/sft.jsonl) feeds PPO-ptx.
+    value model's initial weights (ppo.value_network = "separate"). With ppo.ptx_coef > 0 the SFT data
+    (<run>/critique/sft.jsonl) feeds PPO-ptx. `cfg.eval.monitor` drives early stopping and keep-best.
     A finished stage (model folder with a manifest) is not trained again: a redelivered task returns its result.
     """
     out_dir = store.stage_dir(run_id, stage)

@@ -1,5 +1,6 @@
 """PPO stage on the tiny model: a full toy run, exact resume, rollout/training log-prob consistency, the value
-model's two starting points, the stage wrapper and the CLI; one slow run on the embedded model.
+model's two starting points, the Goodhart monitors (early stop, keep-best), the stage wrapper and the CLI; one
+slow run on the embedded model.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from typer.testing import CliRunner
 
-from rlaif.config import PPOConfig, RunConfig
+from rlaif.config import EvalConfig, MonitorConfig, PPOConfig, RunConfig
+from rlaif.evaluation.monitors import best_step, boilerplate
 from rlaif.modeling import load_causal_lm, load_tokenizer, prepare_model
 from rlaif.records import LabelRecord, PromptItem, SFTExample
 from rlaif.rl.advantages import masked_mean, masked_var
@@ -24,12 +26,14 @@ from rlaif.rl.types import Rollout
 from rlaif.scorers import ScoreFn, looks_harmful, refusal_scorer
 from rlaif.stages import INPUTS, PROMPTS_FILE
 from rlaif.stages.ppo import (
+    ValueHead,
     _encode_prompts,
     _query_batch,
     forward_values,
     load_value_model,
     ppo_update,
     rollout,
+    rollout_metrics,
     run_ppo,
     train_ppo,
 )
@@ -95,6 +99,9 @@ def test_toy_run_writes_metrics_samples_and_a_loadable_model(tiny_model: str, tm
     assert rows[0]["optim/lr"] == pytest.approx(1e-4) and rows[1]["optim/lr"] == pytest.approx(0.5e-4)  # annealed
     samples = _rows(tmp_path / "samples.jsonl")
     assert len(samples) == 8 and {"prompt", "response", "score", "kl", "finished"} <= set(samples[0])
+    for row in rows:  # the boilerplate monitor's input, from the same responses samples.jsonl shows
+        responses = [s["response"] for s in samples if s["step"] == row["step"]]
+        assert row["val/boilerplate_fraction"] == boilerplate(responses).fraction
 
     verify_manifest(tmp_path / "model")
     meta = json.loads((tmp_path / "model" / "meta.json").read_text())
@@ -106,9 +113,11 @@ def test_toy_run_writes_metrics_samples_and_a_loadable_model(tiny_model: str, tm
     assert not (tmp_path / "steps").exists()  # resume states removed once the model is complete
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("value_network", ["separate", "shared"])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path, value_network: str) -> None:
     # 4 updates; step states after updates 2 (and not 4: the final model supersedes it).
-    cfg = _cfg(total_episodes=16, checkpoint_every=2, adaptive_kl=True, kl_target=0.01, kl_horizon=20)
+    cfg = _cfg(total_episodes=16, checkpoint_every=2, adaptive_kl=True, kl_target=0.01, kl_horizon=20,
+               value_network=value_network)  # fmt: skip
     train_ppo(PROMPTS, tiny_model, refusal_scorer(), cfg, tmp_path / "full", seed=5, progress=False)
 
     calls = 0
@@ -128,6 +137,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model: str, tmp_
 
     full, resumed = _rows(tmp_path / "full" / "metrics.jsonl"), _rows(tmp_path / "resumed" / "metrics.jsonl")
     assert resumed == full  # update 3 was rolled back and redone identically
+    assert full[0]["val/mean"] == 0.0 and full[-1]["val/mean"] != 0.0  # the zero-initialised value head learned
     assert _rows(tmp_path / "full" / "samples.jsonl") == _rows(tmp_path / "resumed" / "samples.jsonl")
     full_weights = load_file(tmp_path / "full" / "model" / "model.safetensors")
     resumed_weights = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
@@ -141,11 +151,19 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model: str, tmp_
         assert after["objective/kl_coef"] == pytest.approx(before["objective/kl_coef"] * (1 + error * 4 / 20))
 
 
-def test_rollout_logprobs_equal_training_logprobs_before_the_first_update(tiny_model: str) -> None:
-    cfg = _cfg(temperature=0.7, prompts_per_step=4, ppo_epochs=2)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("value_network", ["separate", "shared"])
+def test_rollout_logprobs_equal_training_logprobs_before_the_first_update(
+    tiny_model: str, value_network: str, dtype: str
+) -> None:
+    # The invariant holds in both precisions (bf16 autocast in rollout and update alike) and for both value networks.
+    cfg = _cfg(temperature=0.7, prompts_per_step=4, ppo_epochs=2, dtype=dtype)
     tokenizer = load_tokenizer(tiny_model)
     policy, ref_policy = load_causal_lm(tiny_model, device="cpu"), load_causal_lm(tiny_model, device="cpu")
-    value_net = load_value_model(tiny_model, torch.device("cpu"), zero_head=True)
+    if value_network == "shared":
+        value_net = ValueHead(policy.config.hidden_size)
+    else:
+        value_net = load_value_model(tiny_model, torch.device("cpu"), zero_head=True)
     prompts, queries, _ = _encode_prompts(tokenizer, PROMPTS, cfg.max_prompt_tokens)
     indices, b_queries, b_query_mask = _query_batch(queries, 0, cfg, 0, tokenizer.pad_token_id)
 
@@ -159,6 +177,11 @@ def test_rollout_logprobs_equal_training_logprobs_before_the_first_update(tiny_m
 
     data = seeded_rollout(cfg)
 
+    # val/boilerplate_fraction: 2 of the 4 texts share the sentence "i'm sorry, but i can't help with that request."
+    texts = ["I'm sorry, but I can't help with that request.", "I'm sorry, but I can't help with that request. Truly.",
+             "Sure.", "Here is a recipe for bread with flour."]  # fmt: skip
+    assert rollout_metrics(1, data, 0.05, texts, cfg)["val/boilerplate_fraction"] == 0.5
+
     # Before any update: policy == reference (KL 0), the zero-initialised value head predicts 0 everywhere, so the
     # only reward is the score at the last token: 0.3, minus the missing-EOS penalty 1 when the response was cut.
     assert data.kl.abs().max().item() == 0.0
@@ -169,7 +192,7 @@ def test_rollout_logprobs_equal_training_logprobs_before_the_first_update(tiny_m
     assert data.rewards.sum().item() == pytest.approx(expected.sum().item())
 
     # whiten_rewards (same seed, same responses): the rewards' spread becomes 1 over valid tokens, their mean stays.
-    whitened = seeded_rollout(_cfg(whiten_rewards=True))
+    whitened = seeded_rollout(_cfg(whiten_rewards=True, dtype=dtype))
     assert torch.equal(whitened.query_responses, data.query_responses)
     mask = data.response_mask
     assert masked_mean(whitened.rewards, mask).item() == pytest.approx(masked_mean(data.rewards, mask).item(), abs=1e-6)
@@ -177,7 +200,8 @@ def test_rollout_logprobs_equal_training_logprobs_before_the_first_update(tiny_m
 
     # A training pass at another temperature sees different log-probs: the check below is not vacuous.
     frozen = torch.optim.AdamW([*policy.parameters(), *value_net.parameters()], lr=0.0)
-    wrong = ppo_update(policy, value_net, frozen, data, _cfg(temperature=1.0, ppo_epochs=1), torch.Generator(), [])
+    wrong_cfg = _cfg(temperature=1.0, ppo_epochs=1, dtype=dtype)
+    wrong = ppo_update(policy, value_net, frozen, data, wrong_cfg, torch.Generator(), [])
     assert wrong.approxkl[0, 0].item() > 1e-3
 
     optimizer = torch.optim.AdamW([*policy.parameters(), *value_net.parameters()], lr=1e-3)
@@ -188,8 +212,127 @@ def test_rollout_logprobs_equal_training_logprobs_before_the_first_update(tiny_m
     assert stats.approxkl[1].min().item() > 0  # later minibatches see the moved policy
 
     # Early stop: the moved policy is already past a tiny approx-KL target at its first minibatch.
-    early = ppo_update(policy, value_net, optimizer, data, _cfg(target_approxkl=1e-9), torch.Generator(), [])
+    early_cfg = _cfg(target_approxkl=1e-9, dtype=dtype)
+    early = ppo_update(policy, value_net, optimizer, data, early_cfg, torch.Generator(), [])
     assert (~early.approxkl.isnan()).sum().item() == 1
+
+
+def test_early_stop_when_a_monitor_alerts_for_patience_updates(tiny_model: str, tmp_path: Path) -> None:
+    # The k3 KL estimate is >= 0, and exactly 0 only while the policy equals the reference: update 1's rollout
+    # comes from the unchanged policy (KL 0, no alert at kl_max = 1e-9), every later one from a moved policy
+    # (KL > 0: alert). With patience 2 the alerts at updates 2 and 3 stop the run after update 3 of 6.
+    monitor = MonitorConfig(early_stop=True, patience=2, kl_max=1e-9)
+    cfg = _cfg(total_episodes=24, kl_estimator="k3", checkpoint_every=2)
+    seen: list[int] = []
+    result = train_ppo(PROMPTS, tiny_model, refusal_scorer(), cfg, tmp_path, seed=0, progress=False,
+                       on_step=lambda step, metrics: seen.append(step), monitor=monitor)  # fmt: skip
+
+    rows = _rows(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and seen == [1, 2, 3]
+    assert rows[0]["objective/kl"] == 0.0 and min(r["objective/kl"] for r in rows[1:]) > 1e-9
+    assert result.counts["updates"] == 3 and result.counts["episodes"] == 12  # 3 updates x 4 episodes
+    assert result.extra["early_stop"]["step"] == 3
+    assert result.extra["early_stop"]["reasons"] == [f"KL {rows[2]['objective/kl']:.3g} nats above 1e-09"]
+    meta = json.loads((tmp_path / "model" / "meta.json").read_text())
+    assert meta["monitor"] == result.extra and meta["counts"]["updates"] == 3
+    assert not (tmp_path / "steps").exists()
+
+
+def test_keep_best_saves_the_policy_of_the_best_rollout_and_resumes(tiny_model: str, tmp_path: Path) -> None:
+    # 2 prompts per update; no lr annealing, so a shorter run reproduces a longer one's first updates exactly.
+    # The tiny random model never refuses: a harmful prompt scores -1 and a harmless one +1. With seed 5 the
+    # updates draw (harmful, harmless), (harmless, harmful), (harmless, harmless), (harmful, harmful):
+    # mean scores 0, 0, 1, -1, so the best rollout is update 3's, sampled by the policy after 2 updates.
+    cfg = _cfg(total_episodes=8, prompts_per_step=2, num_minibatches=1, anneal_lr=False, checkpoint_every=2)
+    monitor = MonitorConfig(keep_best="objective/scores")
+    result = train_ppo(PROMPTS, tiny_model, refusal_scorer(), cfg, tmp_path / "full", seed=5, progress=False,
+                       monitor=monitor)  # fmt: skip
+    rows = _rows(tmp_path / "full" / "metrics.jsonl")
+    assert [r["objective/scores"] for r in rows] == [0.0, 0.0, 1.0, -1.0]
+    assert best_step(rows, monitor) == 3
+    assert result.extra["keep_best"] == {"metric": "objective/scores", "step": 3, "value": 1.0, "updates_applied": 2}
+    assert result.metrics["objective/scores"] == 1.0  # the kept rollout's metrics, not the last update's
+    assert not (tmp_path / "full" / "best").exists()
+
+    two = _cfg(total_episodes=4, prompts_per_step=2, num_minibatches=1, anneal_lr=False)
+    train_ppo(PROMPTS, tiny_model, refusal_scorer(), two, tmp_path / "two", seed=5, progress=False)
+    assert _rows(tmp_path / "two" / "metrics.jsonl") == rows[:2]
+    kept, after_two = _weights(tmp_path / "full" / "model"), _weights(tmp_path / "two" / "model")
+    assert all(torch.equal(kept[k], after_two[k]) for k in kept)
+    initial = _weights(Path(prepare_model(tiny_model)))
+    assert any(not torch.equal(kept[k], initial[k]) for k in kept)
+
+    # Crash in update 4's rollout. Step state: update 2, whose best is update 1 (0 = 0, ties go to the earliest);
+    # current best: update 3. Both policies are on disk, nothing else.
+    calls = 0
+
+    def crashing_scorer(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("worker lost")
+        return refusal_scorer()(prompts, responses)
+
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train_ppo(PROMPTS, tiny_model, crashing_scorer, cfg, resumed_dir, seed=5, progress=False, monitor=monitor)
+    assert sorted(p.name for p in (resumed_dir / "best").iterdir()) == [
+        "update-00000001.safetensors",
+        "update-00000003.safetensors",
+    ]
+    again = train_ppo(PROMPTS, tiny_model, refusal_scorer(), cfg, resumed_dir, seed=5, progress=False, monitor=monitor)
+    assert _rows(resumed_dir / "metrics.jsonl") == rows and again.extra == result.extra
+    resumed = _weights(resumed_dir / "model")
+    assert all(torch.equal(resumed[k], kept[k]) for k in kept)
+
+
+def test_keep_best_passes_over_alerting_rollouts(tiny_model: str, tmp_path: Path) -> None:
+    # Seed 6 draws a mixed pair, then two harmless prompts: scores 0, 1. Update 2's rollout is better but comes
+    # from a moved policy whose k3 KL is above kl_max = 1e-9 (an alert), so the kept policy is the one that
+    # sampled update 1: the starting policy, unchanged.
+    cfg = _cfg(total_episodes=4, prompts_per_step=2, num_minibatches=1, kl_estimator="k3")
+    monitor = MonitorConfig(keep_best="objective/scores", kl_max=1e-9)
+    result = train_ppo(PROMPTS, tiny_model, refusal_scorer(), cfg, tmp_path, seed=6, progress=False, monitor=monitor)
+    rows = _rows(tmp_path / "metrics.jsonl")
+    assert [r["objective/scores"] for r in rows] == [0.0, 1.0] and rows[1]["objective/kl"] > 1e-9
+    assert result.extra["keep_best"]["step"] == 1 and result.extra["keep_best"]["updates_applied"] == 0
+    kept, initial = _weights(tmp_path / "model"), _weights(Path(prepare_model(tiny_model)))
+    assert all(torch.equal(kept[k], initial[k]) for k in kept)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+@pytest.mark.parametrize("value_network", ["separate", "shared"])
+def test_gradient_checkpointing_changes_nothing_but_memory(
+    tiny_model: str, tmp_path: Path, value_network: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recomputing each layer's forward in the backward pass gives bit-identical gradients, so identical runs.
+    # A counter around torch's checkpoint (as transformers imported it) shows the recomputation really ran.
+    import transformers.modeling_utils
+
+    recomputed = []
+    checkpoint = transformers.modeling_utils.checkpoint
+
+    def counting_checkpoint(*args: object, **kwargs: object) -> object:
+        recomputed.append(1)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counting_checkpoint)
+    runs = {}
+    for checkpointing in (False, True):
+        recomputed.clear()
+        cfg = _cfg(gradient_checkpointing=checkpointing, value_network=value_network)
+        out = tmp_path / str(checkpointing)
+        train_ppo(PROMPTS, tiny_model, refusal_scorer(), cfg, out, seed=3, progress=False)
+        runs[checkpointing] = (_rows(out / "metrics.jsonl"), _weights(out / "model"), len(recomputed))
+    (rows, weights, plain_calls), (gc_rows, gc_weights, gc_calls) = runs[False], runs[True]
+    # 2 updates x 2 epochs x 4 micro-batches (minibatches of 2, micro-batches of 1) x 2 layers, in each
+    # checkpointed transformer: the policy, and the value model when it is a separate one.
+    assert plain_calls == 0 and gc_calls == 2 * 2 * 4 * 2 * (2 if value_network == "separate" else 1)
+    assert gc_rows == rows and rows[1]["objective/kl"] != 0.0
+    assert all(torch.equal(gc_weights[k], weights[k]) for k in weights)
 
 
 def test_value_model_starts_from_a_reward_model_head(tiny_model: str, tmp_path: Path) -> None:
@@ -237,15 +380,16 @@ def test_run_ppo_reads_the_run_and_skips_a_finished_stage(tiny_model: str, tmp_p
     write_jsonl(
         store.path("r1", INPUTS, PROMPTS_FILE), [PromptItem(id=f"p{i}", prompt=p) for i, p in enumerate(PROMPTS)]
     )
-    cfg = RunConfig(seed=1, ppo=_cfg())
+    cfg = RunConfig(seed=1, ppo=_cfg(), eval=EvalConfig(monitor=MonitorConfig(keep_best="objective/rlhf_reward")))
     result = run_ppo(cfg, store, "r1", tiny_model, str(tmp_path / "rm" / "model"), progress=False)
     meta = json.loads(store.path("r1", "ppo", "model", "meta.json").read_text())
     assert meta["reward_model"] == str(tmp_path / "rm" / "model") and meta["run_config"]["ppo"]["total_episodes"] == 8
     assert meta["counts"]["prompts_in"] == 8 and meta["metrics"] == result.metrics
+    assert result.extra["keep_best"]["metric"] == "objective/rlhf_reward"  # eval.monitor reached train_ppo
 
     weights = store.path("r1", "ppo", "model", "model.safetensors").stat().st_mtime_ns
     again = run_ppo(cfg, store, "r1", tiny_model, str(tmp_path / "rm" / "model"), progress=False)
-    assert again.metrics == result.metrics  # redelivered: not trained again
+    assert again.metrics == result.metrics and again.extra == result.extra  # redelivered: not trained again
     assert store.path("r1", "ppo", "model", "model.safetensors").stat().st_mtime_ns == weights
 
 
