@@ -176,8 +176,7 @@ class DatabaseFactory:
 
             engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
             try:
-                with engine.connect():
-                    pass
+                engine.connect().close()
             except Exception as exc:
                 raise RuntimeError(
                     f"PostgreSQL is not reachable at {POSTGRES_URL} (set RLAIF_TEST_POSTGRES_URL): {exc}"

@@ -113,7 +113,7 @@ def test_resume_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path) ->
     train_sft(examples, tiny_model, cfg, tmp_path / "full", seed=1, progress=False)
 
     class Preempted(Exception):
-        pass
+        """Stands in for a worker being killed mid-training."""
 
     def crash_at_step_5(step: int, metrics: dict[str, float]) -> None:
         if step == 5:
