@@ -45,7 +45,10 @@ def shared_data() -> Path:
     for candidate in (
         os.environ.get("RLAIF_SHARED_DATA", ""),  # unset -> "" (Path("") would be the cwd, whose README.md exists)
         str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+        "/work/shared/data",  # where the development machines (and CI, which clones elsewhere) keep it
     ):
         if candidate and (Path(candidate) / "README.md").exists():
             return Path(candidate)
-    raise FileNotFoundError("../shared/data is not present: set RLAIF_SHARED_DATA to the development data folder")
+    raise FileNotFoundError(
+        "the development data (../shared/data or /work/shared/data) is not present: set RLAIF_SHARED_DATA to its folder"
+    )
