@@ -6,7 +6,7 @@ import hashlib
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,6 +36,8 @@ from rlaif.db import (
 )
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", PromptSetRow, RunRow, CheckpointRow)
 
 # (path, mtime_ns, size) -> parsed constitution, so a listing re-parses only files that changed; and the
 # (database, file version) pairs already registered, so a listing writes only when a file changed.
@@ -99,25 +101,24 @@ def get_constitution(session: Session, owner: str, ident: str) -> ConstitutionRo
     return row
 
 
-def get_prompt_set(session: Session, owner: str, ident: str) -> PromptSetRow:
-    row = session.get(PromptSetRow, ident)
+def _get_owned(session: Session, model: type[R], what: str, owner: str, ident: str) -> R:
+    """The row, or 404 when it does not exist *or* belongs to another key (never reveal that it exists)."""
+    row = session.get(model, ident)
     if row is None or row.owner != owner:
-        raise not_found("prompt set", ident)
+        raise not_found(what, ident)
     return row
+
+
+def get_prompt_set(session: Session, owner: str, ident: str) -> PromptSetRow:
+    return _get_owned(session, PromptSetRow, "prompt set", owner, ident)
 
 
 def get_run(session: Session, owner: str, ident: str) -> RunRow:
-    row = session.get(RunRow, ident)
-    if row is None or row.owner != owner:
-        raise not_found("run", ident)
-    return row
+    return _get_owned(session, RunRow, "run", owner, ident)
 
 
 def get_checkpoint(session: Session, owner: str, ident: str) -> CheckpointRow:
-    row = session.get(CheckpointRow, ident)
-    if row is None or row.owner != owner:
-        raise not_found("checkpoint", ident)
-    return row
+    return _get_owned(session, CheckpointRow, "checkpoint", owner, ident)
 
 
 # ---------------------------------------------------------------- row -> schema

@@ -32,6 +32,9 @@ def _split(values: list[str] | None) -> list[str] | None:
     return out or None
 
 
+_DEFAULTS = JudgeConfig()  # CLI defaults are the run defaults, defined once in rlaif/config.py
+
+
 def _judge_config(**fields: object) -> JudgeConfig:
     try:
         return JudgeConfig.model_validate(fields)
@@ -97,7 +100,7 @@ def judge_eval_command(
     principles_per_label: int = typer.Option(
         1, "--principles-per-label", help="Principles sampled per pair (ensemble)."
     ),
-    few_shot: int = typer.Option(1, "--few-shot", help="Comparison examples prepended."),
+    few_shot: int = typer.Option(_DEFAULTS.few_shot, "--few-shot", help="Comparison examples prepended."),
     chain_of_thought: bool = typer.Option(False, "--chain-of-thought", help="Reason before answering (slow)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Judge prompts per forward pass."),
     dtype: str = typer.Option(
@@ -148,7 +151,7 @@ def judge_command(
     constitution: str = typer.Option("harmless", "--constitution", help="Shipped constitution name or file."),
     principles: list[str] | None = typer.Option(None, "--principles", help="Principle ids / tag:<tag>."),
     principles_per_label: int = typer.Option(1, "--principles-per-label", help="Principles sampled per pair."),
-    few_shot: int = typer.Option(1, "--few-shot", help="Comparison examples prepended."),
+    few_shot: int = typer.Option(_DEFAULTS.few_shot, "--few-shot", help="Comparison examples prepended."),
     batch_size: int = typer.Option(8, "--batch-size", help="Judge prompts per forward pass."),
     dtype: str = typer.Option(
         "float32", "--dtype", help="float32 (default: bf16 rounding erases the order difference), bfloat16 or auto."

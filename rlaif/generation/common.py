@@ -107,6 +107,26 @@ def check_context(prompts: Sequence[Sequence[int]], max_new_tokens: int, context
             )
 
 
+def prepare_prompts(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation], n: int, sampling: Any, context: int
+) -> tuple[list[list[int]], int]:
+    """Steps 1-2 for a `generate` call: the checked prompt token ids, and how many samples to draw per prompt.
+
+    Greedy decoding (temperature 0) gives the same answer n times, so one sample is drawn and `copy_greedy`
+    repeats it.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    prompts = encode_conversations(tokenizer, conversations)
+    check_context(prompts, sampling.max_new_tokens, context)
+    return prompts, 1 if sampling.temperature == 0.0 else n
+
+
+def copy_greedy(completions: list[Completion], n: int, greedy: bool) -> list[Completion]:
+    """The n completions of one prompt: the sampled ones, or n copies of the single greedy one."""
+    return [completions[0].model_copy() for _ in range(n)] if greedy else completions
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_eos: int | list[int] | None = None) -> list[int]:
     """Token ids that end a completion: the tokenizer's EOS plus the model generation config's EOS id(s)."""
     ids: list[int] = []

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 from rlaif.config import SamplingConfig
 from rlaif.generation import Completion, Conversation
 from rlaif.generation.common import (
-    check_context,
     context_length,
+    copy_greedy,
     derive_seed,
-    encode_conversations,
+    prepare_prompts,
     seeded,
     stop_token_ids,
     to_completion,
@@ -84,13 +84,8 @@ class HFGenerator:
         progress: bool = True,
     ) -> list[list[Completion]]:
         """n completions per conversation, in input order. Same seed and inputs -> same outputs."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        prompts = encode_conversations(self.tokenizer, conversations)
-        check_context(prompts, sampling.max_new_tokens, self.context)
+        prompts, per_prompt = prepare_prompts(self.tokenizer, conversations, n, sampling, self.context)
         greedy = sampling.temperature == 0.0
-        # Greedy decoding gives the same answer n times: decode once and copy.
-        per_prompt = 1 if greedy else n
         prompts_per_batch = max(1, self.batch_size // per_prompt)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         results: list[list[Completion]] = [[] for _ in prompts]
@@ -101,7 +96,7 @@ class HFGenerator:
                     [prompts[i] for i in rows], per_prompt, sampling, derive_seed(seed, batch_index), return_logprobs
                 )
                 for row, completions in zip(rows, batch, strict=True):
-                    results[row] = [completions[0].model_copy() for _ in range(n)] if greedy else completions
+                    results[row] = copy_greedy(completions, n, greedy)
                 bar.update(len(rows) * n)
         log.debug("generated %d x %d completions with %s", len(prompts), n, self.model_name)
         return results

@@ -30,7 +30,7 @@ from typing import Any
 
 from rlaif.config import SamplingConfig
 from rlaif.generation import Completion, Conversation
-from rlaif.generation.common import check_context, derive_seed, encode_conversations, stop_token_ids, to_completion
+from rlaif.generation.common import copy_greedy, derive_seed, prepare_prompts, stop_token_ids, to_completion
 from rlaif.modeling import load_tokenizer, pick_dtype, resolve_model
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,8 @@ class VLLMGenerator:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        prompts = encode_conversations(self.tokenizer, conversations)
-        check_context(prompts, sampling.max_new_tokens, self.context)
+        prompts, per_prompt = prepare_prompts(self.tokenizer, conversations, n, sampling, self.context)
         greedy = sampling.temperature == 0.0
-        per_prompt = 1 if greedy else n  # greedy gives the same answer n times: decode once and copy
         params = [
             SamplingParams(
                 n=per_prompt,
@@ -145,7 +141,7 @@ class VLLMGenerator:
         results: list[list[Completion]] = []
         for output in outputs:
             completions = [self._completion(sample, return_logprobs) for sample in output.outputs]
-            results.append([completions[0].model_copy() for _ in range(n)] if greedy else completions)
+            results.append(copy_greedy(completions, n, greedy))
         return results
 
     def _completion(self, sample: Any, return_logprobs: bool) -> Completion:
