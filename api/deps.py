@@ -58,6 +58,17 @@ _bearer = HTTPBearer(
 )
 
 
+def owner_of_key(settings: Settings, presented_key: str) -> str | None:
+    """The owner of an API key, or None. Keys are compared in constant time, every one of them, so timing
+    tells nothing about which key (or how much of one) matched."""
+    presented = presented_key.encode("utf-8")
+    owner = None
+    for key, who in settings.api_key_owners().items():
+        if hmac.compare_digest(key.encode("utf-8"), presented):
+            owner = who
+    return owner
+
+
 def get_owner(state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """The owner of the presented API key; 401 when it is missing or unknown. Keys are never logged."""
     challenge = {"WWW-Authenticate": "Bearer"}
@@ -65,12 +76,7 @@ def get_owner(state: StateDep, credentials: Annotated[HTTPAuthorizationCredentia
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'", challenge
         )
-    presented = credentials.credentials.encode("utf-8")
-    owner = None
-    for key, who in state.settings.api_key_owners().items():
-        # Compare against every key, in constant time each, so timing tells nothing about which key matched.
-        if hmac.compare_digest(key.encode("utf-8"), presented):
-            owner = who
+    owner = owner_of_key(state.settings, credentials.credentials)
     if owner is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API key", challenge)
     return owner

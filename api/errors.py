@@ -15,10 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 class ApiError(Exception):
     """An error with a status code, a one-line detail and (for validation) every problem found."""
 
-    def __init__(self, status_code: int, detail: str, errors: Sequence[str] = ()):
+    def __init__(
+        self, status_code: int, detail: str, errors: Sequence[str] = (), headers: dict[str, str] | None = None
+    ):
         self.status_code = status_code
         self.detail = detail
         self.errors = list(errors)
+        self.headers = headers
         super().__init__(detail)
 
 
@@ -45,7 +48,7 @@ def _body(detail: str, errors: Sequence[str] = ()) -> dict[str, Any]:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.detail, exc.errors), status_code=exc.status_code)
+        return JSONResponse(_body(exc.detail, exc.errors), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

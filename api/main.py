@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from api.deps import AppState
 from api.errors import install_handlers
+from api.limits import RequestLimits
 from api.routes import checkpoints, constitutions, health, prompt_sets, reports, runs
 from rlaif import __version__
 from rlaif.db import get_engine, session_factory
@@ -33,6 +34,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         celery=create_celery(cfg),
     )
     install_handlers(app)
+    app.add_middleware(RequestLimits, settings=cfg)
     v1 = APIRouter(prefix="/v1")
     for module in (constitutions, prompt_sets, runs, checkpoints):
         v1.include_router(module.router)

@@ -73,6 +73,11 @@ class PromptSetPublic(_Public):
     preview: list[PromptPublic] = Field(default_factory=list, description="The first prompts of the set.")
 
 
+class PromptSetsPublic(BaseModel):
+    data: list[PromptSetPublic] = Field(description="The sets, newest first (without previews).")
+    count: int
+
+
 # ---------------------------------------------------------------- runs
 
 

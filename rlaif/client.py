@@ -82,6 +82,9 @@ class Client:
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self.json("POST", f"/v1/runs/{run_id}/cancel")
 
+    def resume(self, run_id: str) -> dict[str, Any]:
+        return self.json("POST", f"/v1/runs/{run_id}/resume")
+
     def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
         return self.json("GET", f"/v1/runs/{run_id}/checkpoints")["data"]
 

@@ -328,6 +328,7 @@ def run_shard(rt: Runtime, run_id: str, stage: str, index: int, owner: str) -> l
                 _record_item(rt, run_id, stage, record)
     except StageInterrupted as exc:
         log.warning("run %s: %s shard %d stopped: %s", run_id, stage, index, exc.reason)
+        _release(rt, ShardRow, ShardRow.id == shard_id, owner)
         return []
     return [Dispatch(ADVANCE, (run_id,))] if _finish_shard(rt, run_id, stage, index, owner) else []
 
@@ -433,6 +434,7 @@ def run_training(rt: Runtime, run_id: str, stage: str, owner: str) -> list[Dispa
             result = executors.train_stage(ctx)
     except StageInterrupted as exc:
         log.warning("run %s: stage %s stopped: %s", run_id, stage, exc.reason)
+        _release(rt, StageRunRow, (StageRunRow.run_id == run_id) & (StageRunRow.name == stage), owner)
         return []
     progress()
     return [Dispatch(ADVANCE, (run_id,))] if _finish_training(rt, run_id, stage, owner, result) else []
@@ -551,7 +553,16 @@ def _refresh_checkpoint(rt: Runtime, session: Session, run_id: str, stage: str, 
         row.metrics = {**row.metrics, **metrics}
 
 
-# ---------------------------------------------------------------- failure, cancellation, sweep
+def _release(rt: Runtime, table: type[ShardRow] | type[StageRunRow], where: Any, owner: str) -> None:
+    """Give up a lease this worker still holds, so a resumed run need not wait for it to go stale."""
+    try:
+        with rt.sessions.begin() as session:
+            session.execute(update(table).where(where, table.lease_owner == owner).values(lease_owner=None))
+    except Exception as exc:  # (the database is unreachable: the lease goes stale after lease_ttl_s instead)
+        log.warning("could not release the lease of %s: %s", owner, exc)
+
+
+# ---------------------------------------------------------------- failure, cancellation, resume, sweep
 
 
 def fail(rt: Runtime, run_id: str, stage: str | None, reason: str) -> None:
@@ -584,6 +595,76 @@ def cancel(session: Session, run: RunRow) -> bool:
             row.status, row.finished_at = CANCELLED, now
     add_event(session, run.id, "run cancelled", level="warning")
     return True
+
+
+class ResumeRefused(Exception):
+    """The run cannot be resumed now: it has not stopped, or a worker still holds one of its leases."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+def resume(session: Session, run: RunRow, lease_ttl_s: float) -> list[Dispatch]:
+    """Continue a failed or cancelled run from where it stopped; the tasks to enqueue. The caller commits.
+
+    Succeeded stages are kept. The stage that stopped goes on from what it had: a sharded stage re-runs only
+    its unfinished shards (and those skip their stored items), a training stage resumes from its newest step
+    checkpoint (`run_training`). Later stages start from the beginning, as in a new run.
+    """
+    if run.status not in (FAILED, CANCELLED):
+        raise ResumeRefused(f"run {run.id} is {run.status}: only failed or cancelled runs can be resumed")
+    stages = _stages(session, run.id)
+    stale = utcnow() - timedelta(seconds=lease_ttl_s)
+    leased: list[tuple[str, Any]] = [
+        (f"stage {row.name}", row.heartbeat_at) for row in stages if row.lease_owner is not None
+    ]
+    shards_of: dict[int, list[ShardRow]] = {
+        row.id: list(session.scalars(select(ShardRow).where(ShardRow.stage_run_id == row.id).order_by(ShardRow.index)))
+        for row in stages
+        if row.status != SUCCEEDED and row.shards_total
+    }
+    leased += [
+        (f"stage {row.name} shard {shard.index}", shard.heartbeat_at)
+        for row in stages
+        for shard in shards_of.get(row.id, [])
+        if shard.lease_owner is not None and shard.status != DONE
+    ]
+    for what, heartbeat_at in leased:
+        if heartbeat_at is not None and heartbeat_at >= stale:
+            wait = lease_ttl_s - (utcnow() - heartbeat_at).total_seconds()
+            raise ResumeRefused(f"run {run.id}: a worker is still stopping ({what}); retry shortly", max(1.0, wait))
+    now = utcnow()
+    out: list[Dispatch] = []
+    resumed_at: str | None = None
+    for row in stages:
+        if row.status == SUCCEEDED:
+            continue
+        row.error, row.finished_at, row.lease_owner = None, None, None
+        if row.started_at is None or resumed_at is not None:
+            row.status = PENDING  # never started (or after the stopped stage): starts afresh
+            continue
+        resumed_at = row.name
+        if row.kind in executors.SINGLE_TASK_KINDS:
+            row.status, row.requeued_at = RUNNING, now
+            out.append(Dispatch(row.task, (run.id, row.name)))
+            continue
+        unfinished = [shard for shard in shards_of.get(row.id, []) if shard.status != DONE]
+        for shard in unfinished:
+            shard.lease_owner, shard.requeued_at = None, now
+            out.append(Dispatch(row.task, (run.id, row.name, shard.index)))
+        row.status = RUNNING if unfinished else COMPLETING
+        if not unfinished:
+            out.append(Dispatch(ADVANCE, (run.id,)))  # every shard was done: the export is what is left
+    if resumed_at is None:
+        out.append(Dispatch(ADVANCE, (run.id,)))  # stopped between stages: start the next one
+    previous = run.status
+    run.status = RUNNING if run.started_at is not None else QUEUED
+    run.error, run.finished_at = None, None
+    where = f" from stage {resumed_at}" if resumed_at else ""
+    add_event(session, run.id, f"run resumed{where} (it was {previous})")
+    log.info("run %s resumed%s", run.id, where)
+    return out
 
 
 def sweep(rt: Runtime) -> list[Dispatch]:

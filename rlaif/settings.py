@@ -52,6 +52,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=10_000_000, ge=1, description="Largest constitution or prompt-set upload the API accepts (413 above)."
     )
+    max_request_bytes: int = Field(
+        default=1_000_000, ge=1, description="Largest JSON request body (413 above); uploads have max_upload_bytes."
+    )
+    rate_limit: str = Field(
+        default="600/minute",
+        description="Requests per API key (or, without a key, per client address) on /v1, in the `limits` "
+        "notation ('600/minute', '20/second;1000/hour'); 429 with Retry-After above it. Empty: no limit.",
+    )
+    rate_limit_storage: str = Field(
+        default="async+memory://",
+        description="Where rate-limit windows live: per API process by default; 'async+redis://host:6379/1' "
+        "shares them between API processes.",
+    )
     lease_ttl_s: float = Field(
         default=60.0,
         gt=0,
@@ -68,6 +81,17 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         default=30.0, gt=0, description="Seconds between control sweeps that re-enqueue stale stages and shards."
     )
+
+    @model_validator(mode="after")
+    def _check_rate_limit(self) -> Settings:
+        if self.rate_limit.strip():
+            from limits import parse_many
+
+            try:
+                parse_many(self.rate_limit)
+            except ValueError as exc:
+                raise ValueError(f"RLAIF_RATE_LIMIT {self.rate_limit!r}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_timings(self) -> Settings:

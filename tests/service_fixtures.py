@@ -255,6 +255,7 @@ class Service:
             "constitutions_dir": self.constitutions_dir,
             "api_keys": ",".join(f"{key}:{owner}" for owner, key in KEYS.items()),
             **TEST_TIMINGS,
+            "rate_limit": "100000/minute",  # (the limit itself is tested in tests/api/test_limits.py)
             **self.extra_settings,
         }
 

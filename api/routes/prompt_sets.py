@@ -1,4 +1,4 @@
-"""/v1/prompt-sets: upload prompts (JSONL body or file, or a JSON list), validated and de-duplicated; get a set."""
+"""/v1/prompt-sets: upload prompts (JSONL body or file, or a JSON list), validated and de-duplicated; list; get."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Query, status
+from sqlalchemy import func, select
 
 from api.crud import get_prompt_set
 from api.deps import OwnerDep, SessionDep
 from api.errors import ApiError, pydantic_problems
-from api.schemas import ErrorPublic, PromptPublic, PromptSetCreate, PromptSetPublic
+from api.schemas import ErrorPublic, PromptPublic, PromptSetCreate, PromptSetPublic, PromptSetsPublic
 from api.uploads import UploadDep
 from rlaif.db import PromptSetRow, new_id
 from rlaif.prompts import MAX_PROMPTS, PromptSetError, parse_prompt_items
@@ -107,6 +108,27 @@ def create_prompt_set(
     session.add(row)
     session.commit()
     return _public(row)
+
+
+@router.get("")
+def list_prompt_sets(
+    session: SessionDep,
+    owner: OwnerDep,
+    skip: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+) -> PromptSetsPublic:
+    """The caller's prompt sets, newest first (previews only on GET /v1/prompt-sets/{id})."""
+    mine = PromptSetRow.owner == owner
+    count = session.scalar(select(func.count()).select_from(PromptSetRow).where(mine)) or 0
+    columns = (PromptSetRow.id, PromptSetRow.name, PromptSetRow.count, PromptSetRow.duplicates)
+    rows = session.execute(
+        select(*columns, PromptSetRow.sha256, PromptSetRow.created_at)  # (not the prompts themselves)
+        .where(mine)
+        .order_by(PromptSetRow.created_at.desc(), PromptSetRow.id)
+        .offset(skip)
+        .limit(limit)
+    )
+    return PromptSetsPublic(data=[PromptSetPublic(**row._mapping) for row in rows], count=count)
 
 
 @router.get("/{prompt_set_id}", responses={404: {"model": ErrorPublic}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from api.crud import checkpoint_public, get_constitution, get_prompt_set, get_run, run_public, run_summary
-from api.deps import CeleryDep, OwnerDep, SessionDep, StoreDep
+from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, pydantic_problems
 from api.schemas import (
     CheckpointsPublic,
@@ -193,6 +194,27 @@ def cancel_run(run_id: str, session: SessionDep, owner: OwnerDep) -> RunPublic:
     if not runs.cancel(session, run):
         raise ApiError(status.HTTP_409_CONFLICT, f"run {run_id} already finished ({run.status}); nothing to cancel")
     session.commit()
+    return run_public(session, run)
+
+
+@router.post("/{run_id}/resume", responses={**_NOT_FOUND, 409: {"model": ErrorPublic}})
+def resume_run(
+    run_id: str, session: SessionDep, owner: OwnerDep, celery: CeleryDep, settings: SettingsDep
+) -> RunPublic:
+    """Continue a failed or cancelled run from its last completed stage and step (finished shards and step
+    checkpoints are kept). 409 when the run has not stopped, or a worker is still stopping (with Retry-After)."""
+    run = get_run(session, owner, run_id)
+    try:
+        dispatches = runs.resume(session, run, settings.lease_ttl_s)
+    except runs.ResumeRefused as exc:
+        headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
+        raise ApiError(status.HTTP_409_CONFLICT, str(exc), headers=headers) from None
+    session.commit()
+    try:
+        for dispatch in dispatches:
+            celery.send_task(dispatch.task, args=list(dispatch.args))
+    except Exception as exc:  # the broker is down: the control sweep re-enqueues the resumed work
+        log.warning("run %s resumed but not enqueued (%s); a control sweep will pick it up", run_id, type(exc).__name__)
     return run_public(session, run)
 
 

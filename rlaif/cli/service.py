@@ -231,6 +231,22 @@ def watch_command(run_id: str = typer.Argument(..., help="Run id.")) -> None:
         raise typer.Exit(1)
 
 
+@app.command("resume")
+def resume_command(
+    run_id: str = typer.Argument(..., help="Run id of a failed or cancelled run."),
+    watch: bool = typer.Option(False, "--watch", help="Follow the run until it finishes."),
+) -> None:
+    """Continue a failed or cancelled run from its last completed stage and step."""
+    client = _client()
+    try:
+        run = client.resume(run_id)
+        console.print(f"run {run_id} resumed ({run['status']})")
+        if watch and watch_run(client, run_id)["status"] != "succeeded":
+            raise typer.Exit(1)
+    except ApiError as exc:
+        raise _fail(exc) from None
+
+
 def pull_checkpoint(client: Client, run_id: str, stage: str, dest: Path) -> Path:
     """Download the newest checkpoint of `stage` (or alias: policy, reward_model, sft), SHA-256 verified."""
     from rlaif.pipeline import resolve_stage

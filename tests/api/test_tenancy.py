@@ -1,0 +1,127 @@
+"""Tenants are kept apart on every route: a second key cannot read, cancel, resume or download the first
+key's constitutions, prompt sets, runs, reports or checkpoints, nor start a run on them; lists do not show them.
+
+The test walks the app's own OpenAPI paths, so a route added later fails here until it is classified.
+
+    python -m pytest tests/api/test_tenancy.py -q
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from service_fixtures import REPO, TINY_RUN, Service, auth, error_of
+
+from rlaif.db import CheckpointRow, get_engine, new_id, session_factory
+from rlaif.store import write_manifest
+
+# Every /v1 route, by what a second key must see there.
+OWNED = {  # another owner's id in the path: 404, exactly as for an id that does not exist
+    ("GET", "/v1/constitutions/{constitution_id}"),
+    ("GET", "/v1/prompt-sets/{prompt_set_id}"),
+    ("GET", "/v1/runs/{run_id}"),
+    ("GET", "/v1/runs/{run_id}/events"),
+    ("GET", "/v1/runs/{run_id}/metrics"),
+    ("GET", "/v1/runs/{run_id}/checkpoints"),
+    ("GET", "/v1/runs/{run_id}/report"),
+    ("GET", "/v1/runs/{run_id}/report.html"),
+    ("POST", "/v1/runs/{run_id}/cancel"),
+    ("POST", "/v1/runs/{run_id}/resume"),
+    ("GET", "/v1/checkpoints/{checkpoint_id}"),
+    ("GET", "/v1/checkpoints/{checkpoint_id}/download"),
+    ("GET", "/v1/checkpoints/{checkpoint_id}/files/{path}"),
+}
+LISTS = {("GET", "/v1/runs"), ("GET", "/v1/constitutions"), ("GET", "/v1/prompt-sets")}  # 200 without them
+CREATES = {("POST", "/v1/constitutions"), ("POST", "/v1/prompt-sets"), ("POST", "/v1/runs")}
+
+
+@pytest.fixture(scope="module")
+def alices(api: TestClient, api_service: Service) -> dict[str, str]:
+    """A constitution, prompt set, run and registered checkpoint of alice's."""
+    con = api.post("/v1/constitutions", content=(REPO / "constitutions" / "minimal.yaml").read_bytes(), headers=auth())
+    prompts = api.post("/v1/prompt-sets", json=["tenancy one?", "tenancy two?", "tenancy three?"], headers=auth())
+    request = {"constitution_id": con.json()["id"], "prompt_set_id": prompts.json()["id"], "config": TINY_RUN}
+    run = api.post("/v1/runs", json=request, headers=auth()).json()
+    folder = api_service.artifacts / "runs" / run["id"] / "sft" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    manifest = write_manifest(folder)
+    checkpoint_id = new_id("ckpt")
+    with session_factory(get_engine(api_service.db_url)).begin() as session:
+        session.add(
+            CheckpointRow(
+                id=checkpoint_id, run_id=run["id"], owner="alice", stage="sft", step=1,
+                path=folder.relative_to(api_service.artifacts).as_posix(), metrics={}, files=manifest["files"],
+            )
+        )  # fmt: skip
+    return {
+        "constitution_id": con.json()["id"],
+        "prompt_set_id": prompts.json()["id"],
+        "run_id": run["id"],
+        "checkpoint_id": checkpoint_id,
+        "path": "config.json",
+    }
+
+
+def _fill(path: str, ids: dict[str, str]) -> str:
+    for name, value in ids.items():
+        path = path.replace("{" + name + "}", value)
+    return path
+
+
+def _ids_in(body: Any) -> set[str]:
+    return {row["id"] for row in body["data"]}
+
+
+def test_every_route_is_classified(api: TestClient) -> None:
+    routes = {(m.upper(), p) for p, item in api.app.openapi()["paths"].items() if p.startswith("/v1/") for m in item}  # type: ignore[attr-defined]
+    assert routes == OWNED | LISTS | CREATES
+
+
+def test_a_second_key_sees_nothing_of_the_first(api: TestClient, alices: dict[str, str]) -> None:
+    for method, template in sorted(OWNED):
+        path = _fill(template, alices)
+        status, detail, _ = error_of(api.request(method, path, headers=auth("bob")))
+        assert status == 404 and "not found" in detail, (method, path, status, detail)
+        # The same answer as for an id that does not exist: nothing tells bob that alice's id is real.
+        unknown = {k: (v if k == "path" else f"{v.split('-')[0]}-0000000000000000") for k, v in alices.items()}
+        other_status, other_detail, _ = error_of(api.request(method, _fill(template, unknown), headers=auth("bob")))
+        expected = other_detail
+        for name, value in unknown.items():
+            expected = expected.replace(value, alices[name]) if name != "path" else expected
+        assert (other_status, expected) == (status, detail), (method, template)
+    for method, path in sorted(LISTS):
+        listed = api.request(method, path, headers=auth("bob"))
+        assert listed.status_code == 200
+        assert not _ids_in(listed.json()) & set(alices.values()), path
+    # Starting a run on alice's inputs: 404 for each, and no run is created for bob.
+    request = {"constitution_id": alices["constitution_id"], "prompt_set_id": alices["prompt_set_id"]}
+    status, detail, _ = error_of(api.post("/v1/runs", json=request, headers=auth("bob")))
+    assert (status, detail) == (404, f"constitution {alices['constitution_id']!r} not found")
+    bobs_con = api.post(
+        "/v1/constitutions", content=(REPO / "constitutions/minimal.yaml").read_bytes(), headers=auth("bob")
+    )
+    status, detail, _ = error_of(
+        api.post("/v1/runs", json={**request, "constitution_id": bobs_con.json()["id"]}, headers=auth("bob"))
+    )
+    assert (status, detail) == (404, f"prompt set {alices['prompt_set_id']!r} not found")
+    # Uploading the same document makes bob his own version, not a handle on alice's.
+    assert bobs_con.json()["id"] != alices["constitution_id"]
+    same_prompts = api.post(
+        "/v1/prompt-sets", json=["tenancy one?", "tenancy two?", "tenancy three?"], headers=auth("bob")
+    )
+    assert same_prompts.status_code == 201 and same_prompts.json()["id"] != alices["prompt_set_id"]
+
+
+def test_the_first_key_still_reaches_all_of_it(api: TestClient, alices: dict[str, str]) -> None:
+    """(So the 404s above are about the key, not about ids that do not work.)"""
+    for method, template in sorted(OWNED):
+        if method == "GET" and not template.endswith(("/report", "/report.html")):  # (no report before stage 7)
+            response = api.get(_fill(template, alices), headers=auth())
+            assert response.status_code == 200, (template, response.status_code, response.text[:200])
+    assert api.post(f"/v1/runs/{alices['run_id']}/cancel", headers=auth()).status_code == 200
+    assert api.post(f"/v1/runs/{alices['run_id']}/resume", headers=auth()).json()["status"] == "queued"
+    for method, path in sorted(LISTS):
+        assert set(alices.values()) & _ids_in(api.request(method, path, headers=auth()).json())
