@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import kombu.exceptions
@@ -51,6 +54,7 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
 )
 MAX_TRANSIENT_RETRIES = 8
+LOW_DISK_BYTES = 64 << 20  # a failure with less free space than this is reported as a full disk
 
 
 @functools.cache
@@ -67,6 +71,27 @@ def send(dispatches: Iterable[runs.Dispatch]) -> None:
     """Enqueue what the state machine asked for; routing follows the task names."""
     for dispatch in dispatches:
         app.send_task(dispatch.task, args=list(dispatch.args))
+
+
+def disk_full_reason(exc: BaseException, artifact_root: Path, run_id: str) -> str | None:
+    """A readable reason when `exc` came from a full artifact disk (None otherwise). torch and safetensors
+    wrap ENOSPC in their own errors, so the free space is checked as well as the errno."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    full = any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in chain)
+    try:
+        free = shutil.disk_usage(artifact_root).free
+    except OSError:
+        free = None
+    if not full and (free is None or free >= LOW_DISK_BYTES):
+        return None
+    where = f"{free // (1 << 20)} MiB free under {artifact_root}" if free is not None else str(artifact_root)
+    return (
+        f"the artifact disk is full ({where}): free space, then resume the run "
+        f"(POST /v1/runs/{run_id}/resume, or `rlaif resume {run_id}`); the error was {reason_of(exc)}"
+    )
 
 
 def reason_of(exc: BaseException) -> str:
@@ -102,7 +127,8 @@ def stage_task(name: str) -> Callable[[Callable[..., None]], Task]:
                 runs.fail(runtime(), run_id, stage, f"gave up after {MAX_TRANSIENT_RETRIES} retries: {reason_of(exc)}")
             except Exception as exc:
                 log.exception("%s %s %s failed", name, run_id, ids)
-                runs.fail(runtime(), run_id, stage, reason_of(exc))
+                reason = disk_full_reason(exc, runtime().store.root, run_id) or reason_of(exc)
+                runs.fail(runtime(), run_id, stage, reason)
 
         return task
 
