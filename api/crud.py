@@ -94,8 +94,13 @@ def sync_shipped(session: Session, folder: Path) -> None:
             _REGISTERED.add((database, key))
 
 
+def _row(session: Session, model: type[Any], ident: str) -> Any:
+    # No id holds a NUL character, and PostgreSQL cannot even compare with one: such an id is simply not found.
+    return None if "\x00" in ident else session.get(model, ident)
+
+
 def get_constitution(session: Session, owner: str, ident: str) -> ConstitutionRow:
-    row = session.get(ConstitutionRow, ident)
+    row = _row(session, ConstitutionRow, ident)
     if row is None or row.owner not in (owner, SHIPPED_OWNER):
         raise not_found("constitution", ident)
     return row
@@ -103,7 +108,7 @@ def get_constitution(session: Session, owner: str, ident: str) -> ConstitutionRo
 
 def _get_owned(session: Session, model: type[R], what: str, owner: str, ident: str) -> R:
     """The row, or 404 when it does not exist *or* belongs to another key (never reveal that it exists)."""
-    row = session.get(model, ident)
+    row = _row(session, model, ident)
     if row is None or row.owner != owner:
         raise not_found(what, ident)
     return row

@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas import ErrorPublic
+
 
 class ApiError(Exception):
     """An error with a status code, a one-line detail and (for validation) every problem found."""
@@ -60,4 +62,48 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unreadable = _unreadable_body(exc)
+        if unreadable is not None:
+            return JSONResponse(
+                _body("invalid request: 1 problem(s)", [f"body: {unreadable}"]),
+                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            )
         return JSONResponse(_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+def _unreadable_body(exc: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not read a JSON body, when that is what its bare 400 ("There was an error parsing the
+    body") is about: a body that is not UTF-8 or nests too deeply is as invalid as malformed JSON (422)."""
+    if exc.status_code != status.HTTP_400_BAD_REQUEST:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"invalid JSON: not UTF-8 text (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return None
+
+
+def declare_error_bodies(app: FastAPI) -> None:
+    """Make the app's OpenAPI schema declare the error answers as what the handlers above send: ErrorPublic as
+    application/json. (FastAPI declares its own 422 body, `HTTPValidationError`, which this app never sends, and
+    gives the error answers of HTML routes the route's media type.)"""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            ours, fastapis = "#/components/schemas/ErrorPublic", "#/components/schemas/HTTPValidationError"
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    for code, response in operation.get("responses", {}).items():
+                        refs = {body.get("schema", {}).get("$ref") for body in response.get("content", {}).values()}
+                        if code[:1] in ("4", "5") and refs & {ours, fastapis}:
+                            response["content"] = {"application/json": {"schema": {"$ref": ours}}}
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.setdefault("ErrorPublic", ErrorPublic.model_json_schema())
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

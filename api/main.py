@@ -8,9 +8,10 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from api.deps import AppState
-from api.errors import install_handlers
+from api.errors import declare_error_bodies, install_handlers
 from api.limits import RequestLimits
 from api.routes import checkpoints, constitutions, health, prompt_sets, reports, runs
+from api.schemas import ErrorPublic
 from rlaif import __version__
 from rlaif.db import get_engine, session_factory
 from rlaif.settings import Settings, settings
@@ -34,8 +35,15 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         celery=create_celery(cfg),
     )
     install_handlers(app)
+    declare_error_bodies(app)
     app.add_middleware(RequestLimits, settings=cfg)
-    v1 = APIRouter(prefix="/v1")
+    v1 = APIRouter(
+        prefix="/v1",
+        responses={  # (every /v1 route: api/deps.py get_owner, api/limits.py)
+            401: {"model": ErrorPublic, "description": "Missing or unknown API key."},
+            429: {"model": ErrorPublic, "description": "Rate limit exceeded (with Retry-After)."},
+        },
+    )
     for module in (constitutions, prompt_sets, runs, checkpoints):
         v1.include_router(module.router)
     v1.include_router(reports.router)

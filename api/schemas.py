@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# The largest integer a query parameter may carry into SQL (SQLite INTEGER, PostgreSQL BIGINT / OFFSET).
+INT64_MAX = 2**63 - 1
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters (\\x00) are not allowed")
+    return value
+
+
+# Text stored in or compared with a database column: PostgreSQL cannot hold NUL characters (SQLite can), so the
+# API refuses them on both (422) rather than failing in the database (500).
+ColumnText = Annotated[str, AfterValidator(_no_nul), Field(json_schema_extra={"pattern": "^[^\\x00]*$"})]
 
 
 class _Public(BaseModel):
@@ -54,7 +68,7 @@ class PromptSetCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default="prompts", max_length=200, description="A label for the set.")
+    name: ColumnText = Field(default="prompts", max_length=200, description="A label for the set.")
     prompts: list[str | dict[str, Any]] = Field(description='Prompts: strings or {"prompt": ..., "id"?: ...} objects.')
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, status
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from api.deps import SettingsDep
 from api.errors import ApiError
@@ -24,7 +25,13 @@ async def upload_body(request: Request, settings: SettingsDep) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise _too_large(limit)  # (+64 KiB: multipart framing around a file that may itself fit)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=4)
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except HTTPException as exc:
+            if exc.status_code != status.HTTP_400_BAD_REQUEST:  # (413 from api/limits.py passes through)
+                raise
+            # Starlette's 400 for a form it cannot parse: as invalid as any other unreadable upload (422).
+            raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid multipart upload: {exc.detail}") from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, "multipart upload needs a 'file' part")

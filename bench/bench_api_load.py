@@ -166,7 +166,9 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
 
     print(f"\nGET /v1/runs/{{id}}, {args.duration} s per phase, {args.connections} connections, {os.cpu_count()} CPUs")
-    print(f"{'phase':<10}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}{'SFT steps':>11}")
+    print(
+        f"{'phase':<10}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}{'SFT steps':>11}"
+    )
     for phase, r in results.items():
         errors = int(r["socket_errors"] + r["non_2xx"])
         steps = f"{int(r['sft_steps_during'])}" if "sft_steps_during" in r else "-"

@@ -178,7 +178,25 @@ class ConstitutionError(ValueError):
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses alias bombs and absurd nesting before building Python objects."""
+    """SafeLoader that refuses alias bombs and absurd nesting before building Python objects.
+
+    PyYAML's composer recurses once per nesting level, so `[[[[...` thousands deep would end in a
+    RecursionError; the depth is checked here, as the nodes are composed, before that can happen.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # type: ignore[override]
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)  # type: ignore[arg-type]
+        finally:
+            self._depth -= 1
 
 
 def _compose_checked(text: str, source: str) -> yaml.Node | None:

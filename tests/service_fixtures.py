@@ -338,6 +338,7 @@ class ServiceFactory:
     def __init__(self, folder: Path, redis_server: RedisServer, databases: DatabaseFactory):
         self.folder, self.redis_server, self.databases = folder, redis_server, databases
         self.count = 0
+        self.made: list[Service] = []
 
     def new(self, kind: str, **extra_settings: Any) -> Service:
         import redis
@@ -348,14 +349,21 @@ class ServiceFactory:
         shutil.copytree(REPO / "constitutions", root / "constitutions")
         broker = self.redis_server.url(self.count % 16)
         redis.Redis.from_url(broker).flushdb()  # no messages left over from an earlier service on this db number
-        return Service(root, self.databases.new(kind), broker, extra_settings)
+        self.made.append(Service(root, self.databases.new(kind), broker, extra_settings))
+        return self.made[-1]
+
+    def stop_all(self) -> None:
+        for service in self.made:
+            service.stop_all()
 
 
 @pytest.fixture(scope="session")
 def service_factory(
     tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, database_factory: DatabaseFactory
-) -> ServiceFactory:
-    return ServiceFactory(tmp_path_factory.mktemp("services"), redis_server, database_factory)
+) -> Iterator[ServiceFactory]:
+    factory = ServiceFactory(tmp_path_factory.mktemp("services"), redis_server, database_factory)
+    yield factory
+    factory.stop_all()  # (processes of session- and module-scoped services; make_service stops its own sooner)
 
 
 @pytest.fixture

@@ -48,7 +48,17 @@ def download_checkpoint(checkpoint_id: str, session: SessionDep, store: StoreDep
     return StreamingResponse(_tar_stream(folder, names, prefix), media_type="application/x-tar", headers=headers)
 
 
-@router.get("/{checkpoint_id}/files/{path:path}", responses=_NOT_FOUND)
+@router.get(
+    "/{checkpoint_id}/files/{path:path}",
+    response_class=FileResponse,
+    responses={
+        **_NOT_FOUND,
+        200: {
+            "content": {"*/*": {}},
+            "description": "The file's bytes, with the Content-Type of its name.",
+        },
+    },
+)
 def download_file(checkpoint_id: str, path: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> FileResponse:
     """One file of the checkpoint; only files listed in its manifest (and the manifest itself) are served."""
     row = get_checkpoint(session, owner, checkpoint_id)

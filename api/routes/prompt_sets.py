@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from typing import Any
 
@@ -12,7 +13,15 @@ from sqlalchemy import func, select
 from api.crud import get_prompt_set
 from api.deps import OwnerDep, SessionDep
 from api.errors import ApiError, pydantic_problems
-from api.schemas import ErrorPublic, PromptPublic, PromptSetCreate, PromptSetPublic, PromptSetsPublic
+from api.schemas import (
+    INT64_MAX,
+    ColumnText,
+    ErrorPublic,
+    PromptPublic,
+    PromptSetCreate,
+    PromptSetPublic,
+    PromptSetsPublic,
+)
 from api.uploads import UploadDep
 from rlaif.db import PromptSetRow, new_id
 from rlaif.prompts import MAX_PROMPTS, PromptSetError, parse_prompt_items
@@ -20,6 +29,7 @@ from rlaif.prompts import MAX_PROMPTS, PromptSetError, parse_prompt_items
 router = APIRouter(prefix="/prompt-sets", tags=["prompt-sets"])
 
 PREVIEW = 10
+MAX_PROBLEMS = 100  # problems listed in one answer (the count says how many there were)
 _BODY = {
     "requestBody": {
         "required": True,
@@ -58,18 +68,30 @@ def _rows(body: bytes) -> tuple[list[Any], str | None]:
             except ValueError as exc:
                 raise _unprocessable("invalid prompt set body", pydantic_problems(exc)) from None  # type: ignore[arg-type]
             return parsed.prompts, parsed.name
+    # Lines are iterated lazily (no list of millions of strings) and counted before any is parsed.
+    lines = sum(1 for line in io.StringIO(text) if line.strip())
+    if lines > MAX_PROMPTS:
+        raise _too_many(lines)
     rows: list[Any] = []
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    bad = 0
+    for number, line in enumerate(io.StringIO(text), start=1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            problems.append(f"<upload>:{number}: <line>: invalid JSON: {exc.msg}")
+            bad += 1
+            if len(problems) < MAX_PROBLEMS:
+                problems.append(f"<upload>:{number}: <line>: invalid JSON: {exc.msg}")
     if problems:
-        raise _unprocessable(f"invalid JSONL: {len(problems)} bad line(s)", problems[:100])
+        shown = f" (the first {len(problems)} listed)" if bad > len(problems) else ""
+        raise _unprocessable(f"invalid JSONL: {bad} bad line(s){shown}", problems)
     return rows, None
+
+
+def _too_many(count: int) -> ApiError:
+    return ApiError(status.HTTP_413_CONTENT_TOO_LARGE, f"{count} prompts: a prompt set holds at most {MAX_PROMPTS}")
 
 
 @router.post(
@@ -82,14 +104,12 @@ def create_prompt_set(
     body: UploadDep,
     session: SessionDep,
     owner: OwnerDep,
-    name: str | None = Query(default=None, max_length=200, description="A label for the set (JSONL uploads)."),
+    name: ColumnText | None = Query(default=None, max_length=200, description="A label for the set (JSONL uploads)."),
 ) -> PromptSetPublic:
     """Store a validated, de-duplicated prompt set of the caller's."""
     rows, body_name = _rows(body)
     if len(rows) > MAX_PROMPTS:
-        raise ApiError(
-            status.HTTP_413_CONTENT_TOO_LARGE, f"{len(rows)} prompts: a prompt set holds at most {MAX_PROMPTS}"
-        )
+        raise _too_many(len(rows))
     try:
         items, duplicates = parse_prompt_items(rows, source="<upload>")
     except PromptSetError as exc:
@@ -114,7 +134,7 @@ def create_prompt_set(
 def list_prompt_sets(
     session: SessionDep,
     owner: OwnerDep,
-    skip: int = Query(0, ge=0),
+    skip: int = Query(0, ge=0, le=INT64_MAX),
     limit: int = Query(50, ge=1, le=500),
 ) -> PromptSetsPublic:
     """The caller's prompt sets, newest first (previews only on GET /v1/prompt-sets/{id})."""

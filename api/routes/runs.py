@@ -16,7 +16,9 @@ from api.crud import checkpoint_public, get_constitution, get_prompt_set, get_ru
 from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, pydantic_problems
 from api.schemas import (
+    INT64_MAX,
     CheckpointsPublic,
+    ColumnText,
     ErrorPublic,
     EventPublic,
     EventsPublic,
@@ -80,9 +82,14 @@ def model_problem(name: str, field: str) -> str | None:
     """Why `name` cannot be loaded by a worker, checked without importing torch (None when it can)."""
     if name in REGISTRY:
         return None
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return None if (folder / "config.json").exists() else f"{field}: {name} is a folder without config.json"
+    if not name.strip():
+        return f"{field}: empty model name"
+    try:
+        folder = Path(name).expanduser()
+        if folder.is_dir():
+            return None if (folder / "config.json").exists() else f"{field}: {name} is a folder without config.json"
+    except (OSError, RuntimeError, ValueError):  # a name too long for a path, "~" of no user, a NUL character
+        pass  # not a folder on the server
     if os.environ.get("HF_HUB_OFFLINE", "1") == "1":
         return f"{field}: unknown model {name!r}: use one of {sorted(REGISTRY)} or a Hugging Face folder on the server"
     return None
@@ -134,7 +141,7 @@ def create_run(body: RunCreate, session: SessionDep, store: StoreDep, owner: Own
 def list_runs(
     session: SessionDep,
     owner: OwnerDep,
-    skip: int = Query(0, ge=0),
+    skip: int = Query(0, ge=0, le=INT64_MAX),
     limit: int = Query(50, ge=1, le=500),
 ) -> RunsPublic:
     """The caller's runs, newest first."""
@@ -156,10 +163,12 @@ def read_events(
     run_id: str,
     session: SessionDep,
     owner: OwnerDep,
-    after: int = Query(0, ge=0, description="Return events with an id above this (the previous page's next_after)."),
+    after: int = Query(
+        0, ge=0, le=INT64_MAX, description="Return events with an id above this (the previous page's next_after)."
+    ),
     limit: int = Query(100, ge=1, le=1000),
     kind: Literal["message", "metrics"] | None = Query(None, description="Only this kind of event."),
-    stage: str | None = Query(None, description="Only events of this stage."),
+    stage: ColumnText | None = Query(None, description="Only events of this stage."),
 ) -> EventsPublic:
     """Events in order: log messages and per-step metrics."""
     get_run(session, owner, run_id)

@@ -69,13 +69,19 @@ def _fail(exc: Exception) -> typer.Exit:
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="API processes (uvicorn workers). With more than one, share the rate-limit windows: "
+        "RLAIF_RATE_LIMIT_STORAGE=async+redis://...",
+    ),
 ) -> None:
     """Run the REST API (uvicorn). Docs at http://HOST:PORT/docs."""
     import uvicorn
 
     if not settings.api_key_owners():
         err.print("[yellow]warning:[/yellow] RLAIF_API_KEYS is empty: every request will get 401")
-    uvicorn.run("api.main:app", host=host, port=port, log_level="info")
+    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")
 
 
 @app.command("worker")

@@ -91,7 +91,15 @@ def test_single_files_only_from_the_manifest(api: TestClient, checkpoint: dict[s
     (checkpoint["folder"] / "secret.txt").write_text("not listed")
     status, detail, _ = error_of(api.get(f"{base}/secret.txt", headers=auth()))
     assert (status, detail) == (404, f"'secret.txt' is not a file of checkpoint {checkpoint['id']}'s manifest")
-    for path in ("sub/../../../inputs/config.json", "%2e%2e/%2e%2e/inputs/config.json", "sub%2F..%2F..%2Fconfig.json"):
+    for path in (
+        "sub/../../../inputs/config.json",
+        "%2e%2e/%2e%2e/inputs/config.json",
+        "sub%2F..%2F..%2Fconfig.json",
+        "/etc/passwd",  # absolute (the URL has "//etc/passwd")
+        "%2Fetc%2Fpasswd",
+        "config.json%00.txt",  # NUL
+        f"{checkpoint['folder']}/config.json",  # the server's own absolute path of a listed file
+    ):
         assert error_of(api.get(f"{base}/{path}", headers=auth()))[0] == 404  # never outside the manifest
 
 
