@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     api_keys: str = Field(
         default="", description="Comma-separated `key:owner` pairs (or bare keys) accepted by the API."
     )
+    model_roots: str = Field(
+        default="",
+        description="Comma-separated folders under which API requests may name model folders, by absolute path "
+        "(e.g. /srv/models). Outside them a request can name only registered models (and, with HF_HUB_OFFLINE=0, "
+        "hub ids): nothing in a request names a file on the server.",
+    )
     data_dir: Path | None = Field(
         default=None,
         description="Folder of the named evaluation sets (eval.extra_sets: xstest, advbench, red_team, helpful) and "
@@ -81,6 +87,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         default=30.0, gt=0, description="Seconds between control sweeps that re-enqueue stale stages and shards."
     )
+
+    def model_root_paths(self) -> list[Path]:
+        return [Path(part.strip()).expanduser().resolve() for part in self.model_roots.split(",") if part.strip()]
 
     @model_validator(mode="after")
     def _check_rate_limit(self) -> Settings:

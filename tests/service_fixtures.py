@@ -349,6 +349,8 @@ class ServiceFactory:
         shutil.copytree(REPO / "constitutions", root / "constitutions")
         broker = self.redis_server.url(self.count % 16)
         redis.Redis.from_url(broker).flushdb()  # no messages left over from an earlier service on this db number
+        # Model folders the tests make (tiny random models under the session's temp folder) may be named by runs.
+        extra_settings = {"model_roots": str(self.folder.parent), **extra_settings}
         self.made.append(Service(root, self.databases.new(kind), broker, extra_settings))
         return self.made[-1]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,27 +79,47 @@ def build_config(body: RunCreate) -> RunConfig:
         raise _unprocessable("invalid run config", pydantic_problems(exc, prefix=["config"])) from None
 
 
-def model_problem(name: str, field: str) -> str | None:
-    """Why `name` cannot be loaded by a worker, checked without importing torch (None when it can)."""
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+
+
+def model_problem(name: str, field: str, roots: list[Path]) -> str | None:
+    """Why `name` may not be used as a model (None when it may), checked without importing torch.
+
+    A registered name; a folder with a config.json under one of the server's model roots, named by absolute
+    path; or, when the hub is reachable, a hub id. Any other path is refused with the same answer whether it
+    exists or not, so a request can neither load nor probe files on the server.
+    """
     if name in REGISTRY:
         return None
     if not name.strip():
         return f"{field}: empty model name"
+    unknown = (
+        f"{field}: unknown model {name!r}: use one of {sorted(REGISTRY)}, or a model folder under the server's "
+        f"RLAIF_MODEL_ROOTS ({', '.join(map(str, roots)) or 'none configured'})"
+    )
+    if "\x00" in name or len(name) > 1024:
+        return unknown
+    if HUB_ID.fullmatch(name) and ".." not in name:
+        return unknown if os.environ.get("HF_HUB_OFFLINE", "1") == "1" else None
+    path = Path(name)
+    if not path.is_absolute():
+        return unknown
     try:
-        folder = Path(name).expanduser()
-        if folder.is_dir():
-            return None if (folder / "config.json").exists() else f"{field}: {name} is a folder without config.json"
-    except (OSError, RuntimeError, ValueError):  # a name too long for a path, "~" of no user, a NUL character
-        pass  # not a folder on the server
-    if os.environ.get("HF_HUB_OFFLINE", "1") == "1":
-        return f"{field}: unknown model {name!r}: use one of {sorted(REGISTRY)} or a Hugging Face folder on the server"
-    return None
+        resolved = path.resolve()  # (symlinks followed: a link inside a root to elsewhere is outside)
+        inside = any(resolved == root or root in resolved.parents for root in roots)
+        if inside and (resolved / "config.json").is_file():
+            return None
+    except (OSError, RuntimeError, ValueError):  # a name too long for a path, a loop of links
+        return unknown
+    return f"{field}: no model folder {name!r} (with a config.json) under RLAIF_MODEL_ROOTS" if inside else unknown
 
 
 @router.post(
     "", status_code=status.HTTP_201_CREATED, responses={404: {"model": ErrorPublic}, 422: {"model": ErrorPublic}}
 )
-def create_run(body: RunCreate, session: SessionDep, store: StoreDep, owner: OwnerDep, celery: CeleryDep) -> RunPublic:
+def create_run(
+    body: RunCreate, session: SessionDep, store: StoreDep, owner: OwnerDep, celery: CeleryDep, settings: SettingsDep
+) -> RunPublic:
     """Validate, pin the inputs (<run>/inputs/: train and held-out prompts, constitution, config) and start the run."""
     constitution_row = get_constitution(session, owner, body.constitution_id)
     prompt_set = get_prompt_set(session, owner, body.prompt_set_id)
@@ -117,7 +138,7 @@ def create_run(body: RunCreate, session: SessionDep, store: StoreDep, owner: Own
         except ValueError as exc:
             problems.append(f"{field}: {exc}")
     for field, model in (("policy_model", cfg.policy_model), ("judge_model", cfg.judge.model)):
-        if model is not None and (problem := model_problem(model, field)):
+        if model is not None and (problem := model_problem(model, field, settings.model_root_paths())):
             problems.append(problem)
     if cfg.sft.helpful_mix > 0:
         problems.append("config.sft.helpful_mix: runs started through the API have no helpful-only examples; use 0")

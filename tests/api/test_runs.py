@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,3 +208,28 @@ def test_cancel_then_cancel_again_is_409(api: TestClient, inputs: dict[str, str]
     status, detail, _ = error_of(api.post(f"/v1/runs/{run['id']}/cancel", headers=auth()))
     assert (status, detail) == (409, f"run {run['id']} already finished (cancelled); nothing to cancel")
     assert api.get(f"/v1/runs/{run['id']}/checkpoints", headers=auth()).json() == {"data": [], "count": 0}
+
+
+def test_a_request_cannot_name_or_probe_files_on_the_server(
+    api: TestClient, api_service: Service, inputs: dict[str, str], tmp_path: Path
+) -> None:
+    """Model folders are accepted only under the server's RLAIF_MODEL_ROOTS (here: the tests' temp folder);
+    anywhere else, an existing folder and a missing one get the same answer."""
+    outside = ["/etc", "/nonexistent", "/", str(REPO), "../../etc", "etc/passwd", "~root", f"{tmp_path}/../../../etc"]
+    answers = set()
+    for name in outside:
+        status, _, errors = error_of(api.post("/v1/runs", json=body(inputs, policy_model=name), headers=auth()))
+        assert status == 422 and errors[0].startswith(f"policy_model: unknown model {name!r}"), errors
+        answers.add(errors[0].replace(repr(name), "NAME"))
+    assert len(answers) == 1  # nothing tells an existing folder from a missing one
+    link = tmp_path / "escape"
+    link.symlink_to("/etc")  # inside a root, pointing outside it
+    assert error_of(api.post("/v1/runs", json=body(inputs, judge_model=str(link)), headers=auth()))[2][0].startswith(
+        "judge_model: unknown model"
+    )
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    errors = error_of(api.post("/v1/runs", json=body(inputs, policy_model=str(empty)), headers=auth()))[2]
+    assert errors == [f"policy_model: no model folder {str(empty)!r} (with a config.json) under RLAIF_MODEL_ROOTS"]
+    (empty / "config.json").write_text('{"model_type": "llama"}')
+    assert api.post("/v1/runs", json=body(inputs, policy_model=str(empty)), headers=auth()).status_code == 201
