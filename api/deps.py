@@ -24,6 +24,7 @@ from rlaif.store import ArtifactStore
 class AppState:
     settings: Settings
     sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]
     store: ArtifactStore
     celery: Celery
 
@@ -42,6 +43,12 @@ def get_settings(state: StateDep) -> Settings:
 def get_session(state: StateDep) -> Iterator[Session]:
     """A session per request; committed by the route when it writes, rolled back otherwise."""
     with state.sessions() as session:
+        yield session
+
+
+def get_read_session(state: StateDep) -> Iterator[Session]:
+    """A session for routes that only read: on SQLite it reads a snapshot without queueing for the write lock."""
+    with state.read_sessions() as session:
         yield session
 
 
@@ -84,6 +91,7 @@ def get_owner(state: StateDep, credentials: Annotated[HTTPAuthorizationCredentia
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 OwnerDep = Annotated[str, Depends(get_owner)]

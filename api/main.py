@@ -31,6 +31,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app.state.rlaif = AppState(
         settings=cfg,
         sessions=session_factory(get_engine(cfg.db_url)),
+        read_sessions=session_factory(get_engine(cfg.db_url), read_only=True),
         store=ArtifactStore(cfg.artifacts_dir),
         celery=create_celery(cfg),
     )

@@ -256,6 +256,11 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get("read_only"):
+            # A reader in WAL mode reads a snapshot and never waits for the writer: readers (the API's GETs)
+            # must not queue for the write lock, or they sleep in SQLite's busy handler (seconds at the tail).
+            connection.exec_driver_sql("BEGIN")
+            return
         # Take the write lock up front: a deferred transaction that later upgrades to a writer can fail with
         # "database is locked" at once, whatever the busy timeout, when another process is writing.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -293,8 +298,10 @@ def init_db(engine: Engine) -> None:
         Base.metadata.create_all(engine)
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: Engine, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on `engine`; `read_only` ones never take SQLite's write lock (they must not write)."""
+    bind = engine.execution_options(read_only=True) if read_only else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from fastapi import APIRouter, status
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.crud import checkpoint_public, get_checkpoint
-from api.deps import OwnerDep, SessionDep, StoreDep
+from api.deps import OwnerDep, ReadSessionDep, StoreDep
 from api.errors import ApiError
 from api.schemas import CheckpointPublic, ErrorPublic
 from rlaif.runs import artifact_path
@@ -24,7 +24,7 @@ CHUNK = 1 << 20
 
 
 @router.get("/{checkpoint_id}", responses=_NOT_FOUND)
-def read_checkpoint(checkpoint_id: str, session: SessionDep, owner: OwnerDep) -> CheckpointPublic:
+def read_checkpoint(checkpoint_id: str, session: ReadSessionDep, owner: OwnerDep) -> CheckpointPublic:
     return checkpoint_public(get_checkpoint(session, owner, checkpoint_id))
 
 
@@ -33,7 +33,9 @@ def read_checkpoint(checkpoint_id: str, session: SessionDep, owner: OwnerDep) ->
     response_class=StreamingResponse,
     responses={**_NOT_FOUND, 200: {"content": {"application/x-tar": {}}, "description": "A tar of the folder."}},
 )
-def download_checkpoint(checkpoint_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> StreamingResponse:
+def download_checkpoint(
+    checkpoint_id: str, session: ReadSessionDep, store: StoreDep, owner: OwnerDep
+) -> StreamingResponse:
     """The checkpoint folder as a tar stream: `<stage>-<step>/` with every manifest file and manifest.json last."""
     row = get_checkpoint(session, owner, checkpoint_id)
     folder = artifact_path(store, row.path)
@@ -59,7 +61,9 @@ def download_checkpoint(checkpoint_id: str, session: SessionDep, store: StoreDep
         },
     },
 )
-def download_file(checkpoint_id: str, path: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> FileResponse:
+def download_file(
+    checkpoint_id: str, path: str, session: ReadSessionDep, store: StoreDep, owner: OwnerDep
+) -> FileResponse:
     """One file of the checkpoint; only files listed in its manifest (and the manifest itself) are served."""
     row = get_checkpoint(session, owner, checkpoint_id)
     if path != MANIFEST and path not in row.files:

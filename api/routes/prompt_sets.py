@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, status
 from sqlalchemy import func, select
 
 from api.crud import get_prompt_set
-from api.deps import OwnerDep, SessionDep
+from api.deps import OwnerDep, ReadSessionDep, SessionDep
 from api.errors import ApiError, pydantic_problems
 from api.schemas import (
     INT64_MAX,
@@ -132,7 +132,7 @@ def create_prompt_set(
 
 @router.get("")
 def list_prompt_sets(
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: OwnerDep,
     skip: int = Query(0, ge=0, le=INT64_MAX),
     limit: int = Query(50, ge=1, le=500),
@@ -152,7 +152,7 @@ def list_prompt_sets(
 
 
 @router.get("/{prompt_set_id}", responses={404: {"model": ErrorPublic}})
-def read_prompt_set(prompt_set_id: str, session: SessionDep, owner: OwnerDep) -> PromptSetPublic:
+def read_prompt_set(prompt_set_id: str, session: ReadSessionDep, owner: OwnerDep) -> PromptSetPublic:
     return _public(get_prompt_set(session, owner, prompt_set_id))
 
 

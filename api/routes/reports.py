@@ -11,7 +11,7 @@ from fastapi import APIRouter, status
 from fastapi.responses import HTMLResponse
 
 from api.crud import get_run
-from api.deps import OwnerDep, SessionDep, StoreDep
+from api.deps import OwnerDep, ReadSessionDep, StoreDep
 from api.errors import ApiError
 from api.schemas import ErrorPublic
 from rlaif.evaluation.report import EvalReport, load_report
@@ -35,7 +35,7 @@ def _report(store: ArtifactStore, run_id: str) -> EvalReport:
 
 
 @router.get("/{run_id}/report", responses=_NOT_FOUND)
-def read_report(run_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> EvalReport:
+def read_report(run_id: str, session: ReadSessionDep, store: StoreDep, owner: OwnerDep) -> EvalReport:
     """The evaluation figures: win rates with intervals, refusal rates, audits, monitors, training curves, samples."""
     get_run(session, owner, run_id)
     return _report(store, run_id)
@@ -46,7 +46,7 @@ def read_report(run_id: str, session: SessionDep, store: StoreDep, owner: OwnerD
     response_class=HTMLResponse,
     responses={**_NOT_FOUND, 200: {"content": {"text/html": {}}, "description": "A self-contained page."}},
 )
-def read_report_html(run_id: str, session: SessionDep, store: StoreDep, owner: OwnerDep) -> HTMLResponse:
+def read_report_html(run_id: str, session: ReadSessionDep, store: StoreDep, owner: OwnerDep) -> HTMLResponse:
     """The report as one HTML page with inline SVG plots (no scripts, nothing loaded from elsewhere)."""
     get_run(session, owner, run_id)
     html = render_html(_report(store, run_id))

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from api.crud import checkpoint_public, get_constitution, get_prompt_set, get_run, run_public, run_summary
-from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep, StoreDep
+from api.deps import CeleryDep, OwnerDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, pydantic_problems
 from api.schemas import (
     INT64_MAX,
@@ -160,7 +160,7 @@ def create_run(
 
 @router.get("")
 def list_runs(
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: OwnerDep,
     skip: int = Query(0, ge=0, le=INT64_MAX),
     limit: int = Query(50, ge=1, le=500),
@@ -174,7 +174,7 @@ def list_runs(
 
 
 @router.get("/{run_id}", responses=_NOT_FOUND)
-def read_run(run_id: str, session: SessionDep, owner: OwnerDep) -> RunPublic:
+def read_run(run_id: str, session: ReadSessionDep, owner: OwnerDep) -> RunPublic:
     """Overall status and, per stage: status, done/total, timings, error, counts and final metrics."""
     return run_public(session, get_run(session, owner, run_id))
 
@@ -182,7 +182,7 @@ def read_run(run_id: str, session: SessionDep, owner: OwnerDep) -> RunPublic:
 @router.get("/{run_id}/events", responses=_NOT_FOUND)
 def read_events(
     run_id: str,
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: OwnerDep,
     after: int = Query(
         0, ge=0, le=INT64_MAX, description="Return events with an id above this (the previous page's next_after)."
@@ -203,7 +203,7 @@ def read_events(
 
 
 @router.get("/{run_id}/metrics", responses=_NOT_FOUND)
-def read_metrics(run_id: str, session: SessionDep, owner: OwnerDep) -> MetricsPublic:
+def read_metrics(run_id: str, session: ReadSessionDep, owner: OwnerDep) -> MetricsPublic:
     """Final metrics of every finished stage and the per-step history of training stages."""
     get_run(session, owner, run_id)
     stages = session.scalars(select(StageRunRow).where(StageRunRow.run_id == run_id).order_by(StageRunRow.position))
@@ -249,7 +249,7 @@ def resume_run(
 
 
 @router.get("/{run_id}/checkpoints", responses=_NOT_FOUND)
-def list_checkpoints(run_id: str, session: SessionDep, owner: OwnerDep) -> CheckpointsPublic:
+def list_checkpoints(run_id: str, session: ReadSessionDep, owner: OwnerDep) -> CheckpointsPublic:
     """The run's model checkpoints: stage, step, metrics, and every file with its size and SHA-256."""
     get_run(session, owner, run_id)
     rows = session.scalars(
