@@ -1,6 +1,9 @@
-"""Request limits in front of every route: a per-key rate limit (429) and a request size limit (413).
+"""The front door of /v1, before any route runs or any body is read: the API key (401), a per-key rate limit
+(429) and a request size limit (413).
 
-A pure ASGI middleware, so it streams: the size limit counts the bytes as the route reads them and stops at
+Requests without a valid key are refused here, so an anonymous caller never gets a body parsed or a 422 out of
+a route (the routes' own `OwnerDep` check stays, and says who the owner is). A pure ASGI middleware, so it
+streams: the size limit counts the bytes as the route reads them and stops at
 the limit (a declared Content-Length above it is refused before any byte is read), and nothing is buffered
 here. Rate limits use the `limits` library's moving window, keyed by the owner of a valid bearer key or, for
 requests without one, the client address, so guessing keys is limited too.
@@ -29,17 +32,20 @@ UPLOAD_ROUTES = frozenset({("POST", "/v1/constitutions"), ("POST", "/v1/prompt-s
 MULTIPART_FRAMING = 64 * 1024  # room for the multipart envelope around a file that itself fits
 
 
-def caller_identity(scope: Scope, settings: Settings) -> str:
-    """Who a request counts against: the owner of a valid bearer key, else the client address (so guessing
-    keys is limited per address, whatever keys are guessed)."""
+MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"  # (the same answers as api.deps.get_owner)
+INVALID_KEY = "invalid API key"
+
+
+def bearer_owner(scope: Scope, settings: Settings) -> tuple[str | None, str]:
+    """(owner, "") for a valid bearer key, else (None, why not)."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             scheme, _, key = value.decode("latin-1").partition(" ")
-            owner = owner_of_key(settings, key.strip()) if scheme.lower() == "bearer" and key.strip() else None
-            if owner is not None:
-                return f"owner:{owner}"
-    client = scope.get("client")
-    return f"addr:{client[0] if client else '-'}"
+            if scheme.lower() != "bearer" or not key.strip():
+                return None, MISSING_KEY
+            owner = owner_of_key(settings, key.strip())
+            return (owner, "") if owner is not None else (None, INVALID_KEY)
+    return None, MISSING_KEY
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -50,7 +56,8 @@ def _declared_length(scope: Scope) -> int | None:
 
 
 class RequestLimits:
-    """ASGI middleware: 429 past `settings.rate_limit` per caller on /v1, 413 past the body size limits."""
+    """ASGI middleware: 401 without a valid key and 429 past `settings.rate_limit` per caller on /v1; 413 past
+    the body size limits everywhere."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -64,17 +71,19 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.rates and scope["path"].startswith("/v1/"):
-            who = caller_identity(scope, self.settings)
-            for rate in self.rates:
-                if not await self.limiter.hit(rate, who):
-                    window = await self.limiter.get_window_stats(rate, who)
-                    retry_after = max(1, math.ceil(window.reset_time - time.time()))
-                    detail = f"rate limit exceeded: {rate} per API key (the server's RLAIF_RATE_LIMIT)"
-                    await _error(status.HTTP_429_TOO_MANY_REQUESTS, detail, {"Retry-After": str(retry_after)})(
-                        scope, receive, send
-                    )
-                    return
+        if scope["path"].startswith("/v1/"):
+            owner, why_not = bearer_owner(scope, self.settings)
+            # Requests count against their key's owner; those without a valid key against the client address,
+            # so guessing keys is rate-limited too, whatever keys are guessed.
+            client = scope.get("client")
+            who = f"owner:{owner}" if owner is not None else f"addr:{client[0] if client else '-'}"
+            if not await self._admit(who, scope, receive, send):
+                return
+            if owner is None:
+                await _error(status.HTTP_401_UNAUTHORIZED, why_not, {"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send
+                )
+                return
         route = (scope["method"], scope["path"].rstrip("/"))
         limit = self.upload_limit if route in UPLOAD_ROUTES else self.request_limit
         declared = _declared_length(scope)
@@ -82,6 +91,18 @@ class RequestLimits:
             await _error(status.HTTP_413_CONTENT_TOO_LARGE, _too_large(limit))(scope, receive, send)
             return
         await self.app(scope, _counting(receive, limit), send)
+
+    async def _admit(self, who: str, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Count the request against `who`'s rate limits; False (after answering 429) when one is exceeded."""
+        for rate in self.rates:
+            if not await self.limiter.hit(rate, who):
+                window = await self.limiter.get_window_stats(rate, who)
+                retry_after = max(1, math.ceil(window.reset_time - time.time()))
+                detail = f"rate limit exceeded: {rate} per API key (the server's RLAIF_RATE_LIMIT)"
+                headers = {"Retry-After": str(retry_after)}
+                await _error(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers)(scope, receive, send)
+                return False
+        return True
 
 
 def _error(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

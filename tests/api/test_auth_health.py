@@ -11,15 +11,32 @@ from fastapi.testclient import TestClient
 from service_fixtures import KEYS, REPO, Service, auth, error_of, free_port
 
 
-@pytest.mark.parametrize("path", ["/v1/runs", "/v1/constitutions", "/v1/prompt-sets/ps-x", "/v1/checkpoints/ckpt-x"])
-def test_missing_and_invalid_keys_are_401(api: TestClient, path: str) -> None:
-    response = api.get(path)
-    assert error_of(response)[:2] == (401, "missing API key: send 'Authorization: Bearer <key>'")
-    assert response.headers["www-authenticate"] == "Bearer"
-    assert error_of(api.get(path, headers={"Authorization": "Bearer not-a-key"}))[:2] == (401, "invalid API key")
-    assert error_of(api.get(path, headers={"Authorization": f"Basic {KEYS['alice']}"}))[0] == 401
-    # A prefix of a valid key is not a valid key.
-    assert error_of(api.get(path, headers={"Authorization": f"Bearer {KEYS['alice'][:-1]}"}))[0] == 401
+def _every_route(api: TestClient) -> list[tuple[str, str]]:
+    """(method, path) of every /v1 route in the app's OpenAPI schema, path parameters filled in."""
+    out = []
+    for path, item in api.app.openapi()["paths"].items():  # type: ignore[attr-defined]
+        if path.startswith("/v1/"):
+            filled = path.replace("{path}", "config.json")
+            for name in ("run_id", "checkpoint_id", "constitution_id", "prompt_set_id"):
+                filled = filled.replace("{" + name + "}", "x-0000000000000000")
+            out += [(method.upper(), filled) for method in item]
+    return out
+
+
+def test_every_route_but_health_needs_a_valid_key(api: TestClient) -> None:
+    """401 before the route runs: an anonymous request's body (here: not even JSON) is never read."""
+    routes = _every_route(api)
+    assert len(routes) >= 19
+    garbage = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
+    for method, path in routes:
+        response = api.request(method, path, **garbage)
+        assert error_of(response)[:2] == (401, "missing API key: send 'Authorization: Bearer <key>'"), (method, path)
+        assert response.headers["www-authenticate"] == "Bearer"
+        for header in ("Bearer not-a-key", f"Bearer {KEYS['alice'][:-1]}", f"Basic {KEYS['alice']}", "Bearer "):
+            answer = api.request(method, path, content=b"{not json", headers={"Authorization": header})
+            assert answer.status_code == 401, (method, path, header)  # (a prefix of a valid key is not one)
+        assert error_of(api.request(method, path, headers={"Authorization": "Bearer nope"}))[1] == "invalid API key"
+    assert api.get("/healthz").status_code == 200
 
 
 def test_keys_never_reach_the_logs(api: TestClient, caplog: pytest.LogCaptureFixture) -> None:
