@@ -490,9 +490,20 @@ def _renew_stage(rt: Runtime, run_id: str, stage: str, owner: str) -> LeaseState
 
 def _training_progress(rt: Runtime, run_id: str, stage: str, tail: executors.MetricsTail) -> None:
     """Copy new metrics lines of the stage into events and its done/total counters."""
+    copied_up_to = tail.last_step
     lines = tail.read_new()
     if not lines and tail.total is None:
         return
+    try:
+        _store_progress(rt, run_id, stage, tail, lines)
+    except Exception:
+        tail.last_step = copied_up_to  # the database was unreachable: copy these lines again next time
+        raise
+
+
+def _store_progress(
+    rt: Runtime, run_id: str, stage: str, tail: executors.MetricsTail, lines: list[tuple[int, dict[str, Any]]]
+) -> None:
     with rt.sessions.begin() as session:
         for step, metrics in lines:
             add_event(session, run_id, "", stage=stage, kind="metrics", step=step, data=metrics)

@@ -113,39 +113,56 @@ def test_a_worker_restarted_between_stages(make_service, service_tiny_model: str
     assert "Task train.sft[" in service.log("w2") and "Task train.sft[" not in service.log("w1")
 
 
-def test_the_database_connection_drops_for_a_few_seconds(make_service, service_tiny_model: str) -> None:
+def _drop_connections(database: str, seconds: float) -> int:
+    """Refuse new connections to `database`, drop every open one, wait, allow again; the number dropped."""
     from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            dropped = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            ).scalar()
+        time.sleep(seconds)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    return int(dropped or 0)
+
+
+def test_the_database_connection_drops_for_a_few_seconds(make_service, service_tiny_model: str) -> None:
+    """Twice: in the middle of a generation shard, and in the middle of SFT (while metrics are being copied)."""
     from sqlalchemy.engine import make_url
 
     service: Service = make_service("postgresql")
     url = service.start_api()
     service.start_worker("w1", beat=True)
     client = Client(url, KEYS["alice"])
-    slow_critique = {**TINY_RUN, "critique": {**TINY_RUN["critique"], "batch_size": 1}}
-    run_id = _submit(client, slow_critique)
-    wait_for(lambda: _stage(client.run(run_id), "critique")["done"] >= 1, 120, "the first critique item")
-
+    config = {
+        **TINY_RUN,
+        "critique": {**TINY_RUN["critique"], "batch_size": 1},
+        "sft": {**TINY_RUN["sft"], "epochs": 12, "checkpoint_every": 4},
+    }
+    run_id = _submit(client, config)
     database = make_url(service.db_url).database
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:  # refuse new connections, then drop every open one
-        connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
-        dropped = connection.execute(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = :db AND pid <> pg_backend_pid()"
-            ),
-            {"db": database},
-        ).scalar()
-    time.sleep(4)
-    with admin.connect() as connection:
-        connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
-    admin.dispose()
-    assert dropped >= 2  # (at least the worker's and the API's)
+    assert database is not None
+    wait_for(lambda: _stage(client.run(run_id), "critique")["done"] >= 1, 120, "the first critique item")
+    assert _drop_connections(database, 4) >= 2  # (at least the worker's and the API's)
+    wait_for(lambda: _stage(client.run(run_id), "sft")["done"] >= 2, 180, "SFT to report two steps")
+    assert _drop_connections(database, 4) >= 2
 
     run = _finish(client, run_id)
     assert run["status"] == "succeeded", run["error"]
     check_run_integrity(service, run_id)
     assert "transient error, retry in" in service.log("w1")  # it noticed, retried, and lost nothing
+    history = client.json("GET", f"/v1/runs/{run_id}/metrics")["stages"]["sft"]["history"]
+    assert [h["step"] for h in history] == list(range(1, _stage(run, "sft")["total"] + 1))  # no step lost or doubled
 
 
 # ---------------------------------------------------------------- a full disk
