@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 from fastapi import status
 from limits import RateLimitItem, parse_many
@@ -65,7 +66,7 @@ class RequestLimits:
         self.upload_limit = settings.max_upload_bytes + MULTIPART_FRAMING
         self.request_limit = settings.max_request_bytes
         self.rates: list[RateLimitItem] = parse_many(settings.rate_limit) if settings.rate_limit.strip() else []
-        self.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
+        self.limiter = MovingWindowRateLimiter(_storage(settings.rate_limit_storage))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,6 +104,15 @@ class RequestLimits:
                 await _error(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers)(scope, receive, send)
                 return False
         return True
+
+
+def _storage(url: str) -> Any:
+    # Redis through redis-py's asyncio client (a dependency already), not the library's default coredis.
+    return (
+        storage_from_string(url, implementation="redispy")
+        if url.startswith("async+redis")
+        else storage_from_string(url)
+    )
 
 
 def _error(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -45,6 +45,15 @@ def test_each_key_has_its_own_rate_limit(limited: TestClient) -> None:
     assert limited.get("/healthz").status_code == 200  # health is never limited
 
 
+def test_api_processes_can_share_the_window_in_redis(api_service: Service) -> None:
+    """With RLAIF_RATE_LIMIT_STORAGE in Redis, two API processes (here: two apps) count against one window."""
+    shared = api_service.broker_url.replace("redis://", "async+redis://")
+    settings = api_service.settings(rate_limit="4/minute", rate_limit_storage=shared)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        codes = [client.get("/v1/runs", headers=auth()).status_code for client in (first, second) * 3]
+    assert codes == [200, 200, 200, 200, 429, 429]
+
+
 def test_requests_without_a_key_are_limited_by_address(limited: TestClient) -> None:
     """Guessing keys is slowed down too: unauthenticated requests count against the client address."""
     codes = [limited.get("/v1/runs", headers={"Authorization": f"Bearer guess-{i}"}).status_code for i in range(3)]
