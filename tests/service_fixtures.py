@@ -75,6 +75,40 @@ def error_of(response: Any) -> tuple[int, str, list[str]]:
     return response.status_code, body["detail"], body["errors"]
 
 
+def v1_routes(app: Any) -> list[tuple[str, str]]:
+    """(METHOD, path) of every /v1 operation in the app's OpenAPI schema, path parameters filled with ids that
+    exist nowhere (and `config.json` for a checkpoint file)."""
+    out = []
+    for path, item in app.openapi()["paths"].items():
+        if path.startswith("/v1/"):
+            filled = path.replace("{path}", "config.json")
+            for name in ("run_id", "checkpoint_id", "constitution_id", "prompt_set_id"):
+                filled = filled.replace("{" + name + "}", "x-0000000000000000")
+            out += [(method.upper(), filled) for method in item]
+    return out
+
+
+def register_checkpoint(service: Service, run_id: str, stage: str = "sft", owner: str = "alice") -> str:
+    """A small model folder (config.json, manifest) under the run, registered as its `stage` checkpoint, as a
+    training task records one; the checkpoint id."""
+    from rlaif.db import CheckpointRow, get_engine, new_id, session_factory
+    from rlaif.store import write_manifest
+
+    folder = service.artifacts / "runs" / run_id / stage / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    manifest = write_manifest(folder)
+    checkpoint_id = new_id("ckpt")
+    with session_factory(get_engine(service.db_url)).begin() as session:
+        session.add(
+            CheckpointRow(
+                id=checkpoint_id, run_id=run_id, owner=owner, stage=stage, step=1,
+                path=folder.relative_to(service.artifacts).as_posix(), metrics={}, files=manifest["files"],
+            )
+        )  # fmt: skip
+    return checkpoint_id
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,24 +8,12 @@ import sys
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import KEYS, REPO, Service, auth, error_of, free_port
-
-
-def _every_route(api: TestClient) -> list[tuple[str, str]]:
-    """(method, path) of every /v1 route in the app's OpenAPI schema, path parameters filled in."""
-    out = []
-    for path, item in api.app.openapi()["paths"].items():  # type: ignore[attr-defined]
-        if path.startswith("/v1/"):
-            filled = path.replace("{path}", "config.json")
-            for name in ("run_id", "checkpoint_id", "constitution_id", "prompt_set_id"):
-                filled = filled.replace("{" + name + "}", "x-0000000000000000")
-            out += [(method.upper(), filled) for method in item]
-    return out
+from service_fixtures import KEYS, REPO, Service, auth, error_of, free_port, v1_routes
 
 
 def test_every_route_but_health_needs_a_valid_key(api: TestClient) -> None:
     """401 before the route runs: an anonymous request's body (here: not even JSON) is never read."""
-    routes = _every_route(api)
+    routes = v1_routes(api.app)
     assert len(routes) >= 19
     garbage = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
     for method, path in routes:

@@ -42,10 +42,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
-from service_fixtures import KEYS, REPO, TINY_RUN, Service, auth, error_of
-
-from rlaif.db import CheckpointRow, get_engine, new_id, session_factory
-from rlaif.store import write_manifest
+from service_fixtures import KEYS, REPO, TINY_RUN, Service, auth, error_of, register_checkpoint
 
 MAX_EXAMPLES = 50  # generated requests per operation and mode (valid / invalid); fewer where fewer exist
 REQUEST_TIMEOUT_S = 10.0  # a request not answered by then is a hang: the test fails on it
@@ -67,18 +64,7 @@ def _seed(service: Service, url: str) -> dict[str, list[str]]:
         run = client.post("/v1/runs", json=request)
         assert (con.status_code, prompts.status_code, run.status_code) == (201, 201, 201), run.text
     run_id = run.json()["id"]
-    folder = service.artifacts / "runs" / run_id / "sft" / "model"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    manifest = write_manifest(folder)
-    checkpoint_id = new_id("ckpt")
-    with session_factory(get_engine(service.db_url)).begin() as session:
-        session.add(
-            CheckpointRow(
-                id=checkpoint_id, run_id=run_id, owner="alice", stage="sft", step=1,
-                path=folder.relative_to(service.artifacts).as_posix(), metrics={}, files=manifest["files"],
-            )
-        )  # fmt: skip
+    checkpoint_id = register_checkpoint(service, run_id)
     return {
         "constitution_id": [con.json()["id"]],
         "prompt_set_id": [prompts.json()["id"]],

@@ -9,21 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import Service, auth, error_of
+from service_fixtures import Service, auth, error_of, v1_routes
 
 from api.main import create_app
-
-
-def _routes(app) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    """(method, path with placeholder ids) of every route under /v1."""
-    out = []
-    for path, item in app.openapi()["paths"].items():
-        if path.startswith("/v1/"):
-            concrete = path.replace("{path}", "config.json")
-            for name in ("run_id", "checkpoint_id", "constitution_id", "prompt_set_id"):
-                concrete = concrete.replace("{" + name + "}", "x-0000000000000000")
-            out += [(method.upper(), concrete) for method in item]
-    return out
 
 
 @pytest.fixture
@@ -70,7 +58,7 @@ def test_every_route_refuses_oversized_bodies(api_service: Service, chunked: boo
     """A declared length above the limit is refused on every route before a byte is read; a chunked body (no
     length) is counted while a route reads it. (Routes that take no body never read one: nothing to count.)"""
     app = create_app(api_service.settings(max_request_bytes=2_000, max_upload_bytes=10_000))
-    routes = _routes(app)
+    routes = v1_routes(app)
     assert ("POST", "/v1/runs/x-0000000000000000/resume") in routes and len(routes) >= 15
     assert set(BODY_ROUTES) <= set(routes)
     body = b"x" * 200_000

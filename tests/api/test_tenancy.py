@@ -12,10 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import REPO, TINY_RUN, Service, auth, error_of
-
-from rlaif.db import CheckpointRow, get_engine, new_id, session_factory
-from rlaif.store import write_manifest
+from service_fixtures import REPO, TINY_RUN, Service, auth, error_of, register_checkpoint
 
 # Every /v1 route, by what a second key must see there.
 OWNED = {  # another owner's id in the path: 404, exactly as for an id that does not exist
@@ -44,18 +41,7 @@ def alices(api: TestClient, api_service: Service) -> dict[str, str]:
     prompts = api.post("/v1/prompt-sets", json=["tenancy one?", "tenancy two?", "tenancy three?"], headers=auth())
     request = {"constitution_id": con.json()["id"], "prompt_set_id": prompts.json()["id"], "config": TINY_RUN}
     run = api.post("/v1/runs", json=request, headers=auth()).json()
-    folder = api_service.artifacts / "runs" / run["id"] / "sft" / "model"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    manifest = write_manifest(folder)
-    checkpoint_id = new_id("ckpt")
-    with session_factory(get_engine(api_service.db_url)).begin() as session:
-        session.add(
-            CheckpointRow(
-                id=checkpoint_id, run_id=run["id"], owner="alice", stage="sft", step=1,
-                path=folder.relative_to(api_service.artifacts).as_posix(), metrics={}, files=manifest["files"],
-            )
-        )  # fmt: skip
+    checkpoint_id = register_checkpoint(api_service, run["id"])
     return {
         "constitution_id": con.json()["id"],
         "prompt_set_id": prompts.json()["id"],
