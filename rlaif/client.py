@@ -31,6 +31,19 @@ class ApiError(RuntimeError):
         super().__init__("\n".join(lines))
 
 
+class ApiUnreachable(ApiError):
+    """No answer at all: the API is down, restarting, or not at that address."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(
+            0, f"cannot reach the API at {url} ({reason}): is `rlaif serve` running there? (RLAIF_API_URL)"
+        )
+        self.args = (self.detail,)
+
+    def __str__(self) -> str:
+        return self.detail
+
+
 class Client:
     """Calls to one API server with one key; every error answer raises ApiError."""
 
@@ -42,7 +55,10 @@ class Client:
         self.http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self.http.request(method, path, **kwargs)
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:  # refused, reset, timed out: no HTTP answer
+            raise ApiUnreachable(str(self.http.base_url), str(exc) or type(exc).__name__) from exc
         if response.status_code >= 400:
             try:
                 body = response.json()

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from rlaif.client import TERMINAL, ApiError, Client
+from rlaif.client import TERMINAL, ApiError, ApiUnreachable, Client
 from rlaif.config import RunConfig, _deep_merge, parse_dotted_overrides
 from rlaif.settings import settings
 
@@ -43,6 +43,7 @@ err = Console(stderr=True)
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_QUEUES = "control,generate,judge,train"
+UNREACHABLE_PATIENCE_S = 300.0  # `watch` keeps polling an API that stopped answering for this long
 
 
 def register(parent: typer.Typer) -> None:
@@ -185,17 +186,34 @@ def watch_run(client: Client, run_id: str, poll: float = 1.0) -> dict[str, Any]:
         TextColumn("{task.fields[label]}"),
     )
     after = 0
+    unreachable_since: float | None = None
     with Progress(*columns, console=console, refresh_per_second=4) as progress:
         bars: dict[str, Any] = {}
         while True:
-            run = client.run(run_id)
+            # The run goes on without the API: a restart or a rate limit only pauses the watching.
+            try:
+                run = client.run(run_id)
+                page = client.events(run_id, after=after, kind="message")
+            except ApiUnreachable as exc:
+                if unreachable_since is None:
+                    unreachable_since = time.monotonic()
+                    progress.console.print(f"[yellow]{exc}; retrying[/yellow]")
+                if time.monotonic() - unreachable_since > UNREACHABLE_PATIENCE_S:
+                    raise
+                time.sleep(max(poll, 2.0))
+                continue
+            except ApiError as exc:
+                if exc.status_code != 429:
+                    raise
+                time.sleep(max(poll, 5.0))
+                continue
+            unreachable_since = None
             for stage in run["stages"]:
                 if stage["name"] not in bars:
                     bars[stage["name"]] = progress.add_task(stage["name"], total=stage["total"], label="")
                 progress.update(
                     bars[stage["name"]], completed=stage["done"], total=stage["total"], label=_stage_label(stage)
                 )
-            page = client.events(run_id, after=after, kind="message")
             after = page["next_after"]
             for event in page["data"]:
                 if event["level"] in ("warning", "error"):

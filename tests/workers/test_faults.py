@@ -39,7 +39,7 @@ from service_fixtures import (
     wait_for,
 )
 
-from rlaif.client import Client
+from rlaif.client import ApiUnreachable, Client
 from rlaif.store import MANIFEST, verify_manifest
 
 pytestmark = pytest.mark.slow
@@ -73,8 +73,14 @@ def test_the_api_process_restarts_mid_run(make_service, service_tiny_model: str)
     run_id = _submit(client, slow_critique)
     wait_for(lambda: _stage(client.run(run_id), "critique")["done"] >= 1, 120, "the first critique item")
 
+    # A user follows the run with `rlaif watch` across the restart.
+    watch_env = service.env(RLAIF_API_URL=url, RLAIF_API_KEY=KEYS["alice"], COLUMNS="200")
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "rlaif", "watch", run_id], cwd=REPO, env=watch_env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     kill_group(api_proc)  # the API dies mid-stage; the worker does not need it
-    with pytest.raises(httpx.TransportError):
+    with pytest.raises(ApiUnreachable, match=f"cannot reach the API at {url}"):
         client.run(run_id)
     time.sleep(2)
     port = int(url.rsplit(":", 1)[1])
@@ -86,6 +92,10 @@ def test_the_api_process_restarts_mid_run(make_service, service_tiny_model: str)
     run = _finish(client, run_id)  # the same client, the same URL: the restart cost it nothing but a refused call
     assert run["status"] == "succeeded", run["error"]
     check_run_integrity(service, run_id)
+    output, _ = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, output  # the watch waited out the restart and saw the run succeed
+    assert f"cannot reach the API at {url}" in output and "retrying" in output
+    assert f"run {run_id} succeeded" in output
 
 
 def _answers(url: str) -> bool:
