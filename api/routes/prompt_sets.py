@@ -55,13 +55,15 @@ def _rows(body: bytes) -> tuple[list[Any], str | None]:
     except UnicodeDecodeError as exc:
         raise _unprocessable(f"the upload is not UTF-8 text (byte {exc.start})") from None
     stripped = text.lstrip()
-    if stripped.startswith(("[", "{")):
+    if stripped.startswith("["):
+        listed = _json_list(stripped)
+        if listed is not None:
+            return listed, None
+    if stripped.startswith("{"):
         try:
             document = json.loads(text)
         except json.JSONDecodeError:
             document = None  # not one JSON document: read it as JSONL below
-        if isinstance(document, list):
-            return document, None
         if isinstance(document, dict) and "prompts" in document:
             try:
                 parsed = PromptSetCreate.model_validate(document)
@@ -88,6 +90,42 @@ def _rows(body: bytes) -> tuple[list[Any], str | None]:
         shown = f" (the first {len(problems)} listed)" if bad > len(problems) else ""
         raise _unprocessable(f"invalid JSONL: {bad} bad line(s){shown}", problems)
     return rows, None
+
+
+def _json_list(text: str) -> list[Any] | None:
+    """The elements of a JSON list, decoded one at a time so that a list of millions is refused (413) after
+    MAX_PROMPTS elements, not built whole first; None when `text` is not one JSON list (then it is JSONL)."""
+    decoder, rows, index = json.JSONDecoder(), [], 1
+    whitespace = " \t\n\r"
+    try:
+        while True:
+            while index < len(text) and text[index] in whitespace:
+                index += 1
+            if text.startswith("]", index) and not rows:
+                index += 1
+                break
+            row, index = decoder.raw_decode(text, index)
+            rows.append(row)
+            if len(rows) > MAX_PROMPTS:
+                raise _too_many_at_least(len(rows))
+            while index < len(text) and text[index] in whitespace:
+                index += 1
+            if text.startswith(",", index):
+                index += 1
+                continue
+            if text.startswith("]", index):
+                index += 1
+                break
+            return None
+    except json.JSONDecodeError:
+        return None
+    return rows if not text[index:].strip() else None
+
+
+def _too_many_at_least(count: int) -> ApiError:
+    return ApiError(
+        status.HTTP_413_CONTENT_TOO_LARGE, f"more than {count - 1} prompts: a prompt set holds at most {MAX_PROMPTS}"
+    )
 
 
 def _too_many(count: int) -> ApiError:

@@ -62,6 +62,9 @@ def test_invalid_json_lines_and_bodies(api: TestClient) -> None:
 
 def test_size_limits_are_413(api: TestClient, api_service: Service) -> None:
     status, detail, _ = error_of(api.post("/v1/prompt-sets", json=["p"] * (MAX_PROMPTS + 1), headers=auth()))
+    assert (status, detail) == (413, f"more than {MAX_PROMPTS} prompts: a prompt set holds at most {MAX_PROMPTS}")
+    jsonl = "".join(f'"p{i}"\n' for i in range(MAX_PROMPTS + 1))
+    status, detail, _ = error_of(api.post("/v1/prompt-sets", content=jsonl, headers=auth()))
     assert (status, detail) == (413, f"{MAX_PROMPTS + 1} prompts: a prompt set holds at most {MAX_PROMPTS}")
 
     from api.main import create_app
