@@ -406,18 +406,20 @@ class RunConfig(_Section):
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A new config with nested overrides applied ({"ppo": {"kl_coef": 0.1}}); validated again as a whole."""
-        merged = _deep_merge(self.model_dump(exclude=_DERIVED), overrides)
+        merged = deep_merge(self.model_dump(exclude=DERIVED_FIELDS), overrides)
         return RunConfig.model_validate(merged)
 
 
-_DERIVED = {"ppo": {"batch_size", "minibatch_size", "num_updates"}}
+# Computed by validators from other fields: never dumped into overrides, refused when a request sets them.
+DERIVED_FIELDS = {"ppo": {"batch_size", "minibatch_size", "num_updates"}}
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied, nested dicts merged key by key (a new dict; neither input changes)."""
     out = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -157,7 +157,7 @@ def export_stage(ctx: StageContext, payloads: Sequence[dict[str, Any]]) -> Stage
         sft = core.to_sft_examples(records)
         write_jsonl(out / CRITIQUE_RECORDS_FILE, records)
         write_jsonl(out / SFT_DATA_FILE, sft)
-        result = core._result(records, len(sft))
+        result = core.stage_result(records, len(sft))
     elif ctx.spec.kind == "pairs":
         from rlaif.stages import sample_pairs as core
 
@@ -165,13 +165,13 @@ def export_stage(ctx: StageContext, payloads: Sequence[dict[str, Any]]) -> Stage
         comparisons = [c for rs in response_sets for c in core.make_comparisons(rs)]
         write_jsonl(out / RESPONSES_FILE, response_sets)
         write_jsonl(out / COMPARISONS_FILE, comparisons)
-        result = core._result(name, ctx.model_of(policy_stage(ctx.spec.iteration)), response_sets, comparisons)
+        result = core.stage_result(name, ctx.model_of(policy_stage(ctx.spec.iteration)), response_sets, comparisons)
     elif ctx.spec.kind == "judge":
         from rlaif.stages import judge as core
 
         labels = [LabelRecord.model_validate(p) for p in payloads]
         write_jsonl(out / LABELS_FILE, labels)
-        result = core._result(name, labels, len(labels))
+        result = core.stage_result(name, labels, len(labels))
     else:
         raise ValueError(f"stage {name!r} ({ctx.spec.kind}) is not a sharded stage")
     result = result.model_copy(update={"stage": name})

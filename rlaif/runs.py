@@ -729,4 +729,4 @@ def _requeue_reason(unit: StageRunRow | ShardRow, started_at: Any, stale: Any, l
 
 def artifact_path(store: ArtifactStore, relative: str) -> Path:
     """An artifact path stored relative to the root, checked to stay inside it."""
-    return store._inside(store.root / relative)
+    return store.inside(store.root / relative)

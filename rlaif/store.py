@@ -137,21 +137,22 @@ class ArtifactStore:
         self.root = Path(root).resolve()
 
     def run_dir(self, run_id: str) -> Path:
-        return self._inside(self.root / "runs" / safe_name(run_id))
+        return self.inside(self.root / "runs" / safe_name(run_id))
 
     def stage_dir(self, run_id: str, stage: str, create: bool = True) -> Path:
-        path = self._inside(self.run_dir(run_id) / safe_name(stage))
+        path = self.inside(self.run_dir(run_id) / safe_name(stage))
         if create:
             path.mkdir(parents=True, exist_ok=True)
         return path
 
     def path(self, run_id: str, stage: str, *parts: str) -> Path:
-        return self._inside(self.stage_dir(run_id, stage).joinpath(*(safe_name(p) for p in parts)))
+        return self.inside(self.stage_dir(run_id, stage).joinpath(*(safe_name(p) for p in parts)))
 
     def is_complete(self, run_id: str, stage: str) -> bool:
         return (self.stage_dir(run_id, stage, create=False) / MANIFEST).exists()
 
-    def _inside(self, path: Path) -> Path:
+    def inside(self, path: Path) -> Path:
+        """`path` resolved (symlinks followed), or StoreError when that is outside the root."""
         resolved = path.resolve()
         if resolved != self.root and self.root not in resolved.parents:
             raise StoreError(f"{path} is outside the artifact root {self.root}")

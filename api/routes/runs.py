@@ -30,7 +30,7 @@ from api.schemas import (
     StageMetrics,
 )
 from rlaif import runs
-from rlaif.config import _DERIVED, RunConfig
+from rlaif.config import DERIVED_FIELDS, RunConfig
 from rlaif.constitution import Constitution
 from rlaif.db import CheckpointRow, EventRow, RunRow, StageRunRow
 from rlaif.modeling import REGISTRY
@@ -50,7 +50,7 @@ def build_config(body: RunCreate) -> RunConfig:
     """RunConfig defaults <- body.config overrides <- the body's explicit fields; 422 listing every problem."""
     derived = [
         f"config.{section}.{key}"
-        for section, keys in _DERIVED.items()
+        for section, keys in DERIVED_FIELDS.items()
         if isinstance(body.config.get(section), dict)
         for key in keys
         if key in body.config[section]

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from rlaif.client import TERMINAL, ApiError, ApiUnreachable, Client
-from rlaif.config import RunConfig, _deep_merge, parse_dotted_overrides
+from rlaif.config import RunConfig, deep_merge, parse_dotted_overrides
 from rlaif.settings import settings
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def _config_overrides(config: Path | None, sets: list[str]) -> dict[str, Any]:
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{config}: a run config must be a mapping")
         data = loaded or {}
-    overrides = _deep_merge(data, parse_dotted_overrides(sets))
+    overrides = deep_merge(data, parse_dotted_overrides(sets))
     RunConfig().with_overrides(overrides)
     return overrides
 
@@ -418,7 +418,7 @@ def demo_command(
         env["RLAIF_DATA_DIR"] = str(data.resolve())
         console.print(f"evaluation sets from {data}")
     else:  # the named sets and human pairs live in the data folder: evaluate on the held-out prompts alone
-        overrides = _deep_merge(overrides, {"eval": {"extra_sets": [], "human_pairs": 0}})
+        overrides = deep_merge(overrides, {"eval": {"extra_sets": [], "human_pairs": 0}})
         console.print(
             "no data folder (--data-dir, RLAIF_DATA_DIR, ../shared/data): evaluating on held-out prompts only"
         )

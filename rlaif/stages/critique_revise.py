@@ -331,7 +331,7 @@ def to_sft_examples(records: Iterable[CritiqueRecord]) -> list[SFTExample]:
     return [SFTExample(id=r.id, prompt=r.prompt, response=r.final_revision) for r in records if r.kept]
 
 
-def _result(records: Sequence[CritiqueRecord], n_sft: int) -> StageResult:
+def stage_result(records: Sequence[CritiqueRecord], n_sft: int) -> StageResult:
     flag_counts: dict[str, int] = {}
     for record in records:
         for flag in record.flags:
@@ -362,7 +362,7 @@ def run_critique_revise(
         verify_manifest(out_dir)
         records = read_jsonl(out_dir / CRITIQUE_RECORDS_FILE, CritiqueRecord)
         log.info("critique stage of run %s is already complete (%d records)", run_id, len(records))
-        return _result(records, sum(r.kept for r in records))
+        return stage_result(records, sum(r.kept for r in records))
     source = store.path(run_id, INPUTS, PROMPTS_FILE)
     if not source.is_file():
         raise StoreError(f"run {run_id}: {source} is missing; the run has no prompts")
@@ -378,7 +378,7 @@ def run_critique_revise(
     sft = to_sft_examples(records)
     write_jsonl(out_dir / CRITIQUE_RECORDS_FILE, records)
     write_jsonl(out_dir / SFT_DATA_FILE, sft)
-    result = _result(records, len(sft))
+    result = stage_result(records, len(sft))
     write_manifest(out_dir, extra={"stage": STAGE, "counts": result.counts, "metrics": result.metrics})
     log.info("kept %d of %d revisions for SFT (%s)", len(sft), len(records), result.extra["flags"])
     return result

@@ -490,7 +490,7 @@ def report_metrics(report: EvalReport) -> dict[str, float]:
     return out
 
 
-def _result(stage: str, report: EvalReport, outputs: list[str]) -> StageResult:
+def stage_result(stage: str, report: EvalReport, outputs: list[str]) -> StageResult:
     return StageResult(
         stage=stage,
         outputs=[f"{stage}/{name}" for name in outputs],
@@ -527,7 +527,7 @@ def run_evaluate(
         verify_manifest(out_dir)
         report = read_report(out_dir / REPORT_FILE)
         log.info("%s of run %s is already complete; not evaluating again", stage, run_id)
-        return _result(stage, report, [ANSWERS_FILE, REPORT_FILE, REPORT_HTML_FILE])
+        return stage_result(stage, report, [ANSWERS_FILE, REPORT_FILE, REPORT_HTML_FILE])
     if data_dir is None:
         from rlaif.settings import settings
 
@@ -582,4 +582,4 @@ def run_evaluate(
     outputs = write_report(out_dir, report, samples)
     write_manifest(out_dir, extra={"stage": stage, "metrics": report_metrics(report)})
     log.info("evaluation of run %s written to %s\n%s", run_id, out_dir, headline(report))
-    return _result(stage, report, outputs)
+    return stage_result(stage, report, outputs)

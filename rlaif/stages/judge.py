@@ -133,7 +133,7 @@ def label_metrics(labels: Sequence[LabelRecord]) -> dict[str, float]:
     }
 
 
-def _result(stage: str, labels: Sequence[LabelRecord], comparisons: int) -> StageResult:
+def stage_result(stage: str, labels: Sequence[LabelRecord], comparisons: int) -> StageResult:
     return StageResult(
         stage=stage,
         outputs=[f"{stage}/{LABELS_FILE}"],
@@ -167,7 +167,7 @@ def run_judge(
         verify_manifest(out_dir)
         labels = read_jsonl(out_dir / LABELS_FILE, LabelRecord)
         log.info("%s of run %s is already complete (%d labels); not judging again", stage, run_id, len(labels))
-        return _result(stage, labels, len(labels))
+        return stage_result(stage, labels, len(labels))
     if not store.is_complete(run_id, pairs_stage):
         raise StoreError(f"run {run_id}: stage {pairs_stage!r} has no manifest; its comparisons are not finished")
     source = store.path(run_id, pairs_stage, COMPARISONS_FILE)
@@ -191,7 +191,7 @@ def run_judge(
         )
     )
     write_jsonl(out_dir / LABELS_FILE, labels)
-    result = _result(stage, labels, len(comparisons))
+    result = stage_result(stage, labels, len(comparisons))
     write_manifest(out_dir, extra={"stage": stage, "counts": result.counts, "metrics": result.metrics})
     log.info(
         "wrote %d labels to %s (flip rate %.2f)",

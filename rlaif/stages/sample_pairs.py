@@ -92,7 +92,7 @@ def run_sample_pairs(
         verify_manifest(folder)
         log.info("stage %s of run %s is already complete; reading its artifacts", stage, run_id)
         comparisons = read_jsonl(comparisons_path, Comparison)
-        return _result(stage, policy_model, read_jsonl(responses_path, ResponseSet), comparisons)
+        return stage_result(stage, policy_model, read_jsonl(responses_path, ResponseSet), comparisons)
 
     items = _read_prompts(store, run_id)
     known = {item.id for item in items}
@@ -118,7 +118,7 @@ def run_sample_pairs(
     write_jsonl(responses_path, response_sets)
     comparisons = [pair for record in response_sets for pair in make_comparisons(record)]
     write_jsonl(comparisons_path, comparisons)
-    result = _result(stage, policy_model, response_sets, comparisons)
+    result = stage_result(stage, policy_model, response_sets, comparisons)
     write_manifest(folder, {"stage": stage, "model": policy_model, "seed": cfg.seed, "counts": result.counts})
     log.info(
         "stage %s: %d prompts -> %d responses -> %d comparisons (%d identical pairs skipped)",
@@ -141,7 +141,7 @@ def _read_prompts(store: ArtifactStore, run_id: str) -> list[PromptItem]:
     return items
 
 
-def _result(
+def stage_result(
     stage: str, policy_model: str, response_sets: list[ResponseSet], comparisons: list[Comparison]
 ) -> StageResult:
     """The StageResult of the pairs stage, from its response sets and comparisons."""
