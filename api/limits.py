@@ -2,7 +2,8 @@
 (429) and a request size limit (413).
 
 Requests without a valid key are refused here, so an anonymous caller never gets a body parsed or a 422 out of
-a route (the routes' own `OwnerDep` check stays, and says who the owner is). A pure ASGI middleware, so it
+a route; the key's owner is left in `request.state.owner` for the routes (`api.deps.OwnerDep`), so each key
+is checked once. A pure ASGI middleware, so it
 streams: the size limit counts the bytes as the route reads them and stops at
 the limit (a declared Content-Length above it is refused before any byte is read), and nothing is buffered
 here. Rate limits use the `limits` library's moving window, keyed by the owner of a valid bearer key or, for
@@ -25,16 +26,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import owner_of_key
+from api.deps import INVALID_KEY, MISSING_KEY, owner_of_key
 from rlaif.settings import Settings
 
 # Routes whose body is an upload (constitution or prompt-set file) get the upload limit; the rest are JSON.
 UPLOAD_ROUTES = frozenset({("POST", "/v1/constitutions"), ("POST", "/v1/prompt-sets")})
 MULTIPART_FRAMING = 64 * 1024  # room for the multipart envelope around a file that itself fits
-
-
-MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"  # (the same answers as api.deps.get_owner)
-INVALID_KEY = "invalid API key"
 
 
 def bearer_owner(scope: Scope, settings: Settings) -> tuple[str | None, str]:
@@ -85,6 +82,7 @@ class RequestLimits:
                     scope, receive, send
                 )
                 return
+            scope.setdefault("state", {})["owner"] = owner  # request.state.owner, for api.deps.get_owner
         route = (scope["method"], scope["path"].rstrip("/"))
         limit = self.upload_limit if route in UPLOAD_ROUTES else self.request_limit
         declared = _declared_length(scope)

@@ -195,10 +195,13 @@ def _fill(folder: Path) -> Path:
     filler = folder / "filler.bin"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        for size in (1 << 20, 4096):
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * size):
-                    pass
+        for size in (1 << 20, 4096):  # big blocks, then the last pages
+            written = size
+            while written:
+                try:
+                    written = os.write(fd, b"\0" * size)
+                except OSError:  # ENOSPC: full at this block size
+                    written = 0
         assert os.statvfs(folder).f_bavail == 0
     finally:
         os.close(fd)

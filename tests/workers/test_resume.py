@@ -20,6 +20,7 @@ from service_fixtures import REPO, TINY_RUN, Service, auth, check_run_integrity,
 from sqlalchemy import select, update
 
 from rlaif import runs
+from rlaif.client import TERMINAL
 from rlaif.db import RunRow, ShardRow, StageRunRow
 
 
@@ -136,7 +137,7 @@ def test_a_run_cancelled_mid_sft_resumes_from_its_step_checkpoint(make_service, 
         assert resumed.status_code == 200, resumed.text
         assert resumed.json()["status"] == "running" and resumed.json()["error"] is None
         run = wait_for(
-            lambda: (r := api.get(f"/v1/runs/{run_id}", headers=auth()).json())["status"] in runs_terminal and r,
+            lambda: (r := api.get(f"/v1/runs/{run_id}", headers=auth()).json())["status"] in TERMINAL and r,
             300,
             "the resumed run to finish",
         )
@@ -150,6 +151,3 @@ def test_a_run_cancelled_mid_sft_resumes_from_its_step_checkpoint(make_service, 
         assert sorted(counts) == list(range(1, sft["total"] + 1)) and set(counts.values()) == {1}
         messages = [e["message"] for e in api.get(f"/v1/runs/{run_id}/events", headers=auth()).json()["data"]]
         assert "run resumed from stage sft (it was cancelled)" in messages
-
-
-runs_terminal = ("succeeded", "failed", "cancelled")
