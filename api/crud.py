@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from fastapi import status
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import not_found
+from api.errors import ApiError, not_found, pydantic_problems
 from api.schemas import (
+    BudgetFigures,
     CheckpointFile,
     CheckpointPublic,
     ConstitutionDetail,
     ConstitutionPublic,
     PrincipleSummary,
+    RunBudgetPublic,
     RunPublic,
     RunSummary,
     StageStatus,
 )
+from rlaif.budget import RunBudget, estimate_budget
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution, ConstitutionError, load_constitution
 from rlaif.db import (
@@ -43,6 +49,17 @@ R = TypeVar("R", PromptSetRow, RunRow, CheckpointRow)
 # (database, file version) pairs already registered, so a listing writes only when a file changed.
 _SHIPPED_CACHE: dict[tuple[str, int, int], Constitution | None] = {}
 _REGISTERED: set[tuple[str, tuple[str, int, int]]] = set()
+
+
+# A version made by PATCH records its parent in `source`, as "patch:<parent id>" (no column of its own: the
+# parent is where the version came from, which is what `source` says for uploads and shipped files).
+PATCH_SOURCE = "patch"
+
+
+def patch_parent(row: ConstitutionRow) -> str | None:
+    """The version a PATCH made this one from, or None (an upload or a shipped file)."""
+    kind, _, parent = row.source.partition(":")
+    return parent if kind == PATCH_SOURCE and parent and row.owner != SHIPPED_OWNER else None
 
 
 def constitution_id(owner: str, sha256: str) -> str:
@@ -135,7 +152,8 @@ def constitution_public(row: ConstitutionRow, detail: bool = False) -> Constitut
         "id": row.id,
         "name": row.name,
         "owner": row.owner,
-        "source": row.source,
+        "source": PATCH_SOURCE if patch_parent(row) else row.source,
+        "parent": patch_parent(row),
         "sha256": row.sha256,
         "principles": principles,
         "created_at": row.created_at,
@@ -173,33 +191,66 @@ def stage_status(row: StageRunRow) -> StageStatus:
     )
 
 
-def run_summary(row: RunRow, cfg: RunConfig | None = None) -> RunSummary:
-    cfg = cfg or RunConfig.model_validate_json(row.config_json)
+class StoredConfig(NamedTuple):
+    """A run's stored config: parsed, or (`cfg` None) as far as its JSON decodes, with the reason."""
+
+    cfg: RunConfig | None
+    raw: dict[str, Any]
+    error: str | None
+
+
+def stored_config(row: RunRow) -> StoredConfig:
+    """The run's config as stored. One that no longer validates (stored by an older or a faulty version: an
+    infinity stored as null) is reported, never raised: the run must still list, read and cancel."""
+    try:
+        cfg = RunConfig.model_validate_json(row.config_json)
+    except ValidationError as exc:
+        try:
+            raw = json.loads(row.config_json)
+        except ValueError:
+            raw = None
+        problems = pydantic_problems(exc, prefix=["config"])
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        return StoredConfig(None, raw if isinstance(raw, dict) else {}, f"stored config does not validate: {shown}")
+    return StoredConfig(cfg, cfg.model_dump(mode="json"), None)
+
+
+def run_summary(row: RunRow, stored: StoredConfig | None = None) -> RunSummary:
+    cfg, _, config_error = stored or stored_config(row)
     return RunSummary(
         id=row.id,
         status=row.status,  # type: ignore[arg-type]
         constitution_id=row.constitution_id,
         prompt_set_id=row.prompt_set_id,
-        policy_model=cfg.policy_model,
-        iterations=cfg.iterations,
+        policy_model=cfg.policy_model if cfg else None,
+        iterations=cfg.iterations if cfg else None,
+        policy_optimization=cfg.policy_optimization if cfg else None,
         created_at=row.created_at,
         finished_at=row.finished_at,
         error=row.error,
+        config_error=config_error,
     )
 
 
+def budget_public(budget: RunBudget) -> RunBudgetPublic:
+    stages = {name: BudgetFigures(**cost._asdict()) for name, cost in budget.stages.items()}
+    return RunBudgetPublic(**budget.total._asdict(), stages=stages)
+
+
 def run_public(session: Session, row: RunRow) -> RunPublic:
-    cfg = RunConfig.model_validate_json(row.config_json)
+    stored = stored_config(row)
+    cfg = stored.cfg
     stages = session.scalars(select(StageRunRow).where(StageRunRow.run_id == row.id).order_by(StageRunRow.position))
     return RunPublic(
-        **run_summary(row, cfg).model_dump(),
+        **run_summary(row, stored).model_dump(),
         constitution_sha256=row.constitution_sha256,
-        judge_model=cfg.judge.model or cfg.policy_model,
+        judge_model=(cfg.judge.model or cfg.policy_model) if cfg else None,
         train_prompts=row.train_prompts,
         eval_prompts=row.eval_prompts,
         started_at=row.started_at,
         stages=[stage_status(s) for s in stages],
-        config=cfg.model_dump(mode="json"),
+        config=stored.raw,
+        budget=budget_public(estimate_budget(cfg, row.train_prompts, row.eval_prompts)) if cfg else None,
     )
 
 
@@ -215,3 +266,19 @@ def checkpoint_public(row: CheckpointRow) -> CheckpointPublic:
         created_at=row.created_at,
         download_url=f"/v1/checkpoints/{row.id}/download",
     )
+
+
+# ---------------------------------------------------------------- deleting inputs
+
+SHOWN_RUNS = 20  # run ids named in a 409's detail (its errors list every one)
+
+
+def refuse_if_used(session: Session, what: str, ident: str, column: Any) -> None:
+    """409 naming the runs whose `column` (RunRow.prompt_set_id, RunRow.constitution_id) is `ident`: a run keeps
+    the inputs it was started from, so they go only after the runs (DELETE /v1/runs/{id})."""
+    users = list(session.scalars(select(RunRow.id).where(column == ident).order_by(RunRow.created_at, RunRow.id)))
+    if not users:
+        return
+    named = ", ".join(users[:SHOWN_RUNS]) + (f" and {len(users) - SHOWN_RUNS} more" if len(users) > SHOWN_RUNS else "")
+    detail = f"{what} {ident} is used by {len(users)} run(s): {named}; delete those runs first"
+    raise ApiError(status.HTTP_409_CONFLICT, detail, [f"used by run {run_id}" for run_id in users])

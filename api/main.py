@@ -1,4 +1,4 @@
-"""The FastAPI app: `/v1` routers (one per resource), `/healthz`, OpenAPI docs at `/docs`.
+"""The FastAPI app: `/v1` routers (one per resource), `/healthz`, OpenAPI docs at `/docs` (served offline, api/docs.py).
 
 uvicorn api.main:app --port 8000        # or: rlaif serve
 """
@@ -8,9 +8,11 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from api.deps import AppState
+from api.docs import install_docs
 from api.errors import declare_error_bodies, install_handlers
+from api.headers import SecurityHeaders
 from api.limits import RequestLimits
-from api.routes import checkpoints, constitutions, health, prompt_sets, reports, runs
+from api.routes import checkpoints, constitutions, health, prompt_sets, reports, runs, usage
 from api.schemas import ErrorPublic
 from rlaif import __version__
 from rlaif.db import get_engine, session_factory
@@ -27,6 +29,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Constitutional AI / RLAIF as a service: upload a constitution and prompts, start a run, "
         "watch its stages, download the aligned model. Authenticate with `Authorization: Bearer <API key>`.",
+        docs_url=None,  # (both pages come from install_docs, with their assets served here instead of a CDN)
+        redoc_url=None,
     )
     app.state.rlaif = AppState(
         settings=cfg,
@@ -35,9 +39,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         store=ArtifactStore(cfg.artifacts_dir),
         celery=create_celery(cfg),
     )
+    app.state.health = health.HealthProbe(app.state.rlaif.read_sessions, cfg)
     install_handlers(app)
     declare_error_bodies(app)
     app.add_middleware(RequestLimits, settings=cfg)
+    app.add_middleware(SecurityHeaders)  # (added last, so outermost: the front door's 401/413/429 get them too)
     v1 = APIRouter(
         prefix="/v1",
         responses={  # (every /v1 route: api/deps.py get_owner, api/limits.py)
@@ -45,11 +51,12 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             429: {"model": ErrorPublic, "description": "Rate limit exceeded (with Retry-After)."},
         },
     )
-    for module in (constitutions, prompt_sets, runs, checkpoints):
+    for module in (constitutions, prompt_sets, runs, checkpoints, usage):
         v1.include_router(module.router)
     v1.include_router(reports.router)
     app.include_router(v1)
     app.include_router(health.router)
+    install_docs(app)
     return app
 
 

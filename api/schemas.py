@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from rlaif.constitution_edit import ConstitutionDelta, PrincipleEdit
+
 # The largest integer a query parameter may carry into SQL (SQLite INTEGER, PostgreSQL BIGINT / OFFSET).
 INT64_MAX = 2**63 - 1
 
@@ -45,7 +47,11 @@ class ConstitutionPublic(_Public):
     id: str = Field(description="Version id; the same content uploaded again by the same owner gets the same id.")
     name: str
     owner: str = Field(description="The API key's owner, or 'shipped' for files of the server's constitutions folder.")
-    source: str = Field(description="'upload', or the shipped file's name.")
+    source: str = Field(description="'upload', 'patch' (made by PATCH from `parent`), or the shipped file's name.")
+    parent: str | None = Field(
+        default=None,
+        description="The version this one was first made from by PATCH; null for uploads and shipped files.",
+    )
     sha256: str = Field(description="SHA-256 of the canonical JSON content: the version.")
     principles: list[PrincipleSummary]
     created_at: datetime
@@ -58,6 +64,27 @@ class ConstitutionDetail(ConstitutionPublic):
 class ConstitutionsPublic(BaseModel):
     data: list[ConstitutionPublic]
     count: int
+
+
+class ConstitutionPatch(BaseModel):
+    """PATCH /v1/constitutions/{id}: principle-level changes, applied in order, that make a new version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    changes: list[PrincipleEdit] = Field(
+        min_length=1,
+        max_length=1024,
+        description='Applied in order: {"op": "add", "principle": {...}, "after"?: id}, {"op": "replace", '
+        '"principle": {...}} (the principle with its id), {"op": "remove", "id": ...}, {"op": "tags", "id": ..., '
+        '"tags": [...]}.',
+    )
+
+
+class ConstitutionDiff(ConstitutionDelta):
+    """GET /v1/constitutions/{id}/diff: what version `id` adds, removes and changes relative to `against`."""
+
+    id: str = Field(description="The version compared.")
+    against: str | None = Field(description="The version it is compared with; null: none (every principle added).")
 
 
 # ---------------------------------------------------------------- prompt sets
@@ -117,7 +144,7 @@ class RunCreate(BaseModel):
     policy_model: str | None = Field(default=None, description="Base policy model (registry name or server folder).")
     judge_model: str | None = Field(default=None, description="Judge model; null = the policy model.")
     iterations: int | None = Field(
-        default=None, ge=1, le=10, description="RLAIF iterations (pairs -> judge -> RM -> PPO)."
+        default=None, ge=1, le=10, description="RLAIF iterations (pairs -> judge -> RM -> PPO, or -> DPO)."
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
@@ -147,26 +174,65 @@ class StageStatus(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class BudgetFigures(BaseModel):
+    """What a run costs (rlaif/budget.py), or the most one run may cost (the server's RLAIF_MAX_RUN_*)."""
+
+    items: int | None = Field(description="Items fanned out over (prompts, comparisons, evaluation prompts).")
+    shards: int | None = Field(description="Shards of the sharded stages (one row and one task each).")
+    generated_tokens: int | None = Field(description="Tokens generated, every completion at its max_new_tokens.")
+    optimizer_steps: int | None = Field(description="Optimizer steps of SFT, the reward models, PPO and DPO.")
+
+
+class RunBudgetPublic(BudgetFigures):
+    """A run's estimated cost, checked against the server's limits when it was created."""
+
+    stages: dict[str, BudgetFigures] = Field(description="The estimate of each stage, in plan order.")
+
+
 class RunSummary(BaseModel):
     id: str
     status: RunStatus
     constitution_id: str
     prompt_set_id: str
-    policy_model: str
-    iterations: int
+    policy_model: str | None = Field(description="null when the stored config cannot be read (config_error).")
+    iterations: int | None = Field(description="null when the stored config cannot be read (config_error).")
+    policy_optimization: str | None = Field(
+        default=None,
+        description="ppo or dpo: how the run's labels become its policy (null when the stored config cannot be read).",
+    )
     created_at: datetime
     finished_at: datetime | None
     error: str | None
+    config_error: str | None = Field(
+        default=None,
+        description="Why the run's stored config no longer validates (a run stored by an older or faulty version); "
+        "the run still lists, reads and cancels, with its config as stored.",
+    )
 
 
 class RunPublic(RunSummary):
     constitution_sha256: str
-    judge_model: str
+    judge_model: str | None = Field(description="null when the stored config cannot be read (config_error).")
     train_prompts: int
     eval_prompts: int
     started_at: datetime | None
     stages: list[StageStatus]
-    config: dict[str, Any] = Field(description="The frozen RunConfig of the run.")
+    config: dict[str, Any] = Field(description="The frozen RunConfig of the run (as stored, with a config_error).")
+    budget: RunBudgetPublic | None = Field(
+        default=None, description="The run's estimated cost (null with a config_error)."
+    )
+    disk_bytes: int | None = Field(
+        default=None,
+        description="Bytes the run's artifacts (inputs, datasets, checkpoints, logs) take on disk now, freed by "
+        "DELETE /v1/runs/{id}; given by GET /v1/runs/{id} (null in other answers).",
+    )
+
+
+class RunDeleted(BaseModel):
+    """The answer of DELETE /v1/runs/{id}."""
+
+    id: str
+    bytes_freed: int = Field(description="Bytes of the run's artifact folder removed from disk.")
 
 
 class RunsPublic(BaseModel):
@@ -222,6 +288,33 @@ class CheckpointPublic(BaseModel):
 class CheckpointsPublic(BaseModel):
     data: list[CheckpointPublic]
     count: int
+
+
+# ---------------------------------------------------------------- usage
+
+
+class QuotaLimits(BaseModel):
+    """The server's quotas per API key (RLAIF_QUOTA_*); null = unlimited."""
+
+    concurrent_runs: int | None = Field(description="Runs queued or running at once (429 above).")
+    stored_bytes: int | None = Field(description="Bytes stored; at or above it new runs are refused (403).")
+    tokens_per_day: int | None = Field(description="Tokens generated per UTC day, by the runs' budgets (429 above).")
+
+
+class UsagePublic(BaseModel):
+    """GET /v1/usage: what the caller's key uses now, its quotas and what one run may cost."""
+
+    active_runs: int = Field(description="The key's runs queued or running.")
+    stored_bytes: int = Field(description="run_bytes + upload_bytes.")
+    run_bytes: int = Field(description="Bytes of the key's run folders in the artifact store (inputs, data, models).")
+    upload_bytes: int = Field(description="Bytes of the key's stored prompt sets and constitutions (as JSON).")
+    tokens_today: int = Field(
+        description="Tokens the key's runs created today (UTC) may generate, by their budgets; runs that were "
+        "stopped before they started count nothing."
+    )
+    day_started_at: datetime = Field(description="Start of the current quota day (midnight UTC).")
+    quotas: QuotaLimits
+    run_limits: BudgetFigures = Field(description="The most one run may cost (RLAIF_MAX_RUN_*; null = no limit).")
 
 
 class HealthPublic(BaseModel):

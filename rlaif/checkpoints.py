@@ -88,6 +88,12 @@ def checkpoint_meta(
     if run_config is not None:
         meta["run_config"] = run_config.model_dump(mode="json")
         meta["seed"] = run_config.seed
+        # The three roles of a run: who is aligned, who wrote the SL-CAI data, who judged (issue: teacher roles).
+        meta["models"] = {
+            "policy": run_config.policy_model,
+            "feedback": run_config.feedback_model,
+            "judge": run_config.judge_model,
+        }
     if constitution is not None:
         parsed = constitution if isinstance(constitution, Constitution) else Constitution.model_validate(constitution)
         meta["constitution"] = {
@@ -120,6 +126,10 @@ def model_card(meta: dict[str, Any]) -> str:
         f"- stage: `{meta.get('stage')}`",
         f"- base model: `{meta.get('base_model')}`",
     ]
+    if "policy_optimization" in meta:
+        lines.append(f"- policy optimization: `{meta['policy_optimization']}`")
+    if "reference_model" in meta:
+        lines.append(f"- reference model: `{meta['reference_model']}`")
     if "constitution" in meta:
         c = meta["constitution"]
         lines.append(
@@ -127,6 +137,12 @@ def model_card(meta: dict[str, Any]) -> str:
         )
     if "judge_model" in meta:
         lines.append(f"- judge model: `{meta['judge_model']}`")
+    if "models" in meta:
+        roles = meta["models"]
+        lines.append(
+            f"- models: policy `{roles['policy']}`, feedback (critiques, revisions) `{roles['feedback']}`, "
+            f"judge `{roles['judge']}`"
+        )
     if "seed" in meta:
         lines.append(f"- seed: {meta['seed']}")
     for key, value in sorted(meta.get("counts", {}).items()):
@@ -330,6 +346,27 @@ def load_latest_step_state(
     set_rng_state(state["rng"])
     log.info("resumed from step state %s", path)
     return int(state["step"])
+
+
+def remove_resume_states(out_dir: Path, *folders: str) -> None:
+    """Delete a finished stage's resume states: the `folders` of `out_dir` (step states, best-policy copies) and
+    the temporary files and folders a killed save left at its top level (`.model.*.tmp`, `.model.old-*`).
+
+    Call it once the stage's model folder is complete (its manifest written), never before: until then the step
+    states are what a resume starts from. It runs both right after the save and when a redelivered task finds
+    the model done, so a worker killed between the two leaves nothing behind.
+    """
+    out_dir = Path(out_dir)
+    for name in folders:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    if out_dir.is_dir():
+        for leftover in out_dir.iterdir():
+            if not leftover.name.startswith(".") or not (leftover.name.endswith(".tmp") or ".old-" in leftover.name):
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def read_step_extra(steps_dir: Path, step: int) -> dict[str, Any]:

@@ -101,6 +101,10 @@ class Client:
     def resume(self, run_id: str) -> dict[str, Any]:
         return self.json("POST", f"/v1/runs/{run_id}/resume")
 
+    def delete_run(self, run_id: str) -> dict[str, Any]:
+        """Delete a stopped run with its artifacts: {"id", "bytes_freed"}; 409 while it is queued or running."""
+        return self.json("DELETE", f"/v1/runs/{run_id}")
+
     def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
         return self.json("GET", f"/v1/runs/{run_id}/checkpoints")["data"]
 

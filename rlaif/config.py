@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rlaif.endpoints import check_model_spec, is_endpoint
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -27,8 +29,20 @@ def exact_div(numerator: int, denominator: int, what: str) -> int:
     return numerator // denominator
 
 
+# Seeds seed numpy too, whose seeds stop at 2**32 - 1 (torch.manual_seed at 2**64 - 1).
+SEED_MAX = 2**32 - 1
+# Ceilings of the counts: far above any recipe (InstructGPT: 256k PPO episodes; batch sizes in the thousands at
+# most), low enough that no size multiplies into a run that can never finish or a number that overflows. What a
+# whole run may cost is the server's run budget (rlaif/budget.py, RLAIF_MAX_RUN_*).
+BATCH_MAX = 4096
+MICRO_BATCH_MAX = 1024
+EVERY_MAX = 1_000_000  # checkpoint / sample intervals, in steps
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: JSON has no infinity, so an inf or NaN that got in (1e999, "Infinity") would be stored as
+    # null and the run could never be read again; every float of a config is finite.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SamplingConfig(_Section):
@@ -72,7 +86,7 @@ class CritiqueConfig(_Section):
     batch_size: int = Field(
         default=16,
         ge=1,
-        le=4096,
+        le=1024,
         description="Prompts critiqued together: each step of a round is one batched generate call.",
     )
 
@@ -85,21 +99,26 @@ class SFTConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(default=0.1, ge=0, le=1, description="Fraction of steps with linear warm-up.")
     batch_size: int = Field(
-        default=8, ge=1, description="Sequences per optimizer step (all devices, all accumulation)."
+        default=8, ge=1, le=BATCH_MAX, description="Sequences per optimizer step (all devices, all accumulation)."
     )
-    micro_batch_size: int = Field(default=4, ge=1, description="Sequences per forward pass on one device.")
+    micro_batch_size: int = Field(
+        default=4, ge=1, le=MICRO_BATCH_MAX, description="Sequences per forward pass on one device."
+    )
     max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens kept per example.")
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out slice of the data for eval loss.")
-    helpful_mix: float = Field(
-        default=0.0,
+    helpful_mix: float | None = Field(
+        default=None,
         ge=0,
-        le=1,
-        description="Helpful-only examples (the run's inputs/helpful_sft.jsonl) mixed into the training data, as a "
-        "fraction of the revision examples (0.5 = one helpful example per two revisions; Bai et al. sec. 3.1).",
+        le=4,
+        description="Plain helpful answers (the critique stage's answers to the prompt set's `kind: helpful` prompts) "
+        "mixed into the training data, as a fraction of the revision examples (0.5 = one helpful example per two "
+        "revisions; 0 = none); null = every helpful answer there is (Bai et al. sec. 3.1 'to retain helpfulness').",
     )
     lora_rank: int = Field(default=0, ge=0, le=256, description="LoRA rank via peft; 0 = full fine-tuning.")
-    lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / rank).")
-    checkpoint_every: int = Field(default=50, ge=1, description="Optimizer steps between resumable step checkpoints.")
+    lora_alpha: int = Field(default=32, ge=1, le=4096, description="LoRA alpha (scale = alpha / rank).")
+    checkpoint_every: int = Field(
+        default=50, ge=1, le=EVERY_MAX, description="Optimizer steps between resumable step checkpoints."
+    )
     max_grad_norm: float = Field(default=1.0, gt=0, description="Clip the global gradient norm to this value.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
@@ -118,10 +137,35 @@ class PairsConfig(_Section):
     )
 
 
+class FeedbackConfig(_Section):
+    """The feedback role of stage 1: who writes the answers, critiques and revisions, and the helpful answers.
+
+    A stronger teacher than the policy is what makes SL-CAI data worth training on (Bai et al. ran the feedback
+    model at 52B; Sharma et al. 2024 find the teacher's strength is where the gains come from).
+    """
+
+    model: str | None = Field(
+        default=None,
+        description="Feedback model (stage 1 answers, critiques, revisions, helpful answers): a registry name, an "
+        "allowed server folder or endpoint:<name> (an endpoint the server declares in RLAIF_ENDPOINTS); None = the "
+        "run's policy model.",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_spec(value, "feedback.model")
+
+
 class JudgeConfig(_Section):
     """Stage 4, RL-CAI labels: P(A) from the log-probabilities of '(A)'/'(B)', both orders averaged."""
 
-    model: str | None = Field(default=None, description="Judge model; None = the run's policy model.")
+    model: str | None = Field(
+        default=None,
+        description="Judge model: a registry name, an allowed server folder or endpoint:<name> (an endpoint the "
+        "server declares in RLAIF_ENDPOINTS; soft labels where it returns log-probs, else hard labels from both "
+        "orders); None = the run's policy model.",
+    )
     principles: list[str] | None = Field(
         default=None, description="Principle ids or tag:<tag> selectors used for comparisons; None = all."
     )
@@ -142,7 +186,13 @@ class JudgeConfig(_Section):
         default=(0.4, 0.6), description="With chain of thought, clamp P(A) into this range (the paper used 0.40-0.60)."
     )
     batch_size: int = Field(default=8, ge=1, le=1024, description="Judge prompts per forward pass.")
-    max_length: int = Field(default=1024, ge=64, le=32768, description="Longest judge prompt in tokens.")
+    max_length: int | None = Field(
+        default=None,
+        ge=64,
+        le=131072,
+        description="Longest judge prompt in tokens; default (null) the judge model's context. A longer pair is "
+        "cut to fit, the middle of its prompt and responses first (rlaif/truncation.py), and counted as truncated.",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="float32",
         description="Judge compute dtype. float32 by default: the label lives in the small difference between the two "
@@ -159,6 +209,11 @@ class JudgeConfig(_Section):
         description="Sampling of the judge's chain of thought (greedy by default, so labels are reproducible).",
     )
 
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_spec(value, "judge.model")
+
     @model_validator(mode="after")
     def _check_clamp(self) -> JudgeConfig:
         low, high = self.cot_clamp
@@ -173,11 +228,15 @@ class RewardModelConfig(_Section):
     epochs: int = Field(default=1, ge=1, le=100, description="Passes over the labelled pairs (1 avoids overfitting).")
     learning_rate: float = Field(default=1e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
     warmup_ratio: float = Field(default=0.1, ge=0, le=1, description="Fraction of steps with linear warm-up.")
-    batch_size: int = Field(default=8, ge=1, description="Pairs per optimizer step.")
-    micro_batch_size: int = Field(default=4, ge=1, description="Pairs per forward pass on one device.")
+    batch_size: int = Field(default=8, ge=1, le=BATCH_MAX, description="Pairs per optimizer step.")
+    micro_batch_size: int = Field(
+        default=4, ge=1, le=MICRO_BATCH_MAX, description="Pairs per forward pass on one device."
+    )
     max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens per side.")
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out slice of the AI-labelled pairs.")
-    checkpoint_every: int = Field(default=50, ge=1, description="Optimizer steps between resumable step checkpoints.")
+    checkpoint_every: int = Field(
+        default=50, ge=1, le=EVERY_MAX, description="Optimizer steps between resumable step checkpoints."
+    )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Clip the global gradient norm to this value.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
@@ -193,11 +252,15 @@ class PPOConfig(_Section):
     Defaults follow "The N Implementation Details of RLHF with PPO" (Huang et al. 2022) and InstructGPT.
     """
 
-    total_episodes: int = Field(default=64, ge=1, description="Prompts x samples rolled out over the whole stage.")
-    prompts_per_step: int = Field(default=8, ge=1, description="Prompts per rollout.")
+    total_episodes: int = Field(
+        default=64, ge=1, le=10_000_000, description="Prompts x samples rolled out over the whole stage."
+    )
+    prompts_per_step: int = Field(default=8, ge=1, le=BATCH_MAX, description="Prompts per rollout.")
     samples_per_prompt: int = Field(default=1, ge=1, le=64, description="Responses per prompt per rollout.")
-    num_minibatches: int = Field(default=2, ge=1, description="Minibatches per PPO epoch.")
-    micro_batch_size: int = Field(default=4, ge=1, description="Sequences per forward pass (gradient accumulation).")
+    num_minibatches: int = Field(default=2, ge=1, le=BATCH_MAX, description="Minibatches per PPO epoch.")
+    micro_batch_size: int = Field(
+        default=4, ge=1, le=MICRO_BATCH_MAX, description="Sequences per forward pass (gradient accumulation)."
+    )
     ppo_epochs: int = Field(default=4, ge=1, le=64, description="Passes over each rollout (blog: 4).")
     learning_rate: float = Field(default=1e-6, gt=0, le=1.0, description="AdamW learning rate (blog: 1e-5 / 3e-6).")
     response_length: int = Field(default=48, ge=1, le=4096, description="Most tokens per rolled-out response.")
@@ -213,7 +276,9 @@ class PPOConfig(_Section):
     )
     adaptive_kl: bool = Field(default=False, description="Adapt beta towards kl_target (Ziegler et al. 2019).")
     kl_target: float = Field(default=6.0, gt=0, description="Target KL (nats per sequence) of the adaptive controller.")
-    kl_horizon: int = Field(default=10000, ge=1, description="Horizon (episodes) of the adaptive controller.")
+    kl_horizon: int = Field(
+        default=10000, ge=1, le=100_000_000, description="Horizon (episodes) of the adaptive controller."
+    )
     gamma: float = Field(default=1.0, ge=0, le=1, description="Discount factor (blog: 1).")
     lam: float = Field(default=0.95, ge=0, le=1, description="GAE lambda (blog: 0.95).")
     cliprange: float = Field(default=0.2, gt=0, description="Policy ratio clip (blog: 0.2).")
@@ -230,7 +295,9 @@ class PPOConfig(_Section):
     target_approxkl: float | None = Field(
         default=None, gt=0, description="Stop the PPO epochs of an update early when approx. KL exceeds this."
     )
-    checkpoint_every: int = Field(default=4, ge=1, description="PPO updates between resumable step checkpoints.")
+    checkpoint_every: int = Field(
+        default=4, ge=1, le=EVERY_MAX, description="PPO updates between resumable step checkpoints."
+    )
     anneal_lr: bool = Field(
         default=True,
         description="Decay the learning rate linearly to 0 over the updates (cleanrl / lm-human-preferences).",
@@ -239,7 +306,10 @@ class PPOConfig(_Section):
         default=256, ge=8, le=32768, description="Chat-templated prompts longer than this are left out of the rollouts."
     )
     sample_every: int = Field(
-        default=4, ge=1, description="PPO updates between logged sample tables (prompt, response, score, kl)."
+        default=4,
+        ge=1,
+        le=EVERY_MAX,
+        description="PPO updates between logged sample tables (prompt, response, score, kl).",
     )
     value_network: Literal["separate", "shared"] = Field(
         default="separate",
@@ -284,6 +354,71 @@ class PPOConfig(_Section):
         return self
 
 
+class DPOConfig(_Section):
+    """Stages 5-6 with policy_optimization=dpo: Direct Preference Optimization on the judge's soft labels.
+
+    No reward model and no rollouts: the policy is trained on the labelled pairs directly, against the SFT model
+    as the frozen reference (Rafailov et al. 2023; IPO: Azar et al. 2023; soft labels as in cDPO).
+    """
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=10.0,
+        description="Strength of the implicit KL penalty to the reference (DPO paper: 0.1; smaller lets the policy "
+        "move further).",
+    )
+    loss: Literal["sigmoid", "ipo"] = Field(
+        default="sigmoid",
+        description="sigmoid: -[p log s(beta D) + (1-p) log s(-beta D)] (DPO; p in {0, 1} is the paper's loss); ipo: "
+        "(D - (2p-1)/(2 beta))^2 (IPO, bounded: it stops pushing once the margin reaches its target).",
+    )
+    length_normalize: bool = Field(
+        default=False,
+        description="Divide each response's log-probability by its token count before the loss (counters DPO's "
+        "drift towards longer answers; SimPO/R-DPO style).",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="Floor of the soft label: P(a better) is clamped to [floor, 1 - floor] (conservative DPO, "
+        "Mitchell 2023: a hard 1/0 label becomes 1-floor/floor); 0 = use the judge's P(A) as it is.",
+    )
+    learning_rate: float = Field(
+        default=5e-6, gt=0, le=1.0, description="Peak AdamW learning rate (DPO paper: 1e-6 at batch 64)."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1, description="Fraction of steps with linear warm-up.")
+    epochs: int = Field(default=1, ge=1, le=100, description="Passes over the labelled pairs.")
+    batch_size: int = Field(default=8, ge=1, le=BATCH_MAX, description="Pairs per optimizer step (all devices).")
+    micro_batch_size: int = Field(
+        default=4,
+        ge=1,
+        le=MICRO_BATCH_MAX,
+        description="Pairs per forward pass on one device (both sides of each pair: 2x sequences).",
+    )
+    max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens per side.")
+    eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out slice of the labelled pairs (val/*).")
+    lora_rank: int = Field(default=0, ge=0, le=256, description="LoRA rank via peft; 0 = full fine-tuning.")
+    lora_alpha: int = Field(default=32, ge=1, le=4096, description="LoRA alpha (scale = alpha / rank).")
+    checkpoint_every: int = Field(
+        default=50, ge=1, le=EVERY_MAX, description="Optimizer steps between resumable step checkpoints."
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Clip the global gradient norm to this value.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Matmul precision: bfloat16 autocast over fp32 master weights (the reference log-probs too), or "
+        "plain float32; 'auto' = bf16 where the CPU/GPU does it natively.",
+    )
+
+    @model_validator(mode="after")
+    def _check_accumulation(self) -> DPOConfig:
+        micro = min(self.micro_batch_size, self.batch_size)
+        exact_div(self.batch_size, micro, f"dpo.batch_size {self.batch_size} / dpo.micro_batch_size")
+        return self
+
+
 class MonitorConfig(_Section):
     """Goodhart monitors over PPO metrics (rlaif/evaluation/monitors.py): alerts, early stop, checkpoint to keep."""
 
@@ -322,7 +457,7 @@ class EvalConfig(_Section):
     holdout_fraction: float = Field(
         default=0.2, ge=0, lt=1, description="Fraction of the prompt set held out for evaluation."
     )
-    max_prompts: int = Field(default=16, ge=1, description="Most held-out prompts evaluated.")
+    max_prompts: int = Field(default=16, ge=1, le=100_000, description="Most held-out prompts evaluated.")
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=64),
         description="Sampling of evaluation answers (greedy by default, so runs compare).",
@@ -380,15 +515,26 @@ class EvalConfig(_Section):
 class RunConfig(_Section):
     """Everything scientific about a run. Stored on the run and copied into every checkpoint's meta.json."""
 
-    seed: int = Field(default=0, ge=0, description="Seed for sampling, data order and initialisation.")
+    seed: int = Field(
+        default=0, ge=0, le=SEED_MAX, description="Seed for sampling, data order and initialisation (0 .. 2**32 - 1)."
+    )
     policy_model: str = Field(
-        default=DEFAULT_MODEL, description="Base model: a registry name, a local Hugging Face folder or a hub id."
+        default=DEFAULT_MODEL,
+        description="Base model: a registry name, a local Hugging Face folder or a hub id (never an endpoint: the "
+        "policy is fine-tuned).",
     )
     iterations: int = Field(
         default=1,
         ge=1,
         le=10,
-        description="RLAIF iterations: pairs -> judge -> reward model -> PPO, repeated from the new policy.",
+        description="RLAIF iterations: pairs -> judge -> reward model -> PPO (or pairs -> judge -> DPO), repeated "
+        "from the new policy.",
+    )
+    policy_optimization: Literal["ppo", "dpo"] = Field(
+        default="ppo",
+        description="How the AI labels become a policy: 'ppo' trains a reward model on them, then PPO against it "
+        "(Bai et al. RL-CAI); 'dpo' trains the policy on the labelled pairs directly (soft-label DPO against the SFT "
+        "reference: no reward model, no rollouts; the dpo section).",
     )
     shard_size: int = Field(
         default=8, ge=1, le=10000, description="Items per generation/judging shard (unit of fan-out)."
@@ -396,13 +542,40 @@ class RunConfig(_Section):
     generation: GenerationBackendConfig = Field(
         default_factory=GenerationBackendConfig, description="Generation engine."
     )
+    feedback: FeedbackConfig = Field(
+        default_factory=FeedbackConfig, description="Stage 1's feedback model (answers, critiques, revisions)."
+    )
     critique: CritiqueConfig = Field(default_factory=CritiqueConfig, description="Stage 1: critique and revise.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Stage 2: SFT.")
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="Stage 3: paired responses.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Stage 4: AI feedback.")
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Stage 5: reward model.")
-    ppo: PPOConfig = Field(default_factory=PPOConfig, description="Stage 6: PPO.")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="Stage 6: PPO (policy_optimization=ppo).")
+    dpo: DPOConfig = Field(
+        default_factory=DPOConfig, description="Stages 5-6 as one: DPO on the labels (policy_optimization=dpo)."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Stage 7: evaluation.")
+
+    @field_validator("policy_model")
+    @classmethod
+    def _check_policy_model(cls, value: str) -> str:
+        check_model_spec(value, "policy_model")
+        if is_endpoint(value):
+            raise ValueError(
+                f"policy_model {value!r}: the policy is fine-tuned here, so it must be weights the workers load (a "
+                "registry name or a server folder); an endpoint can be feedback.model or judge.model"
+            )
+        return value
+
+    @property
+    def feedback_model(self) -> str:
+        """The model that writes stage 1 (answers, critiques, revisions): feedback.model, else the policy."""
+        return self.feedback.model or self.policy_model
+
+    @property
+    def judge_model(self) -> str:
+        """The model that judges pairs (stage 4 and the evaluation): judge.model, else the policy."""
+        return self.judge.model or self.policy_model
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A new config with nested overrides applied ({"ppo": {"kl_coef": 0.1}}); validated again as a whole."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,8 +26,12 @@ PrincipleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,6
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
 
 MAX_CONSTITUTION_BYTES = 1_000_000
-MAX_YAML_NODES = 50_000
+# Every valid constitution has fewer nodes than this: one at every limit (512 principles with 3 tags each,
+# 16 + 16 examples) has 7,467 (tests/test_constitution.py builds it). Composing costs some 25 us a node, so
+# the limit is also what bounds the time a hostile document can take: about a quarter of a second.
+MAX_YAML_NODES = 10_000
 MAX_YAML_DEPTH = 32
+MAX_PRINCIPLES = 512
 
 
 class Principle(BaseModel):
@@ -87,7 +92,7 @@ class Constitution(BaseModel):
     description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] = Field(
         default="", description="What the constitution is for."
     )
-    principles: list[Principle] = Field(min_length=1, max_length=512, description="The principles.")
+    principles: list[Principle] = Field(min_length=1, max_length=MAX_PRINCIPLES, description="The principles.")
     critique_examples: list[CritiqueExample] = Field(
         default_factory=list, max_length=16, description="Few-shot critique-and-revision examples."
     )
@@ -177,39 +182,102 @@ class ConstitutionError(ValueError):
 # ---------------------------------------------------------------- loading with line numbers
 
 
+class _LimitError(yaml.YAMLError):
+    """A limit hit while composing: reported as `source:line: field: message`, not as invalid YAML."""
+
+    def __init__(self, field: str, message: str, mark: yaml.Mark) -> None:
+        super().__init__(message)
+        self.field, self.message, self.mark = field, message, mark
+
+
+# A "\ud800" escape in a double-quoted scalar gives a lone surrogate: a str that cannot be encoded as UTF-8
+# (so not hashed, stored or sent), refused with its line instead.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses alias bombs and absurd nesting before building Python objects.
+    """SafeLoader that refuses alias bombs, absurd nesting and oversized documents while composing them.
 
     PyYAML's composer recurses once per nesting level, so `[[[[...` thousands deep would end in a
-    RecursionError; the depth is checked here, as the nodes are composed, before that can happen.
+    RecursionError. Composing is also slow (pure Python, some 25 us a node): a 1 MB list of 490k items took
+    13 s and 270 MB when the nodes were counted only once the whole document was composed. So depth, node
+    count (an alias counts as the whole subtree it repeats, as it will once constructed) and the number of
+    principles are checked here, as each node is composed, and composing stops at the first limit hit.
+    Every error a value's construction raises (a timestamp like 2001-13-45, an over-long integer) becomes a
+    YAMLError at that node's line.
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
-        self._depth = 0
+        self._path: list[object] = []  # key or index of each node being composed, from the root down
+        self._nodes = 0
+        self._expanded: dict[str, int] = {}  # anchor -> nodes in its subtree (aliases in it expanded)
+
+    def _count(self, nodes: int, mark: yaml.Mark, alias: bool) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_YAML_NODES:
+            why = ", counting aliases expanded (an alias bomb?)" if alias else ""
+            raise _LimitError("<document>", f"more than {MAX_YAML_NODES} YAML nodes{why}", mark)
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # type: ignore[override]
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                mark = self.peek_event().start_mark
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            # (An alias to a node still being composed counts 1: the walk in _compose_checked bounds its cycle.)
+            self._count(self._expanded.get(event.anchor, 1), event.start_mark, alias=True)
             return super().compose_node(parent, index)  # type: ignore[arg-type]
+        self._path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        try:
+            if len(self._path) > MAX_YAML_DEPTH:
+                raise _LimitError("<document>", f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            if len(self._path) == 3 and self._path[1] == "principles" and self._path[2] == MAX_PRINCIPLES:
+                message = f"more than {MAX_PRINCIPLES} principles (this is principle {MAX_PRINCIPLES + 1})"
+                raise _LimitError("principles", message, event.start_mark)
+            self._count(1, event.start_mark, alias=False)
+            before = self._nodes
+            node = super().compose_node(parent, index)  # type: ignore[arg-type]
+            if event.anchor is not None:  # type: ignore[attr-defined]
+                self._expanded[event.anchor] = self._nodes - before + 1  # type: ignore[attr-defined]
+            return node
         finally:
-            self._depth -= 1
+            self._path.pop()
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if isinstance(node, yaml.ScalarNode) and _SURROGATE.search(node.value):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a \\u escape gives a lone surrogate, which is not text", node.start_mark
+            )
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # SafeConstructor raises ValueError, KeyError, AttributeError... on bad scalars
+            kind = node.tag.removeprefix("tag:yaml.org,2002:")
+            value = node.value[:40] if isinstance(node, yaml.ScalarNode) else "this node"
+            # (The message of the int digit limit goes on with advice for the server's code: cut it there.)
+            reason = str(exc).partition("; use sys.set_int_max_str_digits")[0] if isinstance(exc, ValueError) else ""
+            problem = f"cannot read {value!r} as YAML {kind}" + (f": {reason}" if reason else "")
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
-def _compose_checked(text: str, source: str) -> yaml.Node | None:
+def _yaml_problem(exc: yaml.YAMLError, source: str) -> str:
+    """`source:line: field: message` for an error of the loader (a limit, a syntax or a construction error)."""
+    if isinstance(exc, _LimitError):
+        return f"{source}:{exc.mark.line + 1}: {exc.field}: {exc.message}"
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else 1
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{source}:{line}: <document>: invalid YAML: {problem}"
+
+
+def _compose_checked(loader: _BoundedLoader, source: str) -> yaml.Node | None:
     try:
-        node = yaml.compose(text, Loader=_BoundedLoader)
+        node = loader.get_single_node()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConstitutionError(source, [f"{source}:{line}: <document>: invalid YAML: {problem}"]) from None
+        raise ConstitutionError(source, [_yaml_problem(exc, source)]) from None
     if node is None:
         return None
-    # Walk the node graph counting nodes *with* alias expansion, so a billion-laughs document fails fast.
+    # Walk the node graph counting nodes *with* alias expansion: composing counted them already, but an
+    # alias inside its own anchor makes a cycle, which this walk cuts at the depth or node limit.
     count = 0
     duplicates: list[tuple[int, str]] = []
     stack: list[tuple[yaml.Node, int]] = [(node, 1)]
@@ -315,10 +383,17 @@ def parse_constitution(text: str | bytes, source: str = "<request>") -> Constitu
         raise ConstitutionError(source, [f"{source}:1: <document>: larger than {MAX_CONSTITUTION_BYTES} characters"])
     if "\x00" in text:
         raise ConstitutionError(source, [f"{source}:1: <document>: contains NUL bytes (binary file?)"])
-    node = _compose_checked(text, source)
-    if node is None:
-        raise ConstitutionError(source, [f"{source}:1: <document>: empty document"])
-    data: Any = _BoundedLoader(text).get_single_data()
+    loader = _BoundedLoader(text)
+    try:
+        node = _compose_checked(loader, source)
+        if node is None:
+            raise ConstitutionError(source, [f"{source}:1: <document>: empty document"])
+        try:
+            data: Any = loader.construct_document(node)  # (the composed node: the text is parsed once)
+        except yaml.YAMLError as exc:
+            raise ConstitutionError(source, [_yaml_problem(exc, source)]) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConstitutionError(
             source, [f"{source}:{node.start_mark.line + 1}: <document>: expected a mapping at the top level"]

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 MARKER = "rlaif-model.json"
+
+# A hub id, `owner/name`: looked up on the hub, never as a path (the API checks names with it too).
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+# What a hub model folder needs: config, tokenizer and chat template files, safetensors weights. Never pickled
+# weights (*.bin, *.pt): loading those from an arbitrary repository can run its code.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 
 
 class ModelError(RuntimeError):
@@ -150,20 +157,19 @@ def _create_tiny(out: Path) -> None:
 
 
 def prepare_model(name: str) -> Path:
-    """A Hugging Face folder for `name`: a registry name (converted once into the cache) or a local folder.
-
-    Hub ids are returned unchanged by `resolve_model` for transformers to fetch; this function only handles
-    what can be made local.
-    """
+    """A Hugging Face folder for `name`: a registry name (converted once into the cache) or a folder named by
+    absolute path. Hub ids are fetched by `resolve_model`; this function only handles what is local already."""
     candidate = Path(name).expanduser()
-    if candidate.is_dir():
+    if candidate.is_absolute():  # (never a relative path: it would resolve against the working directory)
+        if not candidate.is_dir():
+            raise ModelError(f"no model folder {candidate}")
         if not (candidate / "config.json").exists():
             raise ModelError(f"{candidate} is a folder but has no config.json: not a Hugging Face model folder")
         return candidate
     if name not in REGISTRY:
         raise ModelError(
-            f"unknown model {name!r}: use one of {sorted(REGISTRY)}, a local Hugging Face folder, or a hub id "
-            "with HF_HUB_OFFLINE=0 where a hub is reachable"
+            f"unknown model {name!r}: use one of {sorted(REGISTRY)}, a Hugging Face folder by absolute path, or a "
+            "hub id with HF_HUB_OFFLINE=0 where a hub is reachable"
         )
     from filelock import FileLock
 
@@ -193,15 +199,35 @@ def prepare_model(name: str) -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """Path (str) for a registry name or local folder; a hub id is passed through when the hub is reachable."""
-    if name in REGISTRY or Path(name).expanduser().exists():
+    """The local folder (str) of a model: a registry name, a folder by absolute path, or a hub id (`owner/name`)
+    fetched into the hub cache when HF_HUB_OFFLINE=0.
+
+    A hub id is looked up on the hub only, and the folder returned is the hub cache's: a relative name never
+    resolves against the working directory (transformers would load a folder `owner/name` there if one existed).
+    """
+    if name in REGISTRY or Path(name).expanduser().is_absolute():
         return str(prepare_model(name))
+    if not HUB_ID.fullmatch(name) or ".." in name:
+        raise ModelError(
+            f"unknown model {name!r}: use one of {sorted(REGISTRY)}, a Hugging Face folder by absolute path, or a "
+            "hub id (owner/name)"
+        )
     if os.environ.get("HF_HUB_OFFLINE", "1") == "1":
         raise ModelError(
-            f"model {name!r} is neither a registry name ({', '.join(sorted(REGISTRY))}) nor a local folder, and the "
-            "hub is off (HF_HUB_OFFLINE=1): pass a local Hugging Face folder, or set HF_HUB_OFFLINE=0 where a hub is reachable"
+            f"model {name!r} is a hub id, and the hub is off (HF_HUB_OFFLINE=1): use a registry name "
+            f"({', '.join(sorted(REGISTRY))}) or a Hugging Face folder by absolute path, or set HF_HUB_OFFLINE=0 "
+            "where a hub is reachable"
         )
-    return name
+    return _fetch_from_hub(name)
+
+
+def _fetch_from_hub(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except (OSError, ValueError) as exc:  # (the hub's errors: unreachable, no such repository, an invalid id)
+        raise ModelError(f"cannot fetch model {repo_id!r} from the Hugging Face hub: {exc}") from exc
 
 
 def pick_dtype(dtype: str = "auto") -> torch.dtype:

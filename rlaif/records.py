@@ -5,6 +5,8 @@ Every record has an `id` that is stable across redeliveries, so item writes can 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -17,6 +19,11 @@ class PromptItem(_Record):
 
     id: str = Field(description="Stable id (given, or derived from the prompt's hash).")
     prompt: str = Field(description="The user's message.")
+    kind: Literal["harmful", "helpful"] = Field(
+        default="harmful",
+        description="harmful (red-team): critiqued and revised in stage 1; helpful: answered plainly by the feedback "
+        "model and mixed into SFT to keep the policy helpful (Bai et al. 2022 sec. 3.1). Pairs, judge and RL see both.",
+    )
 
 
 class CritiqueRound(_Record):
@@ -30,6 +37,9 @@ class CritiqueRecord(_Record):
 
     id: str
     prompt: str
+    kind: Literal["harmful", "helpful"] = Field(
+        default="harmful", description="The prompt's kind: helpful prompts are answered, not critiqued (no rounds)."
+    )
     initial_response: str
     rounds: list[CritiqueRound]
     final_revision: str
@@ -45,6 +55,10 @@ class SFTExample(_Record):
     id: str
     prompt: str
     response: str
+    kind: Literal["harmful", "helpful"] = Field(
+        default="harmful",
+        description="harmful: a revision; helpful: a plain helpful answer mixed in (sft.helpful_mix).",
+    )
 
 
 class ResponseSet(_Record):
@@ -54,6 +68,9 @@ class ResponseSet(_Record):
     prompt: str
     responses: list[str]
     finished: list[bool] = Field(description="Whether each response ended with EOS (not cut at the length limit).")
+    prompt_truncated: bool = Field(
+        default=False, description="The prompt was cut to fit the context (rlaif/truncation.py)."
+    )
 
 
 class Comparison(_Record):
@@ -75,6 +92,16 @@ class PrincipleJudgement(_Record):
     )
     p_a_mean: float = Field(description="Mean of the two orders: the position-debiased soft label.")
     flip: bool = Field(description="The two orders disagree about which response is better.")
+    coverage: float | None = Field(
+        default=None,
+        description="P(A) + P(B) over the judge's full vocabulary, mean of the two orders: how much it answered in "
+        "format (null: unknown, e.g. hard labels, or a label written before it was recorded).",
+    )
+    method: str | None = Field(
+        default=None,
+        description="How the options were read: logprobs (in process), logprob_token_ids or top_logprobs (an "
+        "endpoint's log-probs), hard (an endpoint without log-probs: 0, 1/2 or 1 per order); null: not recorded.",
+    )
 
 
 class LabelRecord(_Record):
@@ -86,3 +113,10 @@ class LabelRecord(_Record):
     response_b: str
     p_a: float = Field(ge=0.0, le=1.0, description="Soft label: mean of the principle judgements' p_a_mean.")
     judgements: list[PrincipleJudgement]
+    truncated: bool = Field(
+        default=False, description="The judge saw the prompt or responses cut to fit its context (rlaif/truncation.py)."
+    )
+    coverage: float | None = Field(
+        default=None, description="Mean coverage P(A) + P(B) of the judgements (null where unknown)."
+    )
+    method: str | None = Field(default=None, description="How the judgements' options were read (see PrincipleJudgement).")

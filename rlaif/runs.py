@@ -14,6 +14,8 @@ by plain Python, and a redelivered task finds its work done and does nothing:
   resumes from its newest step checkpoint, or finds its report done), register the model folder as a checkpoint
   (the evaluation instead refreshes the final policy's checkpoint, whose card it rewrote), ask for an advance.
 - `sweep(rt)`: re-enqueue running shards and stages whose heartbeat went stale (their worker died).
+- `delete_run(session, store, run, lease_ttl_s)`: remove a stopped run's rows and artifact folder (none of its
+  workers may still hold a live lease); a message still queued for it then finds no run and does nothing.
 """
 
 from __future__ import annotations
@@ -21,17 +23,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from rlaif import executors
+from rlaif.budget import RunBudget, estimate_budget
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.db import (
@@ -59,7 +64,7 @@ from rlaif.db import (
     utcnow,
 )
 from rlaif.leases import LeaseState, StageInterrupted, keep_lease
-from rlaif.pipeline import plan, spec_of, stage_name
+from rlaif.pipeline import plan, policy_stage, spec_of
 from rlaif.prompts import split_holdout
 from rlaif.records import PromptItem
 from rlaif.settings import Settings
@@ -72,7 +77,16 @@ from rlaif.stages import (
     PROMPTS_FILE,
     StageResult,
 )
-from rlaif.store import ArtifactStore, StoreError, atomic_write_json, read_manifest, write_jsonl, write_manifest
+from rlaif.store import (
+    ArtifactStore,
+    StoreError,
+    atomic_write_json,
+    folder_bytes,
+    read_manifest,
+    write_jsonl,
+    write_manifest,
+)
+from rlaif.truncation import LongItems
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +141,26 @@ def worker_identity(task_id: str | None) -> str:
 # ---------------------------------------------------------------- events
 
 
+def add_long_items_event(session: Session, run_id: str, stage: str, result: StageResult) -> None:
+    """A warning event naming the items a stage cut to fit the context (rlaif/truncation.py), when there are any."""
+    raw = result.extra.get("long_items")
+    if not raw:
+        return
+    parts = {"": raw} if "truncated" in raw else raw  # one LongItems, or {part: LongItems} (evaluate)
+    for part, value in parts.items():
+        items = LongItems.model_validate(value)
+        if items.truncated or items.skipped:
+            where = f" ({part})" if part else ""
+            add_event(
+                session,
+                run_id,
+                f"stage {stage}{where}: {items.summary()}",
+                stage=stage,
+                level="warning",
+                data=items.model_dump(),
+            )
+
+
 def add_event(
     session: Session,
     run_id: str,
@@ -157,12 +191,19 @@ def create_run(
     constitution: ConstitutionRow,
     prompt_set: PromptSetRow,
     cfg: RunConfig,
+    admit: Callable[[RunBudget], None] | None = None,
 ) -> RunRow:
-    """Pin the inputs of a new run in `<run>/inputs/` (manifest last) and add its rows; the caller commits."""
+    """Pin the inputs of a new run in `<run>/inputs/` (manifest last) and add its rows; the caller commits.
+
+    `admit` gets the run's estimated budget once the prompts are split, before anything is written; it raises to
+    refuse the run (the API checks the server's run limits and the key's quotas there).
+    """
     items = [PromptItem.model_validate(row) for row in prompt_set.items]
     train, held_out = split_holdout(items, cfg.eval.holdout_fraction, cfg.seed)
     if not train:
         raise ValueError(f"prompt set {prompt_set.id} leaves no training prompts after holding out evaluation prompts")
+    if admit is not None:
+        admit(estimate_budget(cfg, len(train), len(held_out)))
     run_id = new_id("run")
     inputs = store.stage_dir(run_id, INPUTS)
     write_jsonl(inputs / PROMPTS_FILE, train)
@@ -302,6 +343,7 @@ def _export_stage(rt: Runtime, run_id: str, stage: str) -> None:
         row.status, row.finished_at = SUCCEEDED, utcnow()
         row.done, row.result = len(payloads), result.model_dump(mode="json")
         add_event(session, run_id, f"stage {stage} succeeded: {result.counts}", stage=stage, data=result.counts)
+        add_long_items_event(session, run_id, stage, result)
     log.info("run %s: stage %s exported %d items", run_id, stage, len(payloads))
 
 
@@ -314,7 +356,7 @@ def run_shard(rt: Runtime, run_id: str, stage: str, index: int, owner: str) -> l
     if shard_id is None:
         return []
     ctx = stage_context(rt, run_id, stage)
-    items = executors.stage_inputs(ctx)[index * ctx.cfg.shard_size : (index + 1) * ctx.cfg.shard_size]
+    items = executors.stage_inputs(ctx, shard=index)
     with rt.sessions() as session:
         query = select(ItemRow.item_id).where(
             ItemRow.run_id == run_id, ItemRow.stage == stage, ItemRow.item_id.in_([item.id for item in items])
@@ -531,7 +573,8 @@ def _finish_training(rt: Runtime, run_id: str, stage: str, owner: str, result: S
         if row.total is not None:
             row.done = row.total
         if row.kind == "evaluate":
-            _refresh_checkpoint(rt, session, run_id, stage_name("ppo", row.iteration), result.metrics)
+            policy = policy_stage(RunConfig.model_validate_json(run.config_json), row.iteration)
+            _refresh_checkpoint(rt, session, run_id, policy, result.metrics)
         if manifest is not None:
             step = int(result.counts.get("steps", result.counts.get("updates", row.done)))
             session.add(
@@ -547,6 +590,7 @@ def _finish_training(rt: Runtime, run_id: str, stage: str, owner: str, result: S
                 )
             )
         add_event(session, run_id, f"stage {stage} succeeded", stage=stage, data=result.metrics or None)
+        add_long_items_event(session, run_id, stage, result)
     log.info("run %s: stage %s succeeded", run_id, stage)
     return True
 
@@ -676,6 +720,60 @@ def resume(session: Session, run: RunRow, lease_ttl_s: float) -> list[Dispatch]:
     add_event(session, run.id, f"run resumed{where} (it was {previous})")
     log.info("run %s resumed%s", run.id, where)
     return out
+
+
+class DeleteRefused(Exception):
+    """The run cannot be deleted now: it has not stopped, or a worker still holds one of its leases."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+def delete_run(session: Session, store: ArtifactStore, run: RunRow, lease_ttl_s: float) -> int:
+    """Remove a run that has stopped (succeeded, failed or cancelled): its rows and its artifact folder (inputs,
+    datasets, checkpoints, logs). Returns the bytes freed. Commits.
+
+    Refused while the run is queued or running (cancel it first), and while a worker that is stopping still holds
+    a fresh lease on one of its stages or shards (it may still write into the folder). The folder is renamed
+    aside before the rows go and removed after they are committed: a failure in between puts it back, so a run
+    is either whole or gone.
+    """
+    if run.status not in TERMINAL:
+        raise DeleteRefused(f"run {run.id} is {run.status}: cancel it first (POST /v1/runs/{run.id}/cancel)")
+    stage_ids = select(StageRunRow.id).where(StageRunRow.run_id == run.id)
+    stale = utcnow() - timedelta(seconds=lease_ttl_s)
+    heartbeats = [
+        *session.scalars(
+            select(StageRunRow.heartbeat_at).where(StageRunRow.run_id == run.id, StageRunRow.lease_owner.is_not(None))
+        ),
+        *session.scalars(
+            select(ShardRow.heartbeat_at).where(ShardRow.stage_run_id.in_(stage_ids), ShardRow.lease_owner.is_not(None))
+        ),
+    ]
+    live = [beat for beat in heartbeats if beat is not None and beat >= stale]
+    if live:
+        wait = lease_ttl_s - (utcnow() - max(live)).total_seconds()
+        raise DeleteRefused(f"run {run.id}: a worker is still stopping; retry shortly", max(1.0, wait))
+    folder = store.run_dir(run.id)
+    aside = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
+    freed = folder_bytes(folder)
+    if folder.exists():
+        os.replace(folder, aside)
+    try:
+        session.execute(delete(ShardRow).where(ShardRow.stage_run_id.in_(stage_ids)))
+        for table in (ItemRow, EventRow, CheckpointRow, StageRunRow):
+            session.execute(delete(table).where(table.run_id == run.id))
+        session.delete(run)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if aside.exists():
+            os.replace(aside, folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    log.info("run %s deleted: %d bytes freed", run.id, freed)
+    return freed
 
 
 def sweep(rt: Runtime) -> list[Dispatch]:

@@ -6,9 +6,13 @@ Science (hyperparameters) never lives here: it is the `RunConfig` of a run (rlai
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from rlaif.data import DATA_DIR
+from rlaif.endpoints import EndpointConfig, parse_endpoints
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,10 +50,28 @@ class Settings(BaseSettings):
         "(e.g. /srv/models). Outside them a request can name only registered models (and, with HF_HUB_OFFLINE=0, "
         "hub ids): nothing in a request names a file on the server.",
     )
-    data_dir: Path | None = Field(
-        default=None,
+    data_dir: Path = Field(
+        default=DATA_DIR,
         description="Folder of the named evaluation sets (eval.extra_sets: xstest, advbench, red_team, helpful) and "
-        "the human-labelled preference pairs; runs name sets by choice, never by path.",
+        "the human-labelled preference pairs; runs name sets by choice, never by path. Default: the sets shipped in "
+        "the package (rlaif/data).",
+    )
+    endpoints: Annotated[dict[str, EndpointConfig], NoDecode] = Field(
+        default_factory=dict,
+        description="OpenAI-compatible endpoints runs may name as `endpoint:<name>` (feedback.model, judge.model): a "
+        "JSON or YAML mapping of name -> {base_url, model, api_key_env, api, tokenizer, max_concurrency, "
+        "requests_per_minute, tokens_per_minute, timeout_s, ...} (rlaif/endpoints.py). Only the server declares them: "
+        "a run names one and never carries a URL or a key; api_key_env is the name of the variable holding the key.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (a server's http://host:5000, or a local file:///srv/mlruns; a database URI "
+        "needs the full mlflow package) that every training stage also logs to: one MLflow run per stage, named "
+        "'<run id>/<stage>', the run config as params, the step metrics. Unset: metrics.jsonl and TensorBoard files "
+        "only (rlaif/metrics_log.py).",
+    )
+    mlflow_experiment: str = Field(
+        default="rlaif", description="MLflow experiment of the training stages' runs (with mlflow_tracking_uri)."
     )
 
     # Service (API, workers, CLI client).
@@ -87,6 +109,59 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         default=30.0, gt=0, description="Seconds between control sweeps that re-enqueue stale stages and shards."
     )
+    broker_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds to wait for the broker to accept a connection or answer a command. Past it a publish "
+        "fails (the API then answers with the run waiting to be enqueued, and the control sweep enqueues it) and "
+        "/healthz reports the broker unreachable, instead of waiting on a broker that never answers.",
+    )
+
+    # The run budget: what one run may cost, estimated from its config and prompt count when it is created
+    # (rlaif/budget.py); 422 above any of them. None: no limit.
+    max_run_items: int | None = Field(
+        default=10_000_000,
+        ge=1,
+        description="Most items one run may fan out over, all sharded stages together (prompts of critique and "
+        "pairs, comparisons of the judge, evaluation prompts).",
+    )
+    max_run_shards: int | None = Field(
+        default=100_000,
+        ge=1,
+        description="Most shards (one database row and one task each) of one run, all sharded stages together.",
+    )
+    max_run_generated_tokens: int | None = Field(
+        default=1_000_000_000,
+        ge=1,
+        description="Most tokens one run may generate, counting every completion at its max_new_tokens.",
+    )
+    max_run_optimizer_steps: int | None = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most optimizer steps of one run (SFT, reward models, PPO and DPO together).",
+    )
+
+    # Quotas per API key (owner). None: unlimited.
+    quota_concurrent_runs: int | None = Field(
+        default=None, ge=1, description="Most runs one key may have queued or running at once (429 above)."
+    )
+    quota_stored_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most bytes one key may keep stored (its runs' artifacts, prompt sets and constitutions); at or "
+        "above it new runs are refused (403) until runs are deleted.",
+    )
+    quota_tokens_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens one key's runs may generate per UTC day, by the runs' budgets (rlaif/budget.py) "
+        "as they are created (429 with Retry-After until midnight UTC above it).",
+    )
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _parse_endpoints(cls, value: Any) -> dict[str, EndpointConfig]:
+        return parse_endpoints(value)
 
     def model_root_paths(self) -> list[Path]:
         return [Path(part.strip()).expanduser().resolve() for part in self.model_roots.split(",") if part.strip()]

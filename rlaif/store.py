@@ -76,13 +76,21 @@ def write_jsonl(path: Path, records: Iterable[BaseModel | dict[str, Any]]) -> in
     return len(lines)
 
 
-def read_jsonl(path: Path, model: type[M]) -> list[M]:
-    """Validated records; a bad line raises StoreError naming the file and line."""
+def read_jsonl(path: Path, model: type[M], start: int = 0, stop: int | None = None) -> list[M]:
+    """Validated records `start` to `stop` (indices of the non-blank lines; all by default); a bad line raises
+    StoreError naming the file and line. Lines before `start` are skipped unparsed and reading stops at `stop`, so a
+    shard that reads its slice of a large file validates only its own records."""
     out: list[M] = []
+    index = -1
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            index += 1
+            if index < start:
+                continue
+            if stop is not None and index >= stop:
+                break
             try:
                 out.append(model.model_validate_json(line))
             except ValueError as exc:
@@ -98,10 +106,12 @@ def iter_jsonl_dicts(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def write_manifest(folder: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hash every file under `folder` (recursively) and write manifest.json last; returns the manifest."""
+    """Hash every file under `folder` (recursively) and write manifest.json last; returns the manifest.
+    Hidden files and folders (an endpoint's response cache and usage ledger) are working state, not listed."""
     files = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if path.is_file() and path.name != MANIFEST and not hidden:
             rel = path.relative_to(folder).as_posix()
             files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     manifest = {"files": files, **(extra or {})}
@@ -130,6 +140,18 @@ def verify_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`, links not followed (each counted by its own size); 0 when it is absent."""
+    total = 0
+    for parent, _dirs, files in os.walk(folder):  # (os.walk follows no links to folders)
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except FileNotFoundError:  # (a temporary file renamed away while we looked)
+                continue
+    return total
+
+
 class ArtifactStore:
     """Paths of a run's artifacts under one root; every path is checked to stay inside the root."""
 
@@ -147,6 +169,10 @@ class ArtifactStore:
 
     def path(self, run_id: str, stage: str, *parts: str) -> Path:
         return self.inside(self.stage_dir(run_id, stage).joinpath(*(safe_name(p) for p in parts)))
+
+    def run_bytes(self, run_id: str) -> int:
+        """What a run's artifacts (inputs, datasets, checkpoints, logs) take on disk, in bytes."""
+        return folder_bytes(self.run_dir(run_id))
 
     def is_complete(self, run_id: str, stage: str) -> bool:
         return (self.stage_dir(run_id, stage, create=False) / MANIFEST).exists()

@@ -8,12 +8,6 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 scripts/setup.sh
 export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false
-# The development data sets (red-team/helpful prompts, human preference pairs, XSTest) are read, never copied.
-if [[ -z "${RLAIF_SHARED_DATA:-}" ]]; then
-  for candidate in ../shared/data /work/shared/data; do
-    if [[ -f "$candidate/README.md" ]]; then export RLAIF_SHARED_DATA; RLAIF_SHARED_DATA=$(cd "$candidate" && pwd); break; fi
-  done
-fi
 # The report page is checked in headless Chromium.
 if ! command -v chromium >/dev/null 2>&1; then
   echo "[test] installing chromium (Debian package) for the report-page test" >&2

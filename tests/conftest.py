@@ -40,15 +40,8 @@ def embedded_model() -> str:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The development data sets in ../shared/data (read-only; never copied into the repo)."""
-    for candidate in (
-        os.environ.get("RLAIF_SHARED_DATA", ""),  # unset -> "" (Path("") would be the cwd, whose README.md exists)
-        str(Path(__file__).resolve().parents[2] / "shared" / "data"),
-        "/work/shared/data",  # where the development machines (and CI, which clones elsewhere) keep it
-    ):
-        if candidate and (Path(candidate) / "README.md").exists():
-            return Path(candidate)
-    raise FileNotFoundError(
-        "the development data (../shared/data or /work/shared/data) is not present: set RLAIF_SHARED_DATA to its folder"
-    )
+def packaged_data() -> Path:
+    """The evaluation and development sets shipped in the package (rlaif/data, built by scripts/build_data.py)."""
+    from rlaif.data import DATA_DIR
+
+    return DATA_DIR

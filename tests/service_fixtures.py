@@ -1,6 +1,7 @@
 """Fixtures of the service tests (API, workers, end to end): real Redis, real databases, real worker processes.
 
 - `redis_server`: a private redis-server on a free port (session); `.restart()` for tests that need it.
+- `silent_broker`: a TCP server that accepts connections and never answers (a broker that hangs, not one that is down).
 - `database_factory`: fresh databases, SQLite files or PostgreSQL databases created on the server at
   RLAIF_TEST_POSTGRES_URL (default postgresql+psycopg2://postgres@127.0.0.1:5432/test) and dropped at the end.
 - `make_service(kind)`: a `Service` = its own database, Redis db number, artifact root and home, with the
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -191,6 +193,44 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+class SilentServer:
+    """A TCP server that accepts every connection and never sends a byte: a broker that hangs (a stalled host,
+    a half-open connection behind a NAT), where a refused connection would fail at once."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.sock.settimeout(0.2)  # (so the accept loop sees `stop`)
+        self.port = self.sock.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, name="silent-broker", daemon=True)
+        self.thread.start()
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(connection)  # held open, read from never
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for connection in [*self.connections, self.sock]:
+            connection.close()
+
+
+@pytest.fixture
+def silent_broker() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
 
 
 # ---------------------------------------------------------------- databases

@@ -1,4 +1,5 @@
-"""Checkpoints: HF folders that load as is, with lineage and a verifying manifest; LoRA; step states."""
+"""Checkpoints: HF folders that load as is, with lineage and a verifying manifest; LoRA; step states, and that
+they do not outlive a finished stage."""
 
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ from rlaif.checkpoints import (
     save_hf_checkpoint,
     save_step_state,
 )
-from rlaif.config import RunConfig
+from rlaif.config import RunConfig, SFTConfig
 from rlaif.constitution import load_constitution, resolve_constitution
 from rlaif.modeling import load_causal_lm, load_tokenizer
-from rlaif.store import StoreError, verify_manifest
+from rlaif.records import SFTExample
+from rlaif.stages import SFT_DATA_FILE
+from rlaif.stages.sft import run_sft
+from rlaif.store import ArtifactStore, StoreError, verify_manifest, write_jsonl
 from rlaif.training import make_optimizer, make_scheduler
 
 PROBE = torch.tensor([[1, 9690, 198, 2683, 314, 253, 5356, 30, 2]])
@@ -144,3 +148,30 @@ def test_no_step_state_means_a_fresh_start(tiny_model: str, tmp_path: Path) -> N
     with pytest.raises(StoreError, match="saved without optimizer state"):
         load_latest_step_state(tmp_path / "steps", model, optimizer, None)
     assert json.loads((tmp_path / "steps" / "step-00000005" / "step.json").read_text()) == {"step": 5}
+
+
+def test_a_finished_stage_keeps_no_step_state_even_after_a_kill_between_save_and_clean_up(
+    tiny_model: str, tmp_path: Path
+) -> None:
+    """The stage wrapper of a redelivered task finds the model done and removes what a worker killed right after
+    the save left behind: step states (weights + trainer_state.pt), a half-written model folder, a temporary file."""
+    store = ArtifactStore(tmp_path)
+    write_jsonl(
+        store.path("r1", "critique", SFT_DATA_FILE),
+        [SFTExample(id=f"q{i}", prompt=f"Question {i}?", response="Politely.") for i in range(4)],
+    )
+    cfg = RunConfig(sft=SFTConfig(batch_size=2, micro_batch_size=2, epochs=1, checkpoint_every=1, dtype="float32"))
+    run_sft(cfg, store, "r1", tiny_model)
+    stage = store.stage_dir("r1", "sft")
+    assert not (stage / "steps").exists()  # removed right after the save
+    model = load_causal_lm(tiny_model)
+    save_step_state(stage / "steps", 1, model, make_optimizer(model, 1e-3), None)  # as a killed worker leaves them
+    (stage / ".model.k1ll3d.tmp").mkdir()
+    (stage / ".model.k1ll3d.tmp" / "model.safetensors").write_bytes(b"partial")
+    (stage / ".metrics.jsonl.x1.tmp").write_text("{")
+    weights = (stage / "model" / "model.safetensors").stat().st_mtime_ns
+
+    run_sft(cfg, store, "r1", tiny_model)  # the redelivered task
+    assert sorted(p.name for p in stage.iterdir()) == ["metrics.jsonl", "model", "tensorboard"]
+    assert (stage / "model" / "model.safetensors").stat().st_mtime_ns == weights  # not trained again
+    verify_manifest(stage / "model")

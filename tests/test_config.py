@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import typing
 from pathlib import Path
 
+import annotated_types
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from rlaif.config import RunConfig, exact_div, load_run_config, parse_dotted_overrides
+from rlaif.config import DERIVED_FIELDS, RunConfig, exact_div, load_run_config, parse_dotted_overrides
 
 
 def test_defaults_are_valid_and_derive_sizes() -> None:
@@ -68,3 +72,59 @@ def test_dotted_overrides_and_yaml_file(tmp_path: Path) -> None:
 def test_config_round_trips_through_json() -> None:
     cfg = RunConfig().with_overrides({"ppo": {"kl_coef": 0.2}})
     assert RunConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], FieldInfo]]:
+    """(path, field) of every field that is not itself a config section."""
+    out = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out += _leaves(annotation, (*prefix, name))
+        else:
+            out.append(((*prefix, name), field))
+    return out
+
+
+def _nested(path: tuple[str, ...], value: object) -> dict[str, object]:
+    out: dict[str, object] = {path[-1]: value}
+    for part in reversed(path[:-1]):
+        out = {part: out}
+    return out
+
+
+# float, float | None and tuple[float, float] fields (not the Literal["float32", ...] choices).
+FLOAT_PATHS = [path for path, f in _leaves(RunConfig) if float in (f.annotation, *typing.get_args(f.annotation))]
+DERIVED = {("ppo", name) for name in DERIVED_FIELDS["ppo"]}
+COUNT_PATHS = [path for path, field in _leaves(RunConfig) if field.annotation is int and path not in DERIVED]
+
+
+def test_every_float_is_finite() -> None:
+    """An infinity or NaN has no JSON form: stored as null, it made the run unreadable (issue 16). Every float field,
+    however given (a JSON number too large for a double, the Infinity/NaN literals, a string), is refused."""
+    assert ("ppo", "kl_coef") in FLOAT_PATHS and ("ppo", "cliprange") in FLOAT_PATHS and len(FLOAT_PATHS) > 30
+    for path in FLOAT_PATHS:
+        where = ".".join(path)
+        for token in ("1e999", "-1e999", "Infinity", "-Infinity", "NaN", '"Infinity"', '"nan"'):
+            value = f"[{token}, 0.6]" if path == ("judge", "cot_clamp") else token
+            raw = json.dumps(_nested(path, "VALUE")).replace('"VALUE"', value)
+            with pytest.raises(ValidationError, match="finite number") as caught:
+                RunConfig().with_overrides(json.loads(raw))
+            assert ".".join(str(p) for p in caught.value.errors()[0]["loc"]).startswith(where), (where, token)
+
+
+def test_every_count_has_an_upper_bound() -> None:
+    """A size that multiplies into a run that cannot finish (ppo.total_episodes = 10**12, sft.micro_batch_size =
+    10**9) or into an overflow (seed = 2**64, torch.manual_seed) is refused by its field."""
+    assert ("seed",) in COUNT_PATHS and ("ppo", "total_episodes") in COUNT_PATHS
+    for path, field in _leaves(RunConfig):
+        if path not in COUNT_PATHS:
+            continue
+        bounds = [m.le for m in field.metadata if isinstance(m, annotated_types.Le)]
+        assert bounds, f"{'.'.join(path)} has no upper bound"
+        with pytest.raises(ValidationError, match="less than or equal"):
+            RunConfig.model_validate(_nested(path, bounds[0] + 1))
+    assert RunConfig(seed=2**32 - 1).seed == 2**32 - 1
+    for too_big in ({"seed": 2**64}, {"ppo": {"total_episodes": 10**12}}, {"sft": {"micro_batch_size": 10**9}}):
+        with pytest.raises(ValidationError, match="less than or equal"):
+            RunConfig.model_validate(too_big)

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.constitution import ConstitutionError, load_constitution, parse_constitution, sample_principles
+from rlaif.constitution import (
+    MAX_PRINCIPLES,
+    MAX_YAML_NODES,
+    ConstitutionError,
+    load_constitution,
+    parse_constitution,
+    sample_principles,
+)
 
 GOOD = """\
 name: tiny
@@ -118,6 +125,59 @@ def test_alias_bomb_deep_nesting_and_binary_are_refused_quickly(tmp_path: Path) 
     assert "not UTF-8" in problems_of(write(tmp_path, b"\xff\xfe\x00garbage", "bin.yaml"))[0]
     assert "empty document" in problems_of(write(tmp_path, "", "empty.yaml"))[0]
     assert "mapping at the top level" in problems_of(write(tmp_path, "- a\n- b\n", "list.yaml"))[0]
+
+
+def test_the_largest_valid_constitution_fits_the_node_limit() -> None:
+    """Every limit at once (512 principles with 3 tags, 16 + 16 examples): 7,467 YAML nodes, under MAX_YAML_NODES,
+    so the node limit refuses only documents that could not be valid anyway."""
+    import yaml
+
+    principle = {"tags": ["helpful", "honest", "harmless"], "critique": "c", "revision": "r", "comparison": "q"}
+    document = {
+        "name": "largest",
+        "description": "d",
+        "principles": [{"id": f"p{i}", **principle} for i in range(MAX_PRINCIPLES)],
+        "critique_examples": [{"prompt": "p", "response": "r", "principle": "p0", "critique": "c", "revision": "r"}]
+        * 16,
+        "comparison_examples": [{"prompt": "p", "better": "b", "worse": "w"}] * 16,
+    }
+    nodes = 11 + MAX_PRINCIPLES * 14 + 16 * 11 + 16 * 7  # (root, keys, values) + each principle + each example
+    assert nodes == 7467 < MAX_YAML_NODES
+    assert len(parse_constitution(yaml.safe_dump(document)).principles) == MAX_PRINCIPLES
+    too_many = {**document, "principles": [*document["principles"], {"id": "one-more", **principle}]}
+    text = yaml.safe_dump(too_many, sort_keys=False)
+    line = text.splitlines().index("- id: one-more") + 1
+    with pytest.raises(ConstitutionError) as info:
+        parse_constitution(text)
+    assert info.value.problems == [f"<request>:{line}: principles: more than 512 principles (this is principle 513)"]
+
+
+def test_limits_stop_composing_where_they_are_hit() -> None:
+    """The node limit is counted as the document is composed: the error names the line of the first node past
+    it, not line 1 after composing all of a 1 MB document."""
+    with pytest.raises(ConstitutionError) as info:
+        parse_constitution("- x\n" * 250_000)
+    assert info.value.problems == [f"<request>:{MAX_YAML_NODES}: <document>: more than {MAX_YAML_NODES} YAML nodes"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "name: x\ndescription: 2001-13-45\n",
+            "2: <document>: invalid YAML: cannot read '2001-13-45' as YAML timestamp",
+        ),
+        ("name: !foo x\n", "1: <document>: invalid YAML: could not determine a constructor for the tag '!foo'"),
+        ("name: x\n? [a, b]\n: c\n", "2: <document>: invalid YAML: found unhashable key"),
+        ("name: x\ndescription: !!bool maybe\n", "2: <document>: invalid YAML: cannot read 'maybe' as YAML bool"),
+        ("name: " + "7" * 5000 + "\n", "1: <document>: invalid YAML: cannot read '7777"),
+        ('name: x\ndescription: "\\udfff"\n', "2: <document>: invalid YAML: a \\u escape gives a lone surrogate"),
+    ],
+)
+def test_yaml_the_safe_loader_cannot_construct_names_the_line(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path, text)
+    (reported,) = problems_of(path)
+    assert reported.startswith(f"{path}:{problem}"), reported
 
 
 def test_json_documents_are_accepted() -> None:

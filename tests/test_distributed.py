@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from rlaif.config import RunConfig, load_run_config
 from rlaif.records import LabelRecord, SFTExample
-from rlaif.stages import LABELS_FILE, SFT_DATA_FILE
+from rlaif.stages import LABELS_FILE, SFT_DATA_FILE, TENSORBOARD_DIR
 from rlaif.stages.reward_model import run_reward_model
 from rlaif.stages.sft import run_sft
 from rlaif.store import ArtifactStore, verify_manifest, write_jsonl
@@ -109,5 +109,7 @@ def test_two_gloo_ranks_match_one_process(tiny_model: str, tmp_path: Path) -> No
         # agree to a few x lr (1e-3) x steps, not to 1e-6 like the losses.
         worst = max((w1[n] - w2[n]).abs().max().item() for n in w1)
         assert worst < 4e-3, (stage, worst)
-    # Only rank 0 wrote: one metrics line per step, no stray temporary folders.
+    # Only rank 0 wrote: one metrics line per step, one TensorBoard event file, no stray temporary folders.
     assert not [p for p in store.stage_dir("two", "sft").iterdir() if p.name.startswith(".")]
+    for stage in ("sft", "reward_model"):
+        assert len(list((store.stage_dir("two", stage) / TENSORBOARD_DIR).glob("events.out.tfevents.*"))) == 1

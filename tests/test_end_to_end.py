@@ -9,6 +9,7 @@ splitting the queues, two RLAIF iterations). Style guide 14.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,21 +105,33 @@ def _check_outputs(service: Service, client: Client, run: dict, tmp_path: Path, 
 
 
 def test_sqlite_api_worker_and_cli_as_processes(
-    make_service, service_tiny_model: str, shared_data: Path, tmp_path: Path
+    make_service, service_tiny_model: str, packaged_data: Path, tmp_path: Path
 ) -> None:
-    service: Service = make_service("sqlite", data_dir=shared_data)  # the worker gets RLAIF_DATA_DIR
+    service: Service = make_service("sqlite", data_dir=packaged_data)  # the worker gets RLAIF_DATA_DIR
     url = service.start_api(via_cli=True)  # `rlaif serve`
     service.start_worker("w1", beat=True, via_cli=True)  # `rlaif worker`
     config = tmp_path / "run.yaml"
     eval_sets = {"extra_sets": ["xstest"], "prompts_per_set": 2, "human_pairs": 2}
-    config.write_text(yaml.safe_dump({**TINY_RUN, "eval": {**TINY_RUN["eval"], **eval_sets}}))
+    # A judge limit of 512 tokens and one prompt of ~1,000: the pairs of that prompt are cut to fit, not fatal.
+    judge = {**TINY_RUN["judge"], "max_length": 512}
+    config.write_text(yaml.safe_dump({**TINY_RUN, "judge": judge, "eval": {**TINY_RUN["eval"], **eval_sets}}))
+    prompts = _prompts(tmp_path)
+    lines = prompts.read_text().splitlines()
+    first = json.loads(lines[0])
+    lines[0] = json.dumps(
+        {**first, "prompt": first["prompt"] + " Some background: " + "the cat sat on the mat. " * 150}
+    )
+    prompts.write_text("\n".join(lines) + "\n")
     env = service.env(RLAIF_API_URL=url, RLAIF_API_KEY=KEYS["alice"])
-    argv = [sys.executable, "-m", "rlaif", "submit", "--constitution", "minimal", "--prompts", str(_prompts(tmp_path))]
+    argv = [sys.executable, "-m", "rlaif", "submit", "--constitution", "minimal", "--prompts", str(prompts)]
     argv += ["--config", str(config), "--set", "seed=1", "--watch"]
     submitted = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr + service.log("w1")[-5000:]
     run_id = submitted.stdout.strip().splitlines()[-1]
     assert "succeeded" in submitted.stdout
+    # stdout is a pipe, not a terminal: plain progress lines, one per stage transition, instead of live bars.
+    assert re.search(r"^\[\d+:\d\d\] stage critique: running", submitted.stdout, re.MULTILINE), submitted.stdout
+    assert re.search(r"^\[\d+:\d\d\] stage evaluate: succeeded", submitted.stdout, re.MULTILINE), submitted.stdout
     assert f"Evaluation of run {run_id}: aligned" in submitted.stdout  # the headline, at the end of --watch
     assert "harmlessness win rate vs base:" in submitted.stdout
     pulled = subprocess.run(
@@ -139,6 +152,13 @@ def test_sqlite_api_worker_and_cli_as_processes(
     groups = {(e["group"], e["model"]) for e in report["refusals"]}
     assert {("harmful", "aligned"), ("safe_lookalike", "aligned"), ("harmful", "base")} <= groups
     assert report["judge_audit"]["pairs"] == 2 and report["reward"]["pairs_human"] == 2
+    # The long prompt's pairs were cut to fit the judge: counted in the report and in the run's events, by id.
+    cut = {part: items for part, items in report["long_items"].items() if items["truncated"] and part != "human pairs"}
+    assert cut, report["long_items"]
+    assert all(first["id"] in item_id for items in cut.values() for item_id in items["truncated_ids"]), cut
+    warnings = client.events(run_id, after=0, kind="message")["data"]
+    assert any("truncated to fit the context" in e["message"] and e["level"] == "warning" for e in warnings)
+    assert "cut to fit the context:" in submitted.stdout
     page = client.report_html(run_id)
     assert page.startswith("<!DOCTYPE html>") and run_id in page
 

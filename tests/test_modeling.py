@@ -75,6 +75,49 @@ def test_unknown_model_and_bad_folder_name_the_remedy(tmp_path: Path) -> None:
         prepare_model(str(tmp_path))
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def hubish_folder(cwd: Path) -> None:
+    """A folder `probe/hubish` with a config.json under `cwd`: shaped like the hub id 'probe/hubish'."""
+    folder = cwd / "probe" / "hubish"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+
+
+def test_a_hub_id_is_looked_up_on_the_hub_never_in_the_working_directory(tmp_path: Path) -> None:
+    """A worker started in a folder holding `probe/hubish` loaded it for the hub id 'probe/hubish' (outside
+    RLAIF_MODEL_ROOTS). With the hub on, the id goes to the hub only: unreachable here, so a hub error."""
+    hubish_folder(tmp_path)
+    code = "from rlaif.modeling import resolve_model; print(resolve_model('probe/hubish'))"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf-home"),  # (no cached snapshot of anything)
+        "HF_HUB_ETAG_TIMEOUT": "5",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "5",
+        "PYTHONPATH": str(REPO),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    assert "ModelError: cannot fetch model 'probe/hubish' from the Hugging Face hub" in result.stderr, result.stderr
+
+
+def test_only_absolute_paths_name_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hubish_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="is a hub id, and the hub is off"):
+        resolve_model("probe/hubish")
+    for relative in ("./probe/hubish", "probe/hubish/.", "probe"):
+        with pytest.raises(ModelError, match="unknown model"):
+            resolve_model(relative)
+    assert resolve_model(str(tmp_path / "probe" / "hubish")) == str(tmp_path / "probe" / "hubish")
+    with pytest.raises(ModelError, match="no model folder"):
+        resolve_model(str(tmp_path / "elsewhere"))
+
+
 def test_list_models_reports_registry() -> None:
     names = {row["name"] for row in list_models()}
     assert {"smollm2-135m-instruct", "tiny-random-llama"} <= names

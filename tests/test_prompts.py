@@ -46,3 +46,45 @@ def test_holdout_split_is_seeded_and_disjoint() -> None:
     assert {i.id for i in held} == {i.id for i in again_held}
     assert not {i.id for i in train} & {i.id for i in held}
     assert split_holdout(items, 0.0, seed=1) == (items, [])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        (
+            "p.jsonl",
+            '{"prompt": "a"}\n\n' + '{"a": ' * 50_000 + "1" + "}" * 50_000 + "\n",
+            "3: <line>: invalid JSON: nested too deeply",
+        ),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "id": ' + "7" * 5000 + "}\n",
+            "1: <line>: invalid JSON: a number longer than 4300 digits",
+        ),
+        ("p.jsonl", '{"prompt": "a"}\n\n{"prompt": "b \\ud800"}\n', "3: prompt: a \\u escape gives a lone surrogate"),
+        ("p.json", '[\n"a",\n' + "[" * 50_000 + "]" * 50_000 + "\n]", "3: <document>: invalid JSON: nested too deeply"),
+        ("p.json", '[\n"a",\n' + "7" * 5000 + "\n]", "3: <document>: invalid JSON: a number longer than 4300 digits"),
+        ("p.json", '{"prompts": ["a"]}', "1: <document>: expected a JSON list of prompts"),
+        ("p.jsonl", b'{"prompt": "a"}\n{"prompt": "\xff"}\n', "2: <document>: not UTF-8 text (byte 28)"),
+    ],
+)
+def test_json_python_cannot_parse_names_file_and_line(
+    tmp_path: Path, name: str, text: str | bytes, problem: str
+) -> None:
+    """What json.loads raises besides JSONDecodeError (RecursionError, the int digit limit), a lone surrogate
+    and bytes that are not UTF-8: each a PromptSetError naming the file and line, as the CLI prints it."""
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(PromptSetError) as info:
+        load_prompts(path)
+    (reported,) = info.value.problems
+    assert reported.startswith(f"{path}:{problem}"), reported
+
+
+def test_prompts_carry_a_kind_harmful_by_default() -> None:
+    items, _ = parse_prompt_items(
+        [{"prompt": "How do I pick a lock?"}, {"prompt": "Boil an egg?", "kind": "helpful"}, "Plain string?"]
+    )
+    assert [item.kind for item in items] == ["harmful", "helpful", "harmful"]
+    with pytest.raises(PromptSetError, match=r"<request>:2: kind: 'friendly' is not 'harmful' or 'helpful'"):
+        parse_prompt_items([{"prompt": "a"}, {"prompt": "b", "kind": "friendly"}])

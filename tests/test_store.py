@@ -20,6 +20,19 @@ def test_jsonl_round_trip_and_bad_line(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
 
 
+def test_a_slice_parses_only_its_own_lines(tmp_path: Path) -> None:
+    """A shard reads its slice of the stage's input: the lines of other shards are not even parsed (a broken
+    line there does not fail it), blank lines do not count, and reading stops at the slice's end."""
+    path = tmp_path / "p.jsonl"
+    lines = [PromptItem(id=str(i), prompt="q").model_dump_json() for i in range(6)]
+    lines[0], lines[5] = "not json", '{"id": 5}'  # broken lines in the first and the last slice
+    path.write_text("\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]) + "\n")
+    assert [r.id for r in read_jsonl(path, PromptItem, 2, 4)] == ["2", "3"]
+    assert [r.id for r in read_jsonl(path, PromptItem, 1, 5)] == ["1", "2", "3", "4"]
+    with pytest.raises(StoreError, match=r"p\.jsonl:7: not a valid PromptItem"):  # (line 4 is blank)
+        read_jsonl(path, PromptItem, 4)
+
+
 def test_manifest_detects_corruption_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.txt").write_text("hello")

@@ -12,11 +12,13 @@ second copy into a retry instead of a duplicate.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from celery import Celery
 from kombu import Queue as KombuQueue
 
+from rlaif.runs import Dispatch
 from rlaif.settings import Settings, settings
 
 
@@ -48,6 +50,10 @@ def create_celery(cfg: Settings) -> Celery:
         "visibility_timeout": cfg.visibility_timeout_s,
         # Look for messages of dead workers (unacked for longer than the visibility timeout) every 10 s.
         "unacked_restore_throttle": 1,
+        # Without these a command waits forever on a broker that accepts connections and never answers, and so
+        # does the request or task that publishes (the worker's own BRPOP is polled, not a blocking read).
+        "socket_connect_timeout": cfg.broker_timeout_s,
+        "socket_timeout": cfg.broker_timeout_s,
     }
     celery.conf.update(
         task_queues=[KombuQueue(queue.value) for queue in Queue],
@@ -65,7 +71,9 @@ def create_celery(cfg: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # A broker restart must not kill a training task: its message is redelivered and its lease decides.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        task_publish_retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 1, "interval_max": 2},
+        broker_connection_timeout=cfg.broker_timeout_s,
+        # A publish gives up after 2 retries: at most 3 attempts of a few broker timeouts each, plus 1 s of waits.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 1, "interval_max": 1},
         beat_schedule={
             "sweep-stale-work": {
                 "task": "control.sweep",
@@ -78,6 +86,16 @@ def create_celery(cfg: Settings) -> Celery:
         enable_utc=True,
     )
     return celery
+
+
+def send_all(celery: Celery, dispatches: Iterable[Dispatch]) -> None:
+    """Publish what the state machine asked for; routing follows the task names.
+
+    `ignore_result`: nothing reads task results (state lives in the run store), and without it every publish
+    first subscribes to the task's result channel, a second broker connection that has no socket timeout.
+    """
+    for dispatch in dispatches:
+        celery.send_task(dispatch.task, args=list(dispatch.args), ignore_result=True)
 
 
 app = create_celery(settings)

@@ -32,7 +32,7 @@ from rlaif.constitution import ConstitutionError
 from rlaif.modeling import ModelError
 from rlaif.settings import settings
 from rlaif.store import StoreError
-from workers.app import TIME_LIMITS, Queue, app
+from workers.app import TIME_LIMITS, Queue, app, send_all
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,8 @@ def runtime() -> runs.Runtime:
 
 
 def send(dispatches: Iterable[runs.Dispatch]) -> None:
-    """Enqueue what the state machine asked for; routing follows the task names."""
-    for dispatch in dispatches:
-        app.send_task(dispatch.task, args=list(dispatch.args))
+    """Enqueue what the state machine asked for, on this worker's app (workers.app.send_all)."""
+    send_all(app, dispatches)
 
 
 def disk_full_reason(exc: BaseException, artifact_root: Path, run_id: str) -> str | None:

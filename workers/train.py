@@ -1,4 +1,4 @@
-"""Tasks of the `train` queue: SFT, reward model and PPO, each under a lease and resumable from step checkpoints."""
+"""Tasks of the `train` queue: SFT, reward model, PPO and DPO, each under a lease, resumable from step checkpoints."""
 
 from __future__ import annotations
 
@@ -23,4 +23,10 @@ def reward_model(task: Task, run_id: str, stage: str) -> None:
 @stage_task("train.ppo")
 def ppo(task: Task, run_id: str, stage: str) -> None:
     """Stage 6: PPO against the reward model with a KL penalty to the reference."""
+    send(runs.run_training(runtime(), run_id, stage, runs.worker_identity(task.request.id)))
+
+
+@stage_task("train.dpo")
+def dpo(task: Task, run_id: str, stage: str) -> None:
+    """Stages 5-6 with policy_optimization=dpo: DPO on the soft labels against the SFT reference."""
     send(runs.run_training(runtime(), run_id, stage, runs.worker_identity(task.request.id)))

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Query, status
 from sqlalchemy import func, select
 
-from api.crud import get_prompt_set
+from api.crud import get_prompt_set, refuse_if_used
 from api.deps import OwnerDep, ReadSessionDep, SessionDep
 from api.errors import ApiError, pydantic_problems
 from api.schemas import (
@@ -23,8 +23,8 @@ from api.schemas import (
     PromptSetsPublic,
 )
 from api.uploads import UploadDep
-from rlaif.db import PromptSetRow, new_id
-from rlaif.prompts import MAX_PROMPTS, PromptSetError, parse_prompt_items
+from rlaif.db import PromptSetRow, RunRow, new_id
+from rlaif.prompts import MAX_PROMPTS, PromptSetError, json_problem, parse_prompt_items
 
 router = APIRouter(prefix="/prompt-sets", tags=["prompt-sets"])
 
@@ -48,33 +48,38 @@ def _unprocessable(detail: str, errors: list[str] | None = None) -> ApiError:
     return ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors or [])
 
 
-def _rows(body: bytes) -> tuple[list[Any], str | None]:
-    """Rows of a JSON document (a list, or {"name", "prompts"}) or of JSONL; the name if the body gave one."""
+def _rows(body: bytes) -> tuple[list[Any], str | None, list[int] | None]:
+    """Rows of a JSON document (a list, or {"name", "prompts"}) or of JSONL; the name if the body gave one; the
+    line of each row of JSONL (blank lines are skipped)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _unprocessable(f"the upload is not UTF-8 text (byte {exc.start})") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        listed = _json_list(stripped)
+    start = len(text) - len(text.lstrip())
+    if text.startswith("[", start):
+        listed = _json_list(text, start)
         if listed is not None:
-            return listed, None
-    if stripped.startswith("{"):
+            return listed, None, None
+    if text.startswith("{", start):
         try:
             document = json.loads(text)
         except json.JSONDecodeError:
             document = None  # not one JSON document: read it as JSONL below
+        except (ValueError, RecursionError) as exc:
+            # Too deep, or an integer too long, in the first value: wrong as a document and as a first JSONL line.
+            raise _invalid_json(text, exc, start) from None
         if isinstance(document, dict) and "prompts" in document:
             try:
                 parsed = PromptSetCreate.model_validate(document)
             except ValueError as exc:
                 raise _unprocessable("invalid prompt set body", pydantic_problems(exc)) from None  # type: ignore[arg-type]
-            return parsed.prompts, parsed.name
+            return parsed.prompts, parsed.name, None
     # Lines are iterated lazily (no list of millions of strings) and counted before any is parsed.
     lines = sum(1 for line in io.StringIO(text) if line.strip())
     if lines > MAX_PROMPTS:
         raise _too_many(lines)
     rows: list[Any] = []
+    numbers: list[int] = []
     problems: list[str] = []
     bad = 0
     for number, line in enumerate(io.StringIO(text), start=1):
@@ -82,20 +87,21 @@ def _rows(body: bytes) -> tuple[list[Any], str | None]:
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+            numbers.append(number)
+        except (ValueError, RecursionError) as exc:
             bad += 1
             if len(problems) < MAX_PROBLEMS:
-                problems.append(f"<upload>:{number}: <line>: invalid JSON: {exc.msg}")
+                problems.append(f"<upload>:{number}: <line>: invalid JSON: {json_problem(line, exc)[1]}")
     if problems:
         shown = f" (the first {len(problems)} listed)" if bad > len(problems) else ""
         raise _unprocessable(f"invalid JSONL: {bad} bad line(s){shown}", problems)
-    return rows, None
+    return rows, None, numbers
 
 
-def _json_list(text: str) -> list[Any] | None:
-    """The elements of a JSON list, decoded one at a time so that a list of millions is refused (413) after
-    MAX_PROMPTS elements, not built whole first; None when `text` is not one JSON list (then it is JSONL)."""
-    decoder, rows, index = json.JSONDecoder(), [], 1
+def _json_list(text: str, start: int) -> list[Any] | None:
+    """The elements of the JSON list at `start`, decoded one at a time so that a list of millions is refused (413)
+    after MAX_PROMPTS elements, not built whole first; None when `text` is not one JSON list (then it is JSONL)."""
+    decoder, rows, index = json.JSONDecoder(), [], start + 1
     whitespace = " \t\n\r"
     try:
         while True:
@@ -119,7 +125,14 @@ def _json_list(text: str) -> list[Any] | None:
             return None
     except json.JSONDecodeError:
         return None
+    except (ValueError, RecursionError) as exc:  # too deep, or an integer too long: wrong as JSON and as JSONL
+        raise _invalid_json(text, exc, index) from None
     return rows if not text[index:].strip() else None
+
+
+def _invalid_json(text: str, exc: ValueError | RecursionError, start: int) -> ApiError:
+    line, reason = json_problem(text, exc, start)
+    return _unprocessable("invalid JSON", [f"<upload>:{line}: <document>: invalid JSON: {reason}"])
 
 
 def _too_many_at_least(count: int) -> ApiError:
@@ -145,11 +158,11 @@ def create_prompt_set(
     name: ColumnText | None = Query(default=None, max_length=200, description="A label for the set (JSONL uploads)."),
 ) -> PromptSetPublic:
     """Store a validated, de-duplicated prompt set of the caller's."""
-    rows, body_name = _rows(body)
+    rows, body_name, lines = _rows(body)
     if len(rows) > MAX_PROMPTS:
         raise _too_many(len(rows))
     try:
-        items, duplicates = parse_prompt_items(rows, source="<upload>")
+        items, duplicates = parse_prompt_items(rows, source="<upload>", lines=lines)
     except PromptSetError as exc:
         raise _unprocessable(f"invalid prompt set: {len(exc.problems)} problem(s)", exc.problems) from None
     payload = [item.model_dump() for item in items]
@@ -192,6 +205,21 @@ def list_prompt_sets(
 @router.get("/{prompt_set_id}", responses={404: {"model": ErrorPublic}})
 def read_prompt_set(prompt_set_id: str, session: ReadSessionDep, owner: OwnerDep) -> PromptSetPublic:
     return _public(get_prompt_set(session, owner, prompt_set_id))
+
+
+@router.delete(
+    "/{prompt_set_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}},
+)
+def delete_prompt_set(prompt_set_id: str, session: SessionDep, owner: OwnerDep) -> None:
+    """Delete a prompt set of the caller's that no run uses; 409 naming the runs that do (delete them first)."""
+    get_prompt_set(session, owner, prompt_set_id)
+    # Locked: a run created meanwhile on this set waits for the delete (and then finds no set) or goes first (409).
+    row = session.scalars(select(PromptSetRow).where(PromptSetRow.id == prompt_set_id).with_for_update()).one()
+    refuse_if_used(session, "prompt set", prompt_set_id, RunRow.prompt_set_id)
+    session.delete(row)
+    session.commit()
 
 
 def _public(row: PromptSetRow) -> PromptSetPublic:

@@ -50,6 +50,8 @@ def read_report_html(run_id: str, session: ReadSessionDep, store: StoreDep, owne
     """The report as one HTML page with inline SVG plots (no scripts, nothing loaded from elsewhere)."""
     get_run(session, owner, run_id)
     html = render_html(_report(store, run_id))
-    # The page needs nothing from anywhere: say so, so a browser refuses any injected external load too.
-    headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"}
+    # The page needs nothing from anywhere: say so, so a browser refuses any injected external load too; and no
+    # other site may frame it (this CSP replaces the one api/headers.py sends, so it says so itself).
+    csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
+    headers = {"Content-Security-Policy": csp}
     return HTMLResponse(html, headers=headers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
+from api import quotas
 from api.crud import checkpoint_public, get_constitution, get_prompt_set, get_run, run_public, run_summary
 from api.deps import CeleryDep, OwnerDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, pydantic_problems
@@ -25,6 +26,7 @@ from api.schemas import (
     EventsPublic,
     MetricsPublic,
     RunCreate,
+    RunDeleted,
     RunPublic,
     RunsPublic,
     StageMetrics,
@@ -33,7 +35,9 @@ from rlaif import runs
 from rlaif.config import DERIVED_FIELDS, RunConfig
 from rlaif.constitution import Constitution
 from rlaif.db import CheckpointRow, EventRow, RunRow, StageRunRow
-from rlaif.modeling import REGISTRY
+from rlaif.endpoints import endpoint_name
+from rlaif.modeling import HUB_ID, REGISTRY
+from workers.app import send_all
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +83,24 @@ def build_config(body: RunCreate) -> RunConfig:
         raise _unprocessable("invalid run config", pydantic_problems(exc, prefix=["config"])) from None
 
 
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
-
-
-def model_problem(name: str, field: str, roots: list[Path]) -> str | None:
+def model_problem(name: str, field: str, roots: list[Path], endpoints: Collection[str] = ()) -> str | None:
     """Why `name` may not be used as a model (None when it may), checked without importing torch.
 
     A registered name; a folder with a config.json under one of the server's model roots, named by absolute
-    path; or, when the hub is reachable, a hub id. Any other path is refused with the same answer whether it
-    exists or not, so a request can neither load nor probe files on the server.
+    path; when the hub is reachable, a hub id; or `endpoint:<name>` for an endpoint the server declares
+    (RLAIF_ENDPOINTS). Any other path is refused with the same answer whether it exists or not, so a request can
+    neither load nor probe files on the server.
     """
     if name in REGISTRY:
         return None
+    endpoint = endpoint_name(name)
+    if endpoint is not None:
+        if endpoint in endpoints:
+            return None
+        return (
+            f"{field}: unknown endpoint {endpoint!r}: this server declares {sorted(endpoints) or 'none'} "
+            "(RLAIF_ENDPOINTS)"
+        )
     if not name.strip():
         return f"{field}: empty model name"
     unknown = (
@@ -115,12 +125,29 @@ def model_problem(name: str, field: str, roots: list[Path]) -> str | None:
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, responses={404: {"model": ErrorPublic}, 422: {"model": ErrorPublic}}
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        403: {
+            "model": ErrorPublic,
+            "description": "The key's stored-bytes quota is used up (RLAIF_QUOTA_STORED_BYTES).",
+        },
+        404: {"model": ErrorPublic},
+        422: {
+            "model": ErrorPublic,
+            "description": "Invalid run, or one over the server's run budget (RLAIF_MAX_RUN_*).",
+        },
+        429: {
+            "model": ErrorPublic,
+            "description": "Rate limit, or the key's quota of concurrent runs or of tokens per day (api/quotas.py).",
+        },
+    },
 )
 def create_run(
     body: RunCreate, session: SessionDep, store: StoreDep, owner: OwnerDep, celery: CeleryDep, settings: SettingsDep
 ) -> RunPublic:
-    """Validate, pin the inputs (<run>/inputs/: train and held-out prompts, constitution, config) and start the run."""
+    """Validate, check the run's estimated budget and the key's quotas (GET /v1/usage), pin the inputs
+    (<run>/inputs/: train and held-out prompts, constitution, config) and start the run."""
     constitution_row = get_constitution(session, owner, body.constitution_id)
     prompt_set = get_prompt_set(session, owner, body.prompt_set_id)
     cfg = build_config(body)
@@ -137,24 +164,38 @@ def create_run(
             constitution.select(selectors)
         except ValueError as exc:
             problems.append(f"{field}: {exc}")
-    for field, model in (("policy_model", cfg.policy_model), ("judge_model", cfg.judge.model)):
-        if model is not None and (problem := model_problem(model, field, settings.model_root_paths())):
+    roles = (
+        ("policy_model", cfg.policy_model),
+        ("judge_model", cfg.judge.model),
+        ("feedback.model", cfg.feedback.model),
+    )
+    for field, model in roles:
+        if model is not None and (
+            problem := model_problem(model, field, settings.model_root_paths(), settings.endpoints.keys())
+        ):
             problems.append(problem)
-    if cfg.sft.helpful_mix > 0:
-        problems.append("config.sft.helpful_mix: runs started through the API have no helpful-only examples; use 0")
     if problems:
         raise _unprocessable("invalid run", problems)
     try:
         run = runs.create_run(
-            session, store, owner=owner, constitution=constitution_row, prompt_set=prompt_set, cfg=cfg
+            session,
+            store,
+            owner=owner,
+            constitution=constitution_row,
+            prompt_set=prompt_set,
+            cfg=cfg,
+            admit=lambda budget: quotas.admit_run(session, store, owner, settings, budget),
         )
     except ValueError as exc:
         raise _unprocessable("invalid run", [str(exc)]) from None
     session.commit()
     try:
-        celery.send_task(runs.ADVANCE, args=[run.id])
-    except Exception as exc:  # the broker is down: the run stays queued and the next control sweep starts it
+        send_all(celery, [runs.Dispatch(runs.ADVANCE, (run.id,))])
+    except Exception as exc:  # the broker is down or does not answer (RLAIF_BROKER_TIMEOUT_S): the run stays queued
         log.warning("run %s created but not enqueued (%s); a control sweep will start it", run.id, type(exc).__name__)
+        why = f"waiting to be enqueued: the broker did not answer ({type(exc).__name__}); the control sweep starts the run"
+        runs.add_event(session, run.id, why, level="warning")
+        session.commit()
     return run_public(session, run)
 
 
@@ -174,9 +215,11 @@ def list_runs(
 
 
 @router.get("/{run_id}", responses=_NOT_FOUND)
-def read_run(run_id: str, session: ReadSessionDep, owner: OwnerDep) -> RunPublic:
-    """Overall status and, per stage: status, done/total, timings, error, counts and final metrics."""
-    return run_public(session, get_run(session, owner, run_id))
+def read_run(run_id: str, session: ReadSessionDep, owner: OwnerDep, store: StoreDep) -> RunPublic:
+    """Overall status and, per stage: status, done/total, timings, error, counts and final metrics; the bytes
+    its artifacts take on disk."""
+    run = run_public(session, get_run(session, owner, run_id))
+    return run.model_copy(update={"disk_bytes": store.run_bytes(run_id)})
 
 
 @router.get("/{run_id}/events", responses=_NOT_FOUND)
@@ -232,8 +275,11 @@ def resume_run(
     run_id: str, session: SessionDep, owner: OwnerDep, celery: CeleryDep, settings: SettingsDep
 ) -> RunPublic:
     """Continue a failed or cancelled run from its last completed stage and step (finished shards and step
-    checkpoints are kept). 409 when the run has not stopped, or a worker is still stopping (with Retry-After)."""
+    checkpoints are kept). 409 when the run has not stopped, or a worker is still stopping (with Retry-After);
+    429 when the key has its quota of runs queued or running."""
     run = get_run(session, owner, run_id)
+    if run.status not in quotas.ACTIVE:  # (resuming an active run is a 409 below, whatever the quota)
+        quotas.check_concurrent_runs(session, owner, settings)
     try:
         dispatches = runs.resume(session, run, settings.lease_ttl_s)
     except runs.ResumeRefused as exc:
@@ -241,8 +287,7 @@ def resume_run(
         raise ApiError(status.HTTP_409_CONFLICT, str(exc), headers=headers) from None
     session.commit()
     try:
-        for dispatch in dispatches:
-            celery.send_task(dispatch.task, args=list(dispatch.args))
+        send_all(celery, dispatches)
     except Exception as exc:  # the broker is down: the control sweep re-enqueues the resumed work
         log.warning("run %s resumed but not enqueued (%s); a control sweep will pick it up", run_id, type(exc).__name__)
     return run_public(session, run)
@@ -256,3 +301,16 @@ def list_checkpoints(run_id: str, session: ReadSessionDep, owner: OwnerDep) -> C
         select(CheckpointRow).where(CheckpointRow.run_id == run_id).order_by(CheckpointRow.created_at)
     ).all()
     return CheckpointsPublic(data=[checkpoint_public(r) for r in rows], count=len(rows))
+
+
+@router.delete("/{run_id}", responses={**_NOT_FOUND, 409: {"model": ErrorPublic}})
+def delete_run(run_id: str, session: SessionDep, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> RunDeleted:
+    """Delete a finished, failed or cancelled run: its stages, events, checkpoints and every artifact on disk.
+    409 while it is queued or running (cancel it first), or while a worker is still stopping (with Retry-After)."""
+    run = get_run(session, owner, run_id)
+    try:
+        freed = runs.delete_run(session, store, run, settings.lease_ttl_s)
+    except runs.DeleteRefused as exc:
+        headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
+        raise ApiError(status.HTTP_409_CONFLICT, str(exc), headers=headers) from None
+    return RunDeleted(id=run_id, bytes_freed=freed)

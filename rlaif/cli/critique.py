@@ -1,6 +1,7 @@
 """`rlaif critique`: watch SL-CAI work: the model answers, critiques itself under a principle, and revises.
 
 rlaif critique --constitution harmless --prompts examples/demo_prompts.jsonl --limit 3
+rlaif critique --feedback endpoint:big-feedback --limit 3     # a declared endpoint (RLAIF_ENDPOINTS)
 """
 
 from __future__ import annotations
@@ -53,7 +54,13 @@ def critique_command(
     constitution: str = typer.Option("harmless", "--constitution", help="Shipped constitution name or file."),
     limit: int | None = typer.Option(3, "--limit", min=1, help="Critique only the first N prompts."),
     rounds: int = typer.Option(2, "--rounds", help="Critique-revision rounds per prompt."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Registry name or local Hugging Face folder."),
+    model: str = typer.Option(
+        DEFAULT_MODEL,
+        "--feedback",
+        "--model",
+        help="The feedback model that answers, critiques and revises: registry name, local Hugging Face folder or "
+        "endpoint:<name> (declared in RLAIF_ENDPOINTS).",
+    ),
     principles: list[str] | None = typer.Option(
         None, "--principles", help="Principle ids / tag:<tag> (repeat or comma-separate)."
     ),
@@ -65,7 +72,9 @@ def critique_command(
 ) -> None:
     """Answer, critique and revise a few prompts with a constitution, and print every step."""
     from rlaif.constitution import ConstitutionError, load_constitution, resolve_constitution
+    from rlaif.endpoints import check_model_spec
     from rlaif.generation import make_generator
+    from rlaif.generation.endpoint_client import EndpointError
     from rlaif.modeling import ModelError
     from rlaif.prompts import PromptSetError, load_prompts
     from rlaif.stages.critique_revise import critique_revise
@@ -82,11 +91,12 @@ def critique_command(
         loaded = load_constitution(resolve_constitution(constitution))
         items = load_prompts(prompts, limit=limit)
         loaded.select(selectors)
+        check_model_spec(model, "--feedback")
     except (ValidationError, ConstitutionError, FileNotFoundError, PromptSetError, ValueError) as exc:
         raise _fail(exc) from None
     try:
         generator = make_generator(model, GenerationBackendConfig())
-    except ModelError as exc:
+    except (ModelError, EndpointError) as exc:
         raise _fail(exc) from None
     console.print(
         f"critique-revise: {len(items)} prompts, {rounds} rounds, constitution {loaded.name!r}, model {model}",
@@ -97,10 +107,18 @@ def critique_command(
         for index, record in enumerate(critique_revise(items, loaded, selectors, cfg, generator, seed), start=1):
             console.print(render_record(record, index))
             records.append(record)
-    except ValueError as exc:
+    except (ValueError, EndpointError) as exc:
         raise _fail(exc) from None
     kept = sum(r.kept for r in records)
     console.print(f"{kept} of {len(records)} revisions pass the quality checks", highlight=False)
+    usage = getattr(generator, "usage", None)
+    if usage:
+        console.print(
+            f"endpoint {usage['endpoint']}: {usage['requests']} requests ({usage['cached']} cached, "
+            f"{usage['retries']} retries), {usage['prompt_tokens']} prompt + {usage['completion_tokens']} "
+            "completion tokens",
+            highlight=False,
+        )
     if out is not None:
         write_jsonl(out, records)
         console.print(f"wrote {len(records)} records to {out}", highlight=False)

@@ -1,7 +1,7 @@
 """`rlaif generate`: sample completions from a model on either backend (a quick look at a policy).
 
 rlaif generate --prompt "How do I pick a lock?" -n 2
-rlaif generate /work/shared/data/red_team_prompts.dev.jsonl --limit 8 --temperature 0 --json
+rlaif generate rlaif/data/red_team_prompts.dev.jsonl --limit 8 --temperature 0 --json
 rlaif generate --prompt "Hi" --backend vllm --model smollm2-135m-instruct
 """
 

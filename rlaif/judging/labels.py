@@ -19,12 +19,19 @@ class PairJudgement(NamedTuple):
     p_a_swapped: 1 - P(A) with the responses swapped, i.e. P(response_a) when response_a is option (B).
     p_a_mean:    (p_a + p_a_swapped) / 2, the position-debiased soft label.
     flip:        the two orders put response_a on opposite sides of 1/2 (a pure position preference).
+    truncated:   the judge saw the prompt or the responses cut to fit its context (rlaif/truncation.py).
+    coverage:    P(A) + P(B) over the full vocabulary, mean of the two orders: how much the judge answered in
+                 format (None: not known, e.g. hard labels).
+    method:      how the options were read (OptionScores.method: logprobs, logprob_token_ids, top_logprobs, hard).
     """
 
     p_a: float
     p_a_swapped: float
     p_a_mean: float
     flip: bool
+    truncated: bool = False
+    coverage: float | None = None
+    method: str | None = None
 
 
 def two_option_probability(logp_a: float, logp_b: float) -> float:

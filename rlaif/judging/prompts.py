@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rlaif.constitution import ComparisonExample, Principle
 
@@ -56,6 +56,21 @@ COT_INSTRUCTION = "Think step by step about which response is better, then give 
 
 # Where a generated chain of thought already states an answer; everything from here on is replaced by our prefix.
 _ANSWER_STATED = re.compile(r"(?:so,?\s+)?(?:the\s+)?(?:final\s+)?answer\s+is\b", re.IGNORECASE)
+
+
+class JudgePrompt(NamedTuple):
+    """One judge prompt, in every form a scorer may need.
+
+    messages: the chat turns (few-shot turns, the question), without the assistant turn;
+    prefill:  what the assistant turn is pre-filled with ("The answer is: (", after the reasoning with CoT);
+    text:     messages rendered with the chat template, the assistant turn opened and pre-filled (not closed);
+    ids:      the text's token ids (no special tokens added: the template wrote them).
+    """
+
+    messages: Conversation
+    prefill: str
+    text: str
+    ids: list[int]
 
 
 class JudgeInputError(ValueError):

@@ -13,19 +13,24 @@ Levers (measured in bench/bench_judge.py):
   token first, so the (hidden x vocab) projection runs on B rows instead of B x T.
 
 With share_prefix=False every prompt runs in full: the reference path the shared one is tested against.
+
+`ModelScorer` puts `score_options` behind the `OptionScorer` protocol, which the judge (rlaif/judging/judge.py)
+calls; the other implementation reads the same two probabilities from an endpoint (rlaif/judging/endpoint.py).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from rlaif.judging.prompts import JudgePrompt
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (batch, kv_heads, T, head_dim)
 
@@ -49,6 +54,87 @@ class OptionLogprobs(NamedTuple):
     def option_mass(self) -> torch.Tensor:
         """(N,) P(A) + P(B) over the full vocabulary: how much the judge answers in the expected format."""
         return self.logp_a.exp() + self.logp_b.exp()
+
+
+class OptionScores(NamedTuple):
+    """What a scorer read at the answer position of N judge prompts.
+
+    p_a:         (N,) float32, P(A) normalised over the two options (exactly 1, 0 or 1/2 for hard labels).
+    option_mass: (N,) float32, P(A) + P(B) over the full vocabulary (the coverage); NaN where it is not known.
+    method:      how: "logprobs" (in process), "logprob_token_ids" / "top_logprobs" (endpoint log-probs) or
+                 "hard" (an endpoint without log-probs: the answered letter).
+    """
+
+    p_a: torch.Tensor
+    option_mass: torch.Tensor
+    method: str
+
+    @property
+    def soft(self) -> bool:
+        return self.method != "hard"
+
+
+@runtime_checkable
+class OptionScorer(Protocol):
+    """Reads P(A) and P(B) at the answer position of judge prompts: in process (ModelScorer) or over an
+    endpoint (rlaif.judging.endpoint.EndpointScorer). `context` is the judge model's context in tokens (None:
+    unknown)."""
+
+    context: int | None
+
+    def score_prompts(
+        self,
+        prompts: Sequence[JudgePrompt],
+        option_ids: tuple[int, int],
+        *,
+        groups: Sequence[Hashable] | None = None,
+        families: Sequence[Hashable] | None = None,
+        progress: bool = False,
+    ) -> OptionScores: ...
+
+
+class ModelScorer:
+    """The in-process scorer: one forward pass per batch of a loaded causal LM (`score_options`)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        batch_size: int = 8,
+        share_prefix: bool = True,
+        pad_id: int = 0,
+        prefix_cache: PrefixCache | None = None,
+    ):
+        self.model = model
+        self.batch_size = batch_size
+        self.share_prefix = share_prefix
+        self.pad_id = pad_id
+        self.prefix_cache = prefix_cache
+        context = getattr(model.config, "max_position_embeddings", None)
+        self.context = int(context) if context else None
+
+    def score_prompts(
+        self,
+        prompts: Sequence[JudgePrompt],
+        option_ids: tuple[int, int],
+        *,
+        groups: Sequence[Hashable] | None = None,
+        families: Sequence[Hashable] | None = None,
+        progress: bool = False,
+    ) -> OptionScores:
+        logprobs = score_options(
+            self.model,
+            [p.ids for p in prompts],
+            option_ids,
+            batch_size=self.batch_size,
+            groups=groups,
+            families=families,
+            share_prefix=self.share_prefix,
+            pad_id=self.pad_id,
+            prefix_cache=self.prefix_cache,
+            progress=progress,
+        )
+        return OptionScores(p_a=logprobs.p_a, option_mass=logprobs.option_mass, method="logprobs")
 
 
 class PrefixCache:

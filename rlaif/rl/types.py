@@ -82,3 +82,11 @@ class PPOStats(NamedTuple):
     @classmethod
     def empty(cls, epochs: int, minibatches: int) -> PPOStats:
         return cls(*(torch.full((epochs, minibatches), float("nan")) for _ in cls._fields))
+
+
+class DPOLoss(NamedTuple):
+    """Soft-label DPO / IPO: the mean loss over pairs (with grad) and the detached implicit rewards, each (N,)."""
+
+    loss: torch.Tensor
+    chosen_rewards: torch.Tensor  # beta * (log pi(chosen) - log pi_ref(chosen))
+    rejected_rewards: torch.Tensor  # beta * (log pi(rejected) - log pi_ref(rejected))

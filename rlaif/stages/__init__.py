@@ -1,12 +1,15 @@
-"""The seven stages of a run, one module each, in pipeline order:
+"""The stages of a run, one module each, in pipeline order:
 
 1. critique_revise  SL-CAI: answer, critique, revise (records -> SFT data)
 2. sft              supervised fine-tuning on the final revisions
 3. sample_pairs     K responses per prompt from the policy -> comparisons
 4. judge            AI feedback: soft labels from (A)/(B) log-probs, both orders
-5. reward_model     scalar head, Bradley-Terry on soft labels
-6. ppo              PPO with a per-token KL penalty to the SFT reference
+5. reward_model     scalar head, Bradley-Terry on soft labels               (policy_optimization: ppo)
+6. ppo              PPO with a per-token KL penalty to the SFT reference    (policy_optimization: ppo)
+5-6. dpo            DPO / IPO on the soft labels against the SFT reference  (policy_optimization: dpo)
 7. evaluate         aligned vs base on held-out prompts
+
+Which of 5-6 a run has, and how iterations repeat 3 to 6, is `rlaif.pipeline.plan`.
 
 Each module has a pure core over items (usable on a shard) and a `run_<stage>(...) -> StageResult` that
 reads its inputs from and writes its outputs to the artifact store. Artifact names within a stage folder
@@ -25,7 +28,6 @@ PROMPTS_FILE = "prompts.jsonl"
 EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
 CONSTITUTION_FILE = "constitution.json"
 CONFIG_FILE = "config.json"
-HELPFUL_SFT_FILE = "helpful_sft.jsonl"  # inputs: SFTExample, helpful-only targets mixed into SFT (sft.helpful_mix)
 CRITIQUE_RECORDS_FILE = "records.jsonl"  # stage critique: CritiqueRecord
 SFT_DATA_FILE = "sft.jsonl"  # stage critique: SFTExample (kept records only)
 RESPONSES_FILE = "responses.jsonl"  # stage pairs: ResponseSet
@@ -34,6 +36,7 @@ LABELS_FILE = "labels.jsonl"  # stage judge: LabelRecord
 MODEL_DIR = "model"  # training stages: the Hugging Face folder (with its own manifest.json)
 STEPS_DIR = "steps"  # training stages: resumable step checkpoints
 METRICS_FILE = "metrics.jsonl"  # training stages: one JSON object of namespaced metrics per step
+TENSORBOARD_DIR = "tensorboard"  # training stages: the same metrics as TensorBoard event files (rlaif/metrics_log.py)
 
 
 class StageResult(BaseModel):

@@ -13,7 +13,9 @@ prompts of a batch. Every revision is cleaned (leading "Here is a revised respon
 'The assistant should have said: "..."') and checked per round: empty, meta-text (a critique or talk about the
 response instead of a response) and repetitive loops block a revision; unchanged-from-previous and truncated (cut at
 max_new_tokens) are recorded. The final revision is the last unblocked one, and the record is kept for SFT when there
-is one and it differs from the first answer.
+is one and it differs from the first answer. Prompts of kind `helpful` are only answered (no rounds): their plain
+answers join the SFT data as kind "helpful" (sft.helpful_mix). A prompt or history that does not fit the model's context is cut by the
+rule of rlaif/truncation.py (flag `truncated-to-fit`; the stage result's `long_items` lists the ids).
 
     rlaif critique --constitution harmless --prompts examples/demo_prompts.jsonl --limit 3
     python -c "from rlaif.stages.critique_revise import run_critique_revise; help(run_critique_revise)"
@@ -31,12 +33,14 @@ from tqdm.auto import tqdm
 
 from rlaif.config import CritiqueConfig, RunConfig
 from rlaif.constitution import Constitution, CritiqueExample, Principle, sample_principles
+from rlaif.endpoints import read_usage, usage_counts
 from rlaif.generation import Completion, Conversation, Generator
 from rlaif.generation.common import derive_seed
 from rlaif.prompts import normalise
 from rlaif.records import CritiqueRecord, CritiqueRound, PromptItem, SFTExample
 from rlaif.stages import CRITIQUE_RECORDS_FILE, INPUTS, PROMPTS_FILE, SFT_DATA_FILE, StageResult
 from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
+from rlaif.truncation import LongItems
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,8 @@ def check_revision(revision: str, previous: str, critique: str, finished: bool =
 
 
 BLOCKING = {"empty", "meta", "repetitive"}  # a revision with these flags is never used as the final revision
+# A prompt or history cut to fit the context (rlaif/truncation.py): informational, the record stays usable.
+TRUNCATED = "truncated-to-fit"
 
 
 # ------------------------------------------------------------------ conversation building
@@ -196,7 +202,10 @@ def _generate(
 ) -> list[Completion]:
     """One batched generate call; a backend error about 'conversation i' is re-raised naming the prompt item."""
     try:
-        completions = generator.generate(conversations, n=1, sampling=cfg.sampling, seed=seed, progress=False)
+        # A long prompt or a long history is cut to fit (rlaif/truncation.py) rather than failing the batch.
+        completions = generator.generate(
+            conversations, n=1, sampling=cfg.sampling, seed=seed, progress=False, fit_context=True
+        )
     except ValueError as exc:
         match = re.match(r"conversation (\d+)", str(exc))
         if match and int(match.group(1)) < len(batch):
@@ -250,25 +259,24 @@ def _run_batch(
         generator, [t.history for t in trajectories], batch, cfg, derive_seed(seed, batch_index, "answer"), "answer"
     )
     initial = [c.text.strip() for c in answers]
+    round_flags: list[list[list[str]]] = [[] for _ in batch]
+    cut = [["answer:" + TRUNCATED] if c.prompt_truncated else [] for c in answers]
     for trajectory, answer in zip(trajectories, initial, strict=True):
         trajectory.history.append({"role": "assistant", "content": answer})
     rounds: list[list[CritiqueRound]] = [[] for _ in batch]
-    round_flags: list[list[list[str]]] = [[] for _ in batch]
     previous = list(initial)
     for r in range(cfg.rounds):
         for t in trajectories:
             t.history.append({"role": "user", "content": t.principles[r].critique})
-        critiques = [
-            c.text.strip()
-            for c in _generate(
-                generator,
-                [shots + t.history for t in trajectories],
-                batch,
-                cfg,
-                derive_seed(seed, batch_index, r, "critique"),
-                f"critique {r + 1}",
-            )
-        ]
+        critique_completions = _generate(
+            generator,
+            [shots + t.history for t in trajectories],
+            batch,
+            cfg,
+            derive_seed(seed, batch_index, r, "critique"),
+            f"critique {r + 1}",
+        )
+        critiques = [c.text.strip() for c in critique_completions]
         for t, critique in zip(trajectories, critiques, strict=True):
             t.history.extend(
                 [{"role": "assistant", "content": critique}, {"role": "user", "content": t.principles[r].revision}]
@@ -282,6 +290,8 @@ def _run_batch(
             f"revision {r + 1}",
         )
         for i, (t, critique, completion) in enumerate(zip(trajectories, critiques, raw, strict=True)):
+            if critique_completions[i].prompt_truncated or completion.prompt_truncated:
+                cut[i].append(f"round{r + 1}:{TRUNCATED}")
             revision, stripped = clean_revision(completion.text)
             found = check_revision(revision, previous[i], critique, completion.finished) + (
                 ["stripped-meta"] if stripped else []
@@ -291,7 +301,10 @@ def _run_batch(
             round_flags[i].append(found)
             if not BLOCKING & set(found):
                 previous[i] = revision
-    return [assemble_record(t.item, initial[i], rounds[i], round_flags[i]) for i, t in enumerate(trajectories)]
+    records = [assemble_record(t.item, initial[i], rounds[i], round_flags[i]) for i, t in enumerate(trajectories)]
+    for record, flags in zip(records, cut, strict=True):
+        record.flags.extend(flags)
+    return records
 
 
 def critique_revise(
@@ -322,27 +335,71 @@ def critique_revise(
     with tqdm(total=len(items), desc="critique-revise", unit="prompt", disable=not progress) as bar:
         for batch_index, start in enumerate(range(0, len(items), cfg.batch_size)):
             batch = items[start : start + cfg.batch_size]
-            yield from _run_batch(batch, selected, shots, cfg, generator, seed, batch_index)
+            harmful = [item for item in batch if item.kind == "harmful"]
+            helpful = [item for item in batch if item.kind == "helpful"]
+            records = _run_batch(harmful, selected, shots, cfg, generator, seed, batch_index) if harmful else []
+            if helpful:
+                records += _answer_helpful(helpful, cfg, generator, seed, batch_index)
+            by_id = {record.id: record for record in records}
+            yield from (by_id[item.id] for item in batch)
             bar.update(len(batch))
 
 
+def _answer_helpful(
+    batch: Sequence[PromptItem], cfg: CritiqueConfig, generator: Generator, seed: int, batch_index: int
+) -> list[CritiqueRecord]:
+    """Helpful prompts get a plain answer, no critique: there is nothing harmful to revise, and critiquing them
+    under a harm principle only teaches refusals (Bai et al. 2022 sec. 3.1 mix plain helpful answers into SFT)."""
+    conversations: list[Conversation] = [[{"role": "user", "content": item.prompt}] for item in batch]
+    answers = _generate(generator, conversations, batch, cfg, derive_seed(seed, batch_index, "helpful"), "answer")
+    records = []
+    for item, answer in zip(batch, answers, strict=True):
+        text = answer.text.strip()
+        flags = ["helpful-answer"] + (["answer:" + TRUNCATED] if answer.prompt_truncated else [])
+        if not text:
+            flags.append("answer:empty")
+        records.append(
+            CritiqueRecord(
+                id=item.id,
+                prompt=item.prompt,
+                kind="helpful",
+                initial_response=text,
+                rounds=[],
+                final_revision=text,
+                kept=bool(text),
+                flags=flags,
+            )
+        )
+    return records
+
+
 def to_sft_examples(records: Iterable[CritiqueRecord]) -> list[SFTExample]:
-    """(prompt, final revision) of every kept record."""
-    return [SFTExample(id=r.id, prompt=r.prompt, response=r.final_revision) for r in records if r.kept]
+    """(prompt, final revision) of every kept record; helpful prompts' plain answers as kind "helpful"."""
+    return [SFTExample(id=r.id, prompt=r.prompt, response=r.final_revision, kind=r.kind) for r in records if r.kept]
 
 
-def stage_result(records: Sequence[CritiqueRecord], n_sft: int) -> StageResult:
+def stage_result(records: Sequence[CritiqueRecord], n_sft: int, usage: dict[str, dict] | None = None) -> StageResult:
+    """The stage's counts, metrics and extras; `usage` is the endpoint usage read from the stage folder (a
+    feedback.model endpoint: its requests and tokens join the counts as feedback_*)."""
     flag_counts: dict[str, int] = {}
     for record in records:
         for flag in record.flags:
             kind = flag.split(":", 1)[-1]
             flag_counts[kind] = flag_counts.get(kind, 0) + 1
+    long_items = LongItems.of([r.id for r in records if any(f.endswith(TRUNCATED) for f in r.flags)])
     return StageResult(
         stage=STAGE,
         outputs=[f"{STAGE}/{CRITIQUE_RECORDS_FILE}", f"{STAGE}/{SFT_DATA_FILE}"],
-        counts={"prompts": len(records), "kept": n_sft, "dropped": len(records) - n_sft},
+        counts={
+            "prompts": len(records),
+            "kept": n_sft,
+            "dropped": len(records) - n_sft,
+            "helpful_answers": sum(r.kind == "helpful" and r.kept for r in records),
+            "truncated": long_items.truncated,
+            **usage_counts(usage or {}),
+        },
         metrics={"critique/kept_fraction": n_sft / len(records)} if records else {},
-        extra={"flags": flag_counts},
+        extra={"flags": flag_counts, "long_items": long_items.model_dump(), **({"usage": usage} if usage else {})},
     )
 
 
@@ -362,7 +419,7 @@ def run_critique_revise(
         verify_manifest(out_dir)
         records = read_jsonl(out_dir / CRITIQUE_RECORDS_FILE, CritiqueRecord)
         log.info("critique stage of run %s is already complete (%d records)", run_id, len(records))
-        return stage_result(records, sum(r.kept for r in records))
+        return stage_result(records, sum(r.kept for r in records), read_usage(out_dir))
     source = store.path(run_id, INPUTS, PROMPTS_FILE)
     if not source.is_file():
         raise StoreError(f"run {run_id}: {source} is missing; the run has no prompts")
@@ -372,13 +429,13 @@ def run_critique_revise(
     if generator is None:
         from rlaif.generation import make_generator
 
-        generator = make_generator(cfg.policy_model, cfg.generation)
+        generator = make_generator(cfg.feedback_model, cfg.generation, stage_dir=out_dir)
     log.info("critique-revise: %d prompts, %d rounds, model %s", len(items), cfg.critique.rounds, generator.model_name)
     records = list(critique_revise(items, constitution, cfg.critique.principles, cfg.critique, generator, cfg.seed))
     sft = to_sft_examples(records)
     write_jsonl(out_dir / CRITIQUE_RECORDS_FILE, records)
     write_jsonl(out_dir / SFT_DATA_FILE, sft)
-    result = stage_result(records, len(sft))
+    result = stage_result(records, len(sft), read_usage(out_dir))
     write_manifest(out_dir, extra={"stage": STAGE, "counts": result.counts, "metrics": result.metrics})
     log.info("kept %d of %d revisions for SFT (%s)", len(sft), len(records), result.extra["flags"])
     return result

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
+from rlaif.endpoints import is_endpoint
 from rlaif.evaluation import monitors
 from rlaif.evaluation.compare import PairOutcome, generate_answers, judge_axis
 from rlaif.evaluation.datasets import EvalPrompt, load_eval_prompts, set_path
@@ -68,6 +69,7 @@ from rlaif.store import (
     write_jsonl,
     write_manifest,
 )
+from rlaif.truncation import LongItems
 
 if TYPE_CHECKING:
     from rlaif.generation import Completion
@@ -101,12 +103,16 @@ def evaluate_models(
     labels: Sequence[LabelRecord] = (),
     ppo_history: Sequence[dict[str, Any]] = (),
     run_id: str | None = None,
+    stage_long_items: dict[str, LongItems] | None = None,
+    stage_dir: Path | None = None,
     progress: bool = True,
 ) -> tuple[EvalReport, list[Sample]]:
     """The report and one Sample per prompt. `models` maps roles (base, sft, aligned) to model names/folders.
 
     The judge is `judge_model`, else `cfg.judge.model`, else the base model. `ppo_history` is the PPO metric
     records (with `val/boilerplate_fraction` filled in from the PPO samples when the caller has them).
+    `stage_long_items` (the run's stages' items cut to fit the context) is copied into the report's long_items.
+    A judge `endpoint:<name>` keeps its response cache and usage ledger in `stage_dir` (none without one).
     """
     unknown = set(models) - {"base", "sft", "aligned"}
     if unknown or not models:
@@ -128,11 +134,17 @@ def evaluate_models(
         from rlaif.modeling import load_causal_lm, load_tokenizer
 
         log.info("loading the judge %s", judge_name)
-        judge, tokenizer = load_causal_lm(judge_name, dtype=cfg.judge.dtype), load_tokenizer(judge_name)
-        if cfg.judge.chain_of_thought:
-            from rlaif.generation.hf import HFGenerator
+        if is_endpoint(judge_name):  # (its requests and tokens are cached and counted in the stage folder)
+            from rlaif.judging.endpoint import EndpointScorer
 
-            generator = HFGenerator.from_loaded(judge, tokenizer, judge_name, batch_size=cfg.generation.batch_size)
+            judge = EndpointScorer(judge_name, stage_dir=stage_dir)
+            tokenizer = judge.tokenizer
+        else:
+            judge, tokenizer = load_causal_lm(judge_name, dtype=cfg.judge.dtype), load_tokenizer(judge_name)
+        if cfg.judge.chain_of_thought:
+            from rlaif.stages.judge import judge_generator
+
+            generator = judge_generator(judge, tokenizer, judge_name, cfg.generation.batch_size)
 
     # --- win rates --------------------------------------------------------------------------------------------
     outcomes: list[PairOutcome] = []
@@ -234,6 +246,16 @@ def evaluate_models(
         monitors=monitors.summarise(history, eval_cfg.monitor) if history else None,
         alerts=alerts,
         samples=_pick_samples(samples, eval_cfg.samples_in_report, cfg.seed),
+        long_items={
+            **(stage_long_items or {}),
+            "evaluation answers": LongItems.of(
+                [p.id for i, p in enumerate(prompts) if any(answers[r][i].prompt_truncated for r in answers)]
+            ),
+            "evaluation pairs": LongItems.of(
+                [f"{o.prompt_id}|{o.model}>{o.baseline}|{o.axis}" for o in outcomes if o.truncated]
+            ),
+            "human pairs": LongItems.model_validate(audit["long_items"]) if audit else LongItems(),
+        },
     )
     return report, samples
 
@@ -490,13 +512,39 @@ def report_metrics(report: EvalReport) -> dict[str, float]:
     return out
 
 
+def _stage_long_items(
+    store: ArtifactStore, run_id: str, labels: Sequence[LabelRecord], judge_stage: str
+) -> dict[str, LongItems]:
+    """The run's critique records and judge labels that were cut to fit the context (for the report)."""
+    from rlaif.records import CritiqueRecord
+    from rlaif.stages import CRITIQUE_RECORDS_FILE
+    from rlaif.stages.critique_revise import TRUNCATED
+
+    out: dict[str, LongItems] = {}
+    records_path = store.stage_dir(run_id, "critique", create=False) / CRITIQUE_RECORDS_FILE
+    if records_path.is_file():
+        records = read_jsonl(records_path, CritiqueRecord)
+        out["critique"] = LongItems.of([r.id for r in records if any(f.endswith(TRUNCATED) for f in r.flags)])
+    if labels:
+        out[judge_stage] = LongItems.of([label.id for label in labels if label.truncated])
+    return out
+
+
 def stage_result(stage: str, report: EvalReport, outputs: list[str]) -> StageResult:
+    own = ("evaluation answers", "evaluation pairs", "human pairs")
     return StageResult(
         stage=stage,
         outputs=[f"{stage}/{name}" for name in outputs],
-        counts={"prompts": sum(report.prompts.values()), **{f"prompts_{k}": v for k, v in report.prompts.items()}},
+        counts={
+            "prompts": sum(report.prompts.values()),
+            **{f"prompts_{k}": v for k, v in report.prompts.items()},
+            "truncated": sum(report.long_items[k].truncated for k in own if k in report.long_items),
+        },
         metrics=report_metrics(report),
-        extra={"headline": headline(report)},
+        extra={
+            "headline": headline(report),
+            "long_items": {k: v.model_dump() for k, v in report.long_items.items() if k in own},
+        },
     )
 
 
@@ -513,14 +561,15 @@ def run_evaluate(
     *,
     data_dir: Path | None = None,
     judge_stage: str = "judge",
-    ppo_stage: str = "ppo",
+    ppo_stage: str | None = "ppo",
     progress: bool = True,
 ) -> StageResult:
     """Evaluate the run's models; writes <run>/<stage>/{answers.jsonl, report.json, report.html, manifest.json}.
 
     `data_dir` (default `settings.data_dir`, i.e. RLAIF_DATA_DIR) holds the named sets of eval.extra_sets and the
     human pairs; the run's labels (<judge_stage>/labels.jsonl) and PPO metrics (<ppo_stage>/metrics.jsonl) are
-    read when present. `policy_model` None evaluates the SFT model as the top model.
+    read when present; `ppo_stage` None (a DPO run) reads no PPO metrics, so there are no PPO monitors. `reward_model`
+    None (a DPO run) leaves the reward-model section out. `policy_model` None evaluates the SFT model as the top model.
     """
     out_dir = store.stage_dir(run_id, stage)
     if store.is_complete(run_id, stage):
@@ -557,8 +606,10 @@ def run_evaluate(
         # The same split the reward-model stage made (rlaif/stages/reward_model.py), so these pairs were unseen.
         _, held = split_holdout(len(labels), cfg.reward_model.eval_fraction, cfg.seed)
         ai_heldout = [labels[i] for i in held]
-    ppo_dir = store.stage_dir(run_id, ppo_stage, create=False)
-    history = ppo_history_with_boilerplate(ppo_dir / METRICS_FILE, ppo_dir / PPO_SAMPLES_FILE)
+    history: list[dict[str, Any]] = []
+    if ppo_stage is not None:
+        ppo_dir = store.stage_dir(run_id, ppo_stage, create=False)
+        history = ppo_history_with_boilerplate(ppo_dir / METRICS_FILE, ppo_dir / PPO_SAMPLES_FILE)
     log.info(
         "evaluating run %s: %d prompts (%s), models %s",
         run_id,
@@ -577,6 +628,8 @@ def run_evaluate(
         labels=labels,
         ppo_history=history,
         run_id=run_id,
+        stage_long_items=_stage_long_items(store, run_id, labels, judge_stage),
+        stage_dir=out_dir,
         progress=progress,
     )
     outputs = write_report(out_dir, report, samples)

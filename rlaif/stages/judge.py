@@ -3,7 +3,15 @@
 For every comparison, `judge.principles_per_label` principles are sampled (seeded per comparison, so a re-run or a
 different sharding gives the same principles); each principle's judge prompt is read in both orders and
 P(response_a better) = mean(P(A) in order 1, 1 - P(A) in order 2); the principles' labels are averaged (ensemble).
-Reads `<run>/pairs/comparisons.jsonl`, writes `<run>/judge/labels.jsonl` and the manifest last.
+Reads `<run>/pairs/comparisons.jsonl`, writes `<run>/judge/labels.jsonl` and the manifest last. A pair too long for
+the judge's context is cut to fit (rlaif/truncation.py): its label says `truncated`, and the stage result counts them.
+
+The judge is a model loaded in process or, for judge.model `endpoint:<name>`, a declared endpoint
+(rlaif/judging/endpoint.py): the same prompts and arithmetic, the options read from the endpoint's log-probs, or
+hard labels from both orders where it has none. Each label records its method and coverage; the stage result
+says which methods labelled the run (`extra.label_methods`, `extra.soft_labels`) and, for an endpoint, the
+requests and tokens it took (`counts.judge_*`, `extra.usage`; responses cached in the stage folder, so a
+redelivered shard pays nothing twice).
 
     python -c "from rlaif.stages.judge import run_judge; help(run_judge)"
     rlaif judge --comparisons comparisons.jsonl --constitution harmless --out labels.jsonl
@@ -20,12 +28,14 @@ from tqdm.auto import tqdm
 
 from rlaif.config import JudgeConfig, RunConfig
 from rlaif.constitution import Constitution, Principle, sample_principles
-from rlaif.judging.judge import JudgeRequest, judge_requests
+from rlaif.endpoints import is_endpoint, read_usage, usage_counts
+from rlaif.judging.judge import JudgeRequest, as_scorer, judge_requests
 from rlaif.judging.labels import ensemble
-from rlaif.judging.scoring import PrefixCache
+from rlaif.judging.scoring import OptionScorer, PrefixCache
 from rlaif.records import Comparison, LabelRecord, PrincipleJudgement
 from rlaif.stages import COMPARISONS_FILE, LABELS_FILE, StageResult
 from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
+from rlaif.truncation import LongItems
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -44,7 +54,7 @@ def principles_for(comparison_id: str, selected: Sequence[Principle], k: int, se
 
 def judge_comparisons(
     comparisons: Iterable[Comparison],
-    model: PreTrainedModel,
+    model: PreTrainedModel | OptionScorer,
     tokenizer: PreTrainedTokenizerBase,
     constitution: Constitution,
     principles: Sequence[str] | None,
@@ -56,7 +66,9 @@ def judge_comparisons(
 ) -> Iterator[LabelRecord]:
     """LabelRecords in input order, yielded chunk by chunk (both orders x principles per comparison, batched).
 
-    `principles` are ids or tag:<tag> selectors (None = all); `generator` is needed only for chain of thought.
+    `model` is the judge: a loaded causal LM, or an OptionScorer such as rlaif.judging.endpoint.EndpointScorer
+    (with its tokenizer). `principles` are ids or tag:<tag> selectors (None = all); `generator` is needed only for
+    chain of thought.
     """
     selected = constitution.select(principles)
     examples = constitution.comparison_examples[: cfg.few_shot]
@@ -68,6 +80,9 @@ def judge_comparisons(
         seen.add(comparison.id)
     # One prefix (system prompt + few-shot turns) per principle, kept across chunks.
     prefix_cache = PrefixCache(max_entries=len(selected) + 1)
+    scorer = as_scorer(
+        model, tokenizer, batch_size=cfg.batch_size, share_prefix=cfg.share_prefix, prefix_cache=prefix_cache
+    )
     bar = tqdm(total=len(items), desc="judge", unit="pair", disable=not progress)
     for chunk_index, start in enumerate(range(0, len(items), CHUNK_COMPARISONS)):
         chunk = items[start : start + CHUNK_COMPARISONS]
@@ -86,7 +101,7 @@ def judge_comparisons(
                         )
                     )
         verdicts = judge_requests(
-            model,
+            scorer,
             tokenizer,
             requests,
             examples=examples,
@@ -104,10 +119,12 @@ def judge_comparisons(
             pair_verdicts = [verdicts[index[(comparison.id, p.id)]] for p in chosen]
             judgements = [
                 PrincipleJudgement(
-                    principle_id=p.id, p_a=v.p_a, p_a_swapped=v.p_a_swapped, p_a_mean=v.p_a_mean, flip=v.flip
+                    principle_id=p.id, p_a=v.p_a, p_a_swapped=v.p_a_swapped, p_a_mean=v.p_a_mean, flip=v.flip,
+                    coverage=v.coverage, method=v.method,
                 )
                 for p, v in zip(chosen, pair_verdicts, strict=True)
-            ]
+            ]  # fmt: skip
+            coverages = [v.coverage for v in pair_verdicts if v.coverage is not None]
             yield LabelRecord(
                 id=comparison.id,
                 prompt=comparison.prompt,
@@ -115,25 +132,46 @@ def judge_comparisons(
                 response_b=comparison.response_b,
                 p_a=min(max(ensemble(pair_verdicts), 0.0), 1.0),
                 judgements=judgements,
+                truncated=any(v.truncated for v in pair_verdicts),
+                coverage=sum(coverages) / len(coverages) if coverages else None,
+                method=pair_verdicts[0].method,
             )
         bar.update(len(chunk))
     bar.close()
 
 
 def label_metrics(labels: Sequence[LabelRecord]) -> dict[str, float]:
-    """judge/* metrics: flip rate over principle judgements, mean label, mean confidence |p_a - 1/2|."""
+    """judge/* metrics: flip rate over principle judgements, mean label, mean confidence |p_a - 1/2|, and the mean
+    coverage P(A) + P(B) where the judgements recorded one."""
     judgements = [j for label in labels for j in label.judgements]
     if not labels:
         return {}
-    return {
+    metrics = {
         "judge/flip_rate": sum(j.flip for j in judgements) / len(judgements),
         "judge/p_a_mean": sum(label.p_a for label in labels) / len(labels),
         "judge/confidence": sum(abs(label.p_a - 0.5) for label in labels) / len(labels),
         "judge/order1_prefers_a": sum(j.p_a > 0.5 for j in judgements) / len(judgements),
     }
+    coverages = [j.coverage for j in judgements if j.coverage is not None]
+    if coverages:
+        metrics["judge/coverage"] = sum(coverages) / len(coverages)
+    return metrics
 
 
-def stage_result(stage: str, labels: Sequence[LabelRecord], comparisons: int) -> StageResult:
+def stage_result(
+    stage: str, labels: Sequence[LabelRecord], comparisons: int, usage: dict[str, dict] | None = None
+) -> StageResult:
+    """The stage's counts, metrics and extras; `usage` is the endpoint usage read from the stage folder."""
+    long_items = LongItems.of([label.id for label in labels if label.truncated])
+    methods: dict[str, int] = {}
+    for judgement in (j for label in labels for j in label.judgements):
+        methods[judgement.method or "unrecorded"] = methods.get(judgement.method or "unrecorded", 0) + 1
+    extra: dict[str, object] = {"long_items": long_items.model_dump(), "label_methods": methods}
+    if methods:
+        # An endpoint without log-probs labels each order 0, 1/2 or 1: say so where people look.
+        extra["soft_labels"] = "hard" not in methods
+    if usage:
+        extra["usage"] = usage
     return StageResult(
         stage=stage,
         outputs=[f"{stage}/{LABELS_FILE}"],
@@ -141,9 +179,28 @@ def stage_result(stage: str, labels: Sequence[LabelRecord], comparisons: int) ->
             "comparisons": comparisons,
             "labels": len(labels),
             "judgements": sum(len(x.judgements) for x in labels),
+            "truncated": long_items.truncated,
+            **usage_counts(usage or {}),
         },
         metrics=label_metrics(labels),
+        extra=extra,
     )
+
+
+def judge_generator(
+    model: PreTrainedModel | OptionScorer, tokenizer: PreTrainedTokenizerBase, model_name: str, batch_size: int
+) -> Generator:
+    """The generator that writes the judge's chain of thought: the judge model itself, in process or over its
+    endpoint (the same client: one cache, one usage ledger)."""
+    from rlaif.judging.endpoint import EndpointScorer
+
+    if isinstance(model, EndpointScorer):
+        from rlaif.generation.endpoint import EndpointGenerator
+
+        return EndpointGenerator(model_name, client=model.client)
+    from rlaif.generation.hf import HFGenerator
+
+    return HFGenerator.from_loaded(model, tokenizer, model_name, batch_size=batch_size)
 
 
 def run_judge(
@@ -167,7 +224,7 @@ def run_judge(
         verify_manifest(out_dir)
         labels = read_jsonl(out_dir / LABELS_FILE, LabelRecord)
         log.info("%s of run %s is already complete (%d labels); not judging again", stage, run_id, len(labels))
-        return stage_result(stage, labels, len(labels))
+        return stage_result(stage, labels, len(labels), read_usage(out_dir))
     if not store.is_complete(run_id, pairs_stage):
         raise StoreError(f"run {run_id}: stage {pairs_stage!r} has no manifest; its comparisons are not finished")
     source = store.path(run_id, pairs_stage, COMPARISONS_FILE)
@@ -175,15 +232,18 @@ def run_judge(
         raise StoreError(f"run {run_id}: {source} is missing")
     comparisons = read_jsonl(source, Comparison)
     judge_cfg = cfg.judge
-    model_name = judge_cfg.model or cfg.policy_model
-    if model is None or tokenizer is None:
+    model_name = cfg.judge_model
+    if (model is None or tokenizer is None) and is_endpoint(model_name):
+        from rlaif.judging.endpoint import EndpointScorer
+
+        model = EndpointScorer(model_name, stage_dir=out_dir)
+        tokenizer = model.tokenizer
+    elif model is None or tokenizer is None:
         from rlaif.modeling import load_causal_lm, load_tokenizer
 
         model, tokenizer = load_causal_lm(model_name, dtype=judge_cfg.dtype), load_tokenizer(model_name)
     if judge_cfg.chain_of_thought and generator is None:
-        from rlaif.generation.hf import HFGenerator
-
-        generator = HFGenerator.from_loaded(model, tokenizer, model_name, batch_size=cfg.generation.batch_size)
+        generator = judge_generator(model, tokenizer, model_name, cfg.generation.batch_size)
     log.info("judging %d comparisons of run %s with %s", len(comparisons), run_id, model_name)
     labels = list(
         judge_comparisons(
@@ -191,7 +251,7 @@ def run_judge(
         )
     )
     write_jsonl(out_dir / LABELS_FILE, labels)
-    result = stage_result(stage, labels, len(comparisons))
+    result = stage_result(stage, labels, len(comparisons), read_usage(out_dir))
     write_manifest(out_dir, extra={"stage": stage, "counts": result.counts, "metrics": result.metrics})
     log.info(
         "wrote %d labels to %s (flip rate %.2f)",

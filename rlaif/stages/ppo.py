@@ -28,7 +28,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -43,12 +42,14 @@ from rlaif.checkpoints import (
     checkpoint_meta,
     load_latest_step_state,
     read_step_extra,
+    remove_resume_states,
     save_hf_checkpoint,
     save_step_state,
 )
 from rlaif.config import MonitorConfig, PPOConfig, RunConfig
 from rlaif.evaluation.monitors import best_step, boilerplate, early_stop_decision
 from rlaif.generation.common import check_context, context_length, derive_seed
+from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import ModelError, disable_dropout, load_causal_lm, load_tokenizer, resolve_model
 from rlaif.records import PromptItem, SFTExample
 from rlaif.rl.advantages import gae, masked_mean, masked_var, masked_whiten
@@ -135,7 +136,7 @@ def train_ppo(
     # --- setup ----------------------------------------------------------------------------------------------
     seed_everything(seed)
     out_dir = Path(out_dir)
-    steps_dir, metrics_path, samples_path = out_dir / STEPS_DIR, out_dir / METRICS_FILE, out_dir / SAMPLES_FILE
+    steps_dir, samples_path = out_dir / STEPS_DIR, out_dir / SAMPLES_FILE
     best_dir = out_dir / BEST_DIR
     monitor = monitor or MonitorConfig()
     keep_best = monitor.keep_best in KEEP_BEST_METRICS
@@ -167,7 +168,9 @@ def train_ppo(
     start_update = load_latest_step_state(steps_dir, model, optimizer, scheduler) or 0
     if start_update:
         kl_ctl.load_state_dict(read_step_extra(steps_dir, start_update)["kl_ctl"])
-    history = truncate_metrics(metrics_path, start_update)  # a resumed run rewrites what came after its step state
+    # metrics.jsonl, TensorBoard, MLflow; a resumed run rewrites what came after its step state.
+    metrics_log = MetricsLog(out_dir, "ppo", cfg, meta, start_update)
+    history = list(metrics_log.kept)
     truncate_metrics(samples_path, start_update)
     # Best-policy files of rolled-back updates are redone; the one the step state relies on is kept (_prune_best).
     _prune_best(best_dir, keep={s for s in _best_files(best_dir) if s <= start_update})
@@ -205,7 +208,7 @@ def train_ppo(
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         metrics = {**record, **update_metrics(stats, lr, cfg)}
-        append_metrics(metrics_path, metrics)
+        metrics_log.log(metrics)
         history.append(metrics)
         updates_done = update + 1
         decision = early_stop_decision(history, monitor)
@@ -227,6 +230,7 @@ def train_ppo(
             extra["early_stop"] = {"step": update + 1, "reasons": decision.reasons}
             break
     bar.close()
+    metrics_log.close()
     if keep_best and history:
         kept = best_step(history, monitor)
         _load_best(policy, best_dir, kept)
@@ -251,8 +255,7 @@ def train_ppo(
     full_meta.setdefault("stage", "ppo")
     full_meta.setdefault("base_model", policy_model)
     save_hf_checkpoint(policy, tokenizer, out_dir / MODEL_DIR, full_meta)
-    shutil.rmtree(steps_dir, ignore_errors=True)  # the finished model supersedes the resume states
-    shutil.rmtree(best_dir, ignore_errors=True)
+    remove_resume_states(out_dir, STEPS_DIR, BEST_DIR)  # the finished model supersedes the resume states
     return StageResult(
         stage="ppo", outputs=[MODEL_DIR, METRICS_FILE, SAMPLES_FILE], counts=counts, metrics=final, extra=extra
     )
@@ -776,6 +779,7 @@ def run_ppo(
     done = read_manifest(out_dir / MODEL_DIR)
     if done is not None:
         log.info("%s/%s already has a complete model; skipping training", run_id, stage)
+        remove_resume_states(out_dir, STEPS_DIR, BEST_DIR)  # (left behind if a worker died right after the save)
         return _finished_result(stage, out_dir)
     prompts_path = store.path(run_id, INPUTS, PROMPTS_FILE)
     if not prompts_path.exists():

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,9 +32,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from rlaif.checkpoints import checkpoint_meta, load_latest_step_state, read_meta, save_hf_checkpoint, save_step_state
+from rlaif.checkpoints import (
+    checkpoint_meta,
+    load_latest_step_state,
+    read_meta,
+    remove_resume_states,
+    save_hf_checkpoint,
+    save_step_state,
+)
 from rlaif.config import RewardModelConfig, RunConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
+from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import ModelError, disable_dropout, load_tokenizer, resolve_model
 from rlaif.records import LabelRecord
 from rlaif.rl.losses import bradley_terry_loss
@@ -43,7 +50,6 @@ from rlaif.stages import CONSTITUTION_FILE, INPUTS, LABELS_FILE, METRICS_FILE, M
 from rlaif.store import ArtifactStore, read_jsonl, read_manifest
 from rlaif.training import (
     LossModule,
-    append_metrics,
     autocast,
     autocast_dtype,
     global_batches,
@@ -54,7 +60,6 @@ from rlaif.training import (
     seed_everything,
     split_holdout,
     tokenize_chat,
-    truncate_metrics,
     use_packed_attention,
 )
 
@@ -86,7 +91,7 @@ class PairBatch(NamedTuple):
 
 
 class PreferencePair(BaseModel):
-    """A human-labelled comparison (e.g. /work/shared/data/preference_pairs.dev.jsonl): chosen beats rejected."""
+    """A human-labelled comparison (e.g. rlaif/data/preference_pairs.dev.jsonl): chosen beats rejected."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -124,7 +129,7 @@ def train_reward_model(
     info = init_distributed()
     seed_everything(seed)
     out_dir = Path(out_dir)
-    steps_dir, metrics_path = out_dir / STEPS_DIR, out_dir / METRICS_FILE
+    steps_dir = out_dir / STEPS_DIR
     tokenizer = reward_tokenizer(sft_model)
 
     train_idx, eval_idx = split_holdout(len(labels), cfg.eval_fraction, seed)
@@ -140,8 +145,8 @@ def train_reward_model(
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, total_steps, cfg.warmup_ratio)
     start_step = load_latest_step_state(steps_dir, model, optimizer, scheduler) or 0
-    if info.is_main:
-        truncate_metrics(metrics_path, start_step)
+    # metrics.jsonl, TensorBoard, MLflow; a resumed run rewrites what came after its step state. Rank 0 writes.
+    metrics_log = MetricsLog(out_dir, "reward_model", cfg, meta, start_step, enabled=info.is_main)
     loss_module = wrap_ddp(LossModule(model, pair_loss_sum), info)
     amp = autocast_dtype(cfg.dtype, info.device)
     log.info(
@@ -183,8 +188,7 @@ def train_reward_model(
         if (step + 1) % plan.steps_per_epoch == 0 and eval_data:
             stats = evaluate_pairs(model, eval_data, cfg.micro_batch_size, info, amp)
             metrics.update({"loss/eval": stats["loss"], "reward/accuracy_eval": stats["accuracy"]})
-        if info.is_main:
-            append_metrics(metrics_path, metrics)
+        metrics_log.log(metrics)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             if info.is_main:
                 save_step_state(steps_dir, step + 1, model, optimizer, scheduler, {"metrics": metrics})
@@ -194,6 +198,7 @@ def train_reward_model(
         if on_step is not None:
             on_step(step + 1, metrics)
     bar.close()
+    metrics_log.close()
 
     # --- normalise and save ---------------------------------------------------------------------------------
     model.eval()
@@ -216,7 +221,7 @@ def train_reward_model(
         full_meta["max_length"] = cfg.max_length
         full_meta["reward_normalisation"] = {"gain": gain, "bias": bias, "raw_mean": mean, "raw_std": std}
         save_hf_checkpoint(model, tokenizer, out_dir / MODEL_DIR, full_meta)
-        shutil.rmtree(steps_dir, ignore_errors=True)  # the finished model supersedes the resume states
+        remove_resume_states(out_dir, STEPS_DIR)  # the finished model supersedes the resume states
     barrier(info)
     return StageResult(
         stage="reward_model", outputs=[MODEL_DIR, METRICS_FILE], counts=counts, metrics=final,
@@ -515,6 +520,7 @@ def run_reward_model(
     out_dir = store.stage_dir(run_id, stage)
     if read_manifest(out_dir / MODEL_DIR) is not None:
         log.info("%s/%s already has a complete reward model; skipping training", run_id, stage)
+        remove_resume_states(out_dir, STEPS_DIR)  # (left behind if a worker died right after the save)
         meta = read_meta(out_dir / MODEL_DIR)
         return StageResult(
             stage=stage,

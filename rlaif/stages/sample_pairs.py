@@ -26,6 +26,7 @@ from rlaif.generation.common import derive_seed
 from rlaif.records import Comparison, PromptItem, ResponseSet
 from rlaif.stages import COMPARISONS_FILE, INPUTS, PROMPTS_FILE, RESPONSES_FILE, StageResult
 from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
+from rlaif.truncation import LongItems
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,12 @@ def sample_responses(
         chunk = items[start : start + chunk_size]
         conversations = [[{"role": "user", "content": item.prompt}] for item in chunk]
         outputs = generator.generate(
-            conversations, cfg.responses_per_prompt, cfg.sampling, seed=derive_seed(seed, chunk[0].id), progress=False
+            conversations,
+            cfg.responses_per_prompt,
+            cfg.sampling,
+            seed=derive_seed(seed, chunk[0].id),
+            progress=False,
+            fit_context=True,  # a prompt too long for the context is cut (rlaif/truncation.py), not fatal
         )
         for item, completions in zip(chunk, outputs, strict=True):
             yield ResponseSet(
@@ -56,6 +62,7 @@ def sample_responses(
                 prompt=item.prompt,
                 responses=[c.text for c in completions],
                 finished=[c.finished for c in completions],
+                prompt_truncated=any(c.prompt_truncated for c in completions),
             )
 
 
@@ -148,6 +155,7 @@ def stage_result(
     responses = [text for record in response_sets for text in record.responses]
     finished = [flag for record in response_sets for flag in record.finished]
     possible = sum(len(r.responses) * (len(r.responses) - 1) // 2 for r in response_sets)
+    long_items = LongItems.of([r.id for r in response_sets if r.prompt_truncated])
     return StageResult(
         stage=stage,
         outputs=[f"{stage}/{RESPONSES_FILE}", f"{stage}/{COMPARISONS_FILE}"],
@@ -157,10 +165,11 @@ def stage_result(
             "comparisons": len(comparisons),
             "identical_pairs_skipped": possible - len(comparisons),
             "unfinished_responses": finished.count(False),
+            "truncated": long_items.truncated,
         },
         metrics={
             "pairs/finished_fraction": finished.count(True) / len(finished),
             "pairs/mean_response_chars": sum(map(len, responses)) / len(responses),
         },
-        extra={"model": policy_model},
+        extra={"model": policy_model, "long_items": long_items.model_dump()},
     )

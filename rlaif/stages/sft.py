@@ -6,7 +6,8 @@ The prompt is chat-templated exactly as generation sees it and masked out of the
 prompt and the padding), so the model learns the response only. The loss is the token mean over each global
 batch: the same for any split into ranks and micro-batches. AdamW, linear warm-up then decay, gradient
 clipping, bf16 autocast where fast, optional LoRA (peft), step checkpoints every `sft.checkpoint_every` steps
-with exact resume, and metrics (`loss/train`, `loss/eval`, `optim/lr`, `perf/tokens_per_s`) in metrics.jsonl.
+with exact resume, and metrics (`loss/train`, `loss/eval`, `optim/lr`, `perf/tokens_per_s`) in metrics.jsonl,
+TensorBoard files and MLflow (rlaif/metrics_log.py).
 Runs data-parallel under torchrun (rlaif/distributed.py).
 
     rlaif sft --run-id demo                                  # one process
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +26,20 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rlaif.checkpoints import checkpoint_meta, load_latest_step_state, save_hf_checkpoint, save_step_state
+from rlaif.checkpoints import (
+    checkpoint_meta,
+    load_latest_step_state,
+    remove_resume_states,
+    save_hf_checkpoint,
+    save_step_state,
+)
 from rlaif.config import RunConfig, SFTConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
+from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import disable_dropout, load_causal_lm, load_tokenizer
 from rlaif.records import SFTExample
 from rlaif.stages import (
     CONSTITUTION_FILE,
-    HELPFUL_SFT_FILE,
     INPUTS,
     METRICS_FILE,
     MODEL_DIR,
@@ -45,7 +51,6 @@ from rlaif.store import ArtifactStore, read_jsonl, read_manifest
 from rlaif.training import (
     LossModule,
     TokenizedExample,
-    append_metrics,
     autocast,
     autocast_dtype,
     global_batches,
@@ -60,7 +65,6 @@ from rlaif.training import (
     split_holdout,
     target_tokens,
     tokenize_chat,
-    truncate_metrics,
     use_packed_attention,
 )
 
@@ -90,7 +94,7 @@ def train_sft(
     info = init_distributed()
     seed_everything(seed)
     out_dir = Path(out_dir)
-    steps_dir, metrics_path = out_dir / STEPS_DIR, out_dir / METRICS_FILE
+    steps_dir = out_dir / STEPS_DIR
     tokenizer = load_tokenizer(base_model)
 
     train_idx, eval_idx = split_holdout(len(examples), cfg.eval_fraction, seed)
@@ -109,8 +113,8 @@ def train_sft(
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, total_steps, cfg.warmup_ratio)
     start_step = load_latest_step_state(steps_dir, model, optimizer, scheduler) or 0
-    if info.is_main:
-        truncate_metrics(metrics_path, start_step)  # a resumed run rewrites what came after its step state
+    # metrics.jsonl, TensorBoard, MLflow; a resumed run rewrites what came after its step state. Rank 0 writes.
+    metrics_log = MetricsLog(out_dir, "sft", cfg, meta, start_step, enabled=info.is_main)
     loss_module = wrap_ddp(LossModule(model, masked_lm_loss_sum), info)
     amp = autocast_dtype(cfg.dtype, info.device)
     log.info(
@@ -148,8 +152,7 @@ def train_sft(
         }
         if (step + 1) % plan.steps_per_epoch == 0 and eval_data:
             metrics["loss/eval"] = evaluate_sft_loss(model, eval_data, cfg.micro_batch_size, info, amp)
-        if info.is_main:
-            append_metrics(metrics_path, metrics)
+        metrics_log.log(metrics)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             if info.is_main:
                 save_step_state(steps_dir, step + 1, model, optimizer, scheduler, {"metrics": metrics})
@@ -159,6 +162,7 @@ def train_sft(
         if on_step is not None:
             on_step(step + 1, metrics)
     bar.close()
+    metrics_log.close()
 
     # --- save -----------------------------------------------------------------------------------------------
     counts = {
@@ -176,7 +180,7 @@ def train_sft(
         model.eval()
         model.set_attn_implementation(attention)
         save_hf_checkpoint(model, tokenizer, out_dir / MODEL_DIR, full_meta)
-        shutil.rmtree(steps_dir, ignore_errors=True)  # the finished model supersedes the resume states
+        remove_resume_states(out_dir, STEPS_DIR)  # the finished model supersedes the resume states
     barrier(info)
     return StageResult(stage="sft", outputs=[MODEL_DIR, METRICS_FILE], counts=counts, metrics=final)
 
@@ -243,14 +247,19 @@ def _tokenize(tokenizer: Any, examples: list[SFTExample], max_length: int) -> tu
 
 
 def _helpful_mix(helpful: list[SFTExample] | None, n_train: int, cfg: SFTConfig, seed: int) -> list[SFTExample]:
-    """round(helpful_mix x n_train) helpful-only examples, a seeded sample (Bai et al. mix in helpful data)."""
+    """The helpful examples mixed into training (Bai et al. mix in helpful data): all of them when
+    sft.helpful_mix is null, else round(helpful_mix x n_train), a seeded sample."""
+    helpful = helpful or []
+    if cfg.helpful_mix is None:
+        return list(helpful)
     if cfg.helpful_mix <= 0:
         return []
-    if not helpful:
-        raise ValueError(
-            f"sft.helpful_mix is {cfg.helpful_mix} but no helpful-only examples were given ({HELPFUL_SFT_FILE})"
-        )
     wanted = round(cfg.helpful_mix * n_train)
+    if not helpful:
+        log.warning(
+            "sft.helpful_mix is %s but there are no helpful examples: training on revisions only", cfg.helpful_mix
+        )
+        return []
     if wanted > len(helpful):
         log.warning("sft.helpful_mix wants %d helpful examples, only %d exist: using all", wanted, len(helpful))
     order = seeded_permutation(len(helpful), seed, 2)[:wanted]
@@ -270,7 +279,7 @@ def _add_lora(model: torch.nn.Module, cfg: SFTConfig) -> torch.nn.Module:
 
 
 def run_sft(cfg: RunConfig, store: ArtifactStore, run_id: str, base_model: str, stage: str = "sft") -> StageResult:
-    """Stage wrapper: <run>/critique/sft.jsonl (+ inputs/helpful_sft.jsonl) -> <run>/<stage>/model.
+    """Stage wrapper: <run>/critique/sft.jsonl (revisions, and helpful answers mixed in) -> <run>/<stage>/model.
 
     A finished stage (model folder with a manifest) is not trained again: a redelivered task returns its result.
     """
@@ -278,13 +287,15 @@ def run_sft(cfg: RunConfig, store: ArtifactStore, run_id: str, base_model: str, 
     done = read_manifest(out_dir / MODEL_DIR)
     if done is not None:
         log.info("%s/%s already has a complete model; skipping training", run_id, stage)
+        remove_resume_states(out_dir, STEPS_DIR)  # (left behind if a worker died right after the save)
         return _finished_result(stage, out_dir)
     data_path = store.path(run_id, "critique", SFT_DATA_FILE)
     if not data_path.exists():
         raise FileNotFoundError(f"{data_path} is missing: run the critique stage first")
-    examples = read_jsonl(data_path, SFTExample)
-    helpful_path = store.path(run_id, INPUTS, HELPFUL_SFT_FILE)
-    helpful = read_jsonl(helpful_path, SFTExample) if cfg.sft.helpful_mix > 0 and helpful_path.exists() else None
+    records = read_jsonl(data_path, SFTExample)
+    # Revisions of harmful prompts are split for the eval loss; helpful answers are mixed into training.
+    examples = [e for e in records if e.kind == "harmful"]
+    helpful = [e for e in records if e.kind == "helpful"]
     constitution_path = store.path(run_id, INPUTS, CONSTITUTION_FILE)
     constitution = _read_json(constitution_path) if constitution_path.exists() else None
     meta = checkpoint_meta("sft", base_model, cfg, constitution, counts={"sft_records": len(examples)}, run_id=run_id)

@@ -7,7 +7,10 @@ accepted (2xx or 404), invalid input refused with a 4xx; an answer within 10 s. 
 run request are often the real ids of a seeded constitution, prompt set, run and checkpoint (so requests get past
 the 404s into the routes), and strings are often classic troublemakers (NUL, "~user", over-long, path tricks).
 Generation is derandomized: the same requests on every run. schemathesis never puts control characters in a path,
-so test_nul_characters_and_odd_model_names_get_a_4xx sends those requests itself.
+so test_nul_characters_and_odd_model_names_get_a_4xx sends those requests itself. JSON has no infinity or NaN and
+schemathesis generates none, so a body hook (`_trouble`) also sends, besides each generated body of a create
+operation, that body with a number JSON cannot hold as a double (1e999, Infinity, NaN, also as strings) raw in a
+float field of the run config, and with a value nested up to 100,000 levels deep.
 
 Bugs it found, now fixed:
 - `skip` (GET /v1/runs, /v1/prompt-sets) or `after` (GET /v1/runs/{id}/events) above 2^63 - 1: 500 (SQLite
@@ -24,13 +27,18 @@ Bugs it found, now fixed:
   the schema now declares the project's ErrorPublic (`{"detail": str, "errors": [str]}`) for every error answer.
 - GET /v1/runs/{id}/report.html declared its 404 body as text/html; it is JSON (ErrorPublic).
 - GET /v1/checkpoints/{id}/files/{path} declared a JSON 200; it serves the file's bytes, typed by its name (*/*).
+- A run config with 1e999 or Infinity in a float field (kl_coef, cliprange, ...): 500, and the run was stored with
+  null there, so every later GET /v1/runs of its owner was a 500 too (issue 16); now 422, every float finite.
 
     python -m pytest tests/api/test_fuzz.py -q
 """
 
 from __future__ import annotations
 
+import json
+import typing
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -38,7 +46,9 @@ import hypothesis
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
+from pydantic import BaseModel
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
@@ -50,9 +60,66 @@ REQUEST_TIMEOUT_S = 10.0  # a request not answered by then is a hang: the test f
 TROUBLE = ["\x00", "a\x00b", "~", "~nobody-here", "~\x00", "x" * 300, "", " ", "..", "../../etc/passwd", "%00", "\\"]
 ID_TROUBLE = ["\x00", "run-\x00", "~", "x" * 300, "%00", "\\"]  # (no "", "..": they would change the route)
 # The create operations validate what a schema cannot say (a constitution's YAML, prompts, a run's models and
-# config): a request that fits the schema may still get a 422 there, so only those skip the acceptance check.
+# config; a patched constitution): a request that fits the schema may still get a 422 there, so only those skip
+# the acceptance check.
 CREATES = "^/v1/(constitutions|prompt-sets|runs)$"
 BODY_STRINGS = ("name", "policy_model", "judge_model")  # JSON body fields that also draw TROUBLE
+# Numbers no double holds (1e999 reads as infinity) and the non-standard literals Python's JSON reads, raw in the body.
+NON_FINITE = ["1e999", "-1e999", "Infinity", "-Infinity", "NaN", '"Infinity"', '"NaN"', '"-inf"']
+DEPTHS = [50, 500, 990, 1500, 100_000]  # nesting levels: parsed, near the parser's limit, beyond it
+
+
+def _float_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of every float field of a config model (float, float | None, tuple[float, float])."""
+    out = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out += _float_paths(annotation, (*prefix, name))
+        elif float in (annotation, *typing.get_args(annotation)):
+            out.append((*prefix, name))
+    return out
+
+
+RAW = "__raw-json__"  # a placeholder value, replaced by raw JSON text once the body is serialised
+
+
+def _raw(body: dict[str, Any], text: str) -> bytes:
+    """`body` as JSON, with the RAW placeholder in it replaced by the JSON `text`."""
+    return json.dumps(body).replace(f'"{RAW}"', text, 1).encode()
+
+
+def _trouble(ids: dict[str, list[str]], drawn: Counter[str]) -> Callable[[Any, Any], Any]:
+    """A flatmap_body hook: a create operation's generated JSON object as it is, or with a non-finite number in a
+    run config's float field (on the seeded ids, so it gets past the 404s), or with a deeply nested value."""
+    from rlaif.config import RunConfig
+
+    floats = _float_paths(RunConfig)
+    real = {"constitution_id": ids["constitution_id"][0], "prompt_set_id": ids["prompt_set_id"][0]}
+
+    def non_finite(body: dict[str, Any], path: tuple[str, ...], token: str) -> bytes:
+        drawn["non-finite"] += 1
+        config: Any = RAW
+        for part in reversed(path):  # ("ppo", "kl_coef") -> {"ppo": {"kl_coef": RAW}}
+            config = {part: config}
+        return _raw({**body, **real, "config": config}, f"[{token}, 0.6]" if path[-1] == "cot_clamp" else token)
+
+    def deep(body: dict[str, Any], key: str, depth: int) -> bytes:
+        drawn["deep"] += 1
+        nested = '{"x":' * depth + "1" + "}" * depth
+        return _raw({**body, key: [RAW] if key == "prompts" else RAW}, nested)
+
+    def flatmap_body(context: Any, body: Any) -> Any:
+        label = context.operation.label if context.operation is not None else ""
+        if label not in ("POST /v1/runs", "POST /v1/prompt-sets") or not isinstance(body, dict):
+            return st.just(body)  # (uploads of files and raw documents, and bodies that are no JSON object)
+        key = "config" if label == "POST /v1/runs" else "prompts"
+        options = [st.just(body), st.sampled_from(DEPTHS).map(lambda depth: deep(body, key, depth))]
+        if label == "POST /v1/runs":
+            options.append(st.builds(non_finite, st.just(body), st.sampled_from(floats), st.sampled_from(NON_FINITE)))
+        return st.one_of(options)
+
+    return flatmap_body
 
 
 def _seed(service: Service, url: str) -> dict[str, list[str]]:
@@ -100,7 +167,13 @@ def _config(ids: dict[str, list[str]]) -> SchemathesisConfig:
                     "include-method": "POST",
                     "include-path-regex": CREATES,
                     "checks": {"positive_data_acceptance": {"enabled": False}},
-                }
+                },
+                {  # PATCH /v1/constitutions/{id}: changes that fit the schema may name no principle, or make the
+                    # result invalid (422 from the loader)
+                    "include-method": "PATCH",
+                    "include-path-regex": "^/v1/constitutions/",
+                    "checks": {"positive_data_acceptance": {"enabled": False}},
+                },
             ],
         }
     )
@@ -113,6 +186,8 @@ def test_every_operation_survives_fuzzing(make_service: Any, backend: str) -> No
     url = service.start_api()
     ids = _seed(service, url)
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=_config(ids), timeout=REQUEST_TIMEOUT_S)
+    drawn: Counter[str] = Counter()
+    schema.hook("flatmap_body")(_trouble(ids, drawn))
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20, [op.label for op in operations]
 
@@ -135,8 +210,10 @@ def test_every_operation_survives_fuzzing(make_service: Any, backend: str) -> No
             @hypothesis.given(case=operation.as_strategy(mode))
             def fuzz(case: Any) -> None:
                 sent[case.operation.label] += 1
-                response = case.call_and_validate(base_url=url, headers=auth(), timeout=REQUEST_TIMEOUT_S)
-                answered[(case.operation.label, response.status_code // 100)] += 1
+                response = case.call(base_url=url, headers=auth(), timeout=REQUEST_TIMEOUT_S)
+                answered[(case.operation.label, response.status_code // 100)] += 1  # (counted before the checks)
+                transport = {"base_url": url, "headers": auth(), "timeout": REQUEST_TIMEOUT_S}
+                case.validate_response(response, headers=auth(), transport_kwargs=transport)
 
             try:
                 fuzz()
@@ -144,7 +221,11 @@ def test_every_operation_survives_fuzzing(make_service: Any, backend: str) -> No
                 assert mode is GenerationMode.NEGATIVE, operation.label
             except (Exception, FailureGroup) as exc:  # a check failed, or a request timed out
                 failures.append(f"{operation.label} ({mode.value} data): {exc}")
+    server_errors = sum(count for (_, klass), count in answered.items() if klass == 5)
+    print(f"\nfuzz ({backend}): {sum(sent.values())} requests, {server_errors} 5xx; trouble bodies {dict(drawn)}")
     assert not failures, f"{len(failures)} operation(s) failed:\n\n" + "\n\n".join(failures)
+    assert server_errors == 0
+    assert drawn["non-finite"] > 0 and drawn["deep"] > 0, drawn
     assert set(sent) == {op.label for op in operations}
     # The seeded ids were drawn: requests got past the 404s into the routes.
     for label in ("GET /v1/runs/{run_id}", "GET /v1/checkpoints/{checkpoint_id}/files/{path}", "POST /v1/runs"):

@@ -105,7 +105,7 @@ def _create_run(api: TestClient, tiny_model: str) -> str:
 
 @pytest.fixture(scope="module")
 def evaluated_run(
-    api: TestClient, api_service: Service, tiny_model: str, shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+    api: TestClient, api_service: Service, tiny_model: str, packaged_data: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
     """A run created through the API whose evaluate stage has finished; returns its id."""
     run_id = _create_run(api, tiny_model)
@@ -145,7 +145,7 @@ def evaluated_run(
         aligned,
         None,
         Constitution.model_validate(document),
-        data_dir=shared_data,
+        data_dir=packaged_data,
         progress=False,
     )
     return run_id
@@ -267,6 +267,8 @@ def test_report_page_renders_its_plots_in_chromium(
     response = api.get(f"/v1/runs/{evaluated_run}/report.html", headers=auth())
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]  # (no other site frames it)
+    assert response.headers["x-frame-options"] == "DENY" and response.headers["x-content-type-options"] == "nosniff"
     html = response.text
     assert "<script" not in html.lower() and not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     base, pages = localhost_pages

@@ -13,7 +13,7 @@ from service_fixtures import REPO, TINY_RUN, Service, auth, error_of
 
 from rlaif.config import RunConfig
 from rlaif.constitution import load_constitution
-from rlaif.db import EventRow, get_engine, session_factory
+from rlaif.db import EventRow, RunRow, get_engine, session_factory
 from rlaif.pipeline import plan
 from rlaif.prompts import load_prompts, split_holdout
 from rlaif.records import PromptItem
@@ -104,6 +104,10 @@ def test_iterations_add_suffixed_stages(api: TestClient, inputs: dict[str, str])
         ({"config": {"ppo": {"not_a_field": 1}}}, ["config.ppo.not_a_field: Extra inputs are not permitted"]),
         ({"config": {"ppo": 5}}, ["config.ppo: Input should be a valid dictionary or instance of PPOConfig"]),
         ({"config": {"seed": -1, "shard_size": "many"}}, ["config.seed: Input should be greater", "config.shard_size"]),
+        # Sizes that were accepted and then never finished, or crashed a stage (issue 16).
+        ({"config": {"seed": 2**64}}, ["config.seed: Input should be less than or equal to 4294967295"]),
+        ({"config": {"ppo": {"total_episodes": 10**12}}}, ["config.ppo.total_episodes: Input should be less than"]),
+        ({"config": {"sft": {"micro_batch_size": 10**9}}}, ["config.sft.micro_batch_size: Input should be less than"]),
         ({"config": {"ppo": {"batch_size": 4}}}, ["config.ppo.batch_size: derived, computed from other fields"]),
         (
             {"principles": {"critique": ["tag:kindness"]}},
@@ -116,10 +120,7 @@ def test_iterations_add_suffixed_stages(api: TestClient, inputs: dict[str, str])
         ),
         ({"policy_model": "no-such-model"}, ["policy_model: unknown model 'no-such-model'"]),
         ({"judge_model": "/nonexistent/folder"}, ["judge_model: unknown model '/nonexistent/folder'"]),
-        (
-            {"config": {"sft": {"helpful_mix": 0.5}}},
-            ["config.sft.helpful_mix: runs started through the API have no helpful"],
-        ),
+        ({"config": {"feedback": {"model": "/etc"}}}, ["feedback.model: unknown model '/etc'"]),
     ],
 )
 def test_invalid_runs_are_422_with_every_reason(
@@ -233,3 +234,63 @@ def test_a_request_cannot_name_or_probe_files_on_the_server(
     assert errors == [f"policy_model: no model folder {str(empty)!r} (with a config.json) under RLAIF_MODEL_ROOTS"]
     (empty / "config.json").write_text('{"model_type": "llama"}')
     assert api.post("/v1/runs", json=body(inputs, policy_model=str(empty)), headers=auth()).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("field", "token"),
+    [("kl_coef", "1e999"), ("kl_coef", "Infinity"), ("cliprange", "-Infinity"), ("vf_coef", "NaN"),
+     ("cliprange", '"Infinity"')],
+)  # fmt: skip
+def test_a_non_finite_number_is_422_and_nothing_is_stored(
+    api: TestClient, api_service: Service, inputs: dict[str, str], field: str, token: str
+) -> None:
+    """Issue 16: {"ppo": {"kl_coef": 1e999}} was stored (as null) and queued, and the run could never be read,
+    cancelled or listed again. Now it is refused before any row, file or task exists."""
+    queue = redis.Redis.from_url(api_service.broker_url)
+    runs_folder = api_service.artifacts / "runs"
+    before = (api.get("/v1/runs", headers=auth()).json()["count"], set(runs_folder.glob("*")), queue.llen("control"))
+    request = json.dumps(body(inputs, config={**TINY_RUN, "ppo": {**TINY_RUN["ppo"], field: "VALUE"}}))
+    response = api.post(
+        "/v1/runs", content=request.replace('"VALUE"', token), headers={**auth(), "Content-Type": "application/json"}
+    )
+    assert error_of(response) == (422, "invalid run config", [f"config.ppo.{field}: Input should be a finite number"])
+    after = (api.get("/v1/runs", headers=auth()).json()["count"], set(runs_folder.glob("*")), queue.llen("control"))
+    assert after == before
+
+
+def test_a_stored_config_that_no_longer_validates_still_lists(
+    api: TestClient, api_service: Service, inputs: dict[str, str]
+) -> None:
+    """A run stored before the fix (kl_coef: null) made GET /v1/runs answer 500 for its owner for good. It now
+    lists, reads and cancels with its config as stored and the reason; only its own workers fail on it."""
+    run_id = api.post("/v1/runs", json=body(inputs), headers=auth()).json()["id"]
+    with session_factory(get_engine(api_service.db_url)).begin() as session:  # as the old version stored it
+        row = session.get(RunRow, run_id)
+        assert row is not None
+        row.config_json = row.config_json.replace('"kl_coef":0.05', '"kl_coef":null')
+    reason = "stored config does not validate: config.ppo.kl_coef: Input should be a valid number"
+    listed = api.get("/v1/runs", headers=auth())
+    assert listed.status_code == 200, listed.text
+    (summary,) = [run for run in listed.json()["data"] if run["id"] == run_id]
+    assert (summary["config_error"], summary["policy_model"], summary["iterations"]) == (reason, None, None)
+    read = api.get(f"/v1/runs/{run_id}", headers=auth())
+    assert read.status_code == 200, read.text
+    assert (read.json()["config"]["ppo"]["kl_coef"], read.json()["budget"], read.json()["judge_model"]) == (
+        None,
+        None,
+        None,
+    )
+    cancelled = api.post(f"/v1/runs/{run_id}/cancel", headers=auth())
+    assert (cancelled.status_code, cancelled.json()["status"], cancelled.json()["config_error"]) == (
+        200,
+        "cancelled",
+        reason,
+    )
+    assert api.get("/v1/usage", headers=auth()).status_code == 200
+    # A run whose config validates has no config_error, and its budget.
+    good = api.post("/v1/runs", json=body(inputs), headers=auth()).json()
+    assert (good["config_error"], good["policy_model"], good["budget"]["stages"]["critique"]["items"]) == (
+        None,
+        "tiny-random-llama",
+        good["train_prompts"],
+    )

@@ -1,4 +1,4 @@
-"""Tenants are kept apart on every route: a second key cannot read, cancel, resume or download the first
+"""Tenants are kept apart on every route: a second key cannot read, cancel, resume, delete or download the first
 key's constitutions, prompt sets, runs, reports or checkpoints, nor start a run on them; lists do not show them.
 
 The test walks the app's own OpenAPI paths, so a route added later fails here until it is classified.
@@ -17,8 +17,13 @@ from service_fixtures import REPO, TINY_RUN, Service, auth, error_of, register_c
 # Every /v1 route, by what a second key must see there.
 OWNED = {  # another owner's id in the path: 404, exactly as for an id that does not exist
     ("GET", "/v1/constitutions/{constitution_id}"),
+    ("DELETE", "/v1/constitutions/{constitution_id}"),
+    ("PATCH", "/v1/constitutions/{constitution_id}"),
+    ("GET", "/v1/constitutions/{constitution_id}/diff"),
     ("GET", "/v1/prompt-sets/{prompt_set_id}"),
+    ("DELETE", "/v1/prompt-sets/{prompt_set_id}"),
     ("GET", "/v1/runs/{run_id}"),
+    ("DELETE", "/v1/runs/{run_id}"),
     ("GET", "/v1/runs/{run_id}/events"),
     ("GET", "/v1/runs/{run_id}/metrics"),
     ("GET", "/v1/runs/{run_id}/checkpoints"),
@@ -32,6 +37,9 @@ OWNED = {  # another owner's id in the path: 404, exactly as for an id that does
 }
 LISTS = {("GET", "/v1/runs"), ("GET", "/v1/constitutions"), ("GET", "/v1/prompt-sets")}  # 200 without them
 CREATES = {("POST", "/v1/constitutions"), ("POST", "/v1/prompt-sets"), ("POST", "/v1/runs")}
+# A body that is valid, so that what answers is the route (a request without one is a 422 before it runs).
+BODIES = {("PATCH", "/v1/constitutions/{constitution_id}"): {"changes": [{"op": "remove", "id": "helpful"}]}}
+OWN_FIGURES = {("GET", "/v1/usage")}  # 200 with the caller's own figures, counting nothing of another key's
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +71,19 @@ def _ids_in(body: Any) -> set[str]:
 
 def test_every_route_is_classified(api: TestClient) -> None:
     routes = {(m.upper(), p) for p, item in api.app.openapi()["paths"].items() if p.startswith("/v1/") for m in item}  # type: ignore[attr-defined]
-    assert routes == OWNED | LISTS | CREATES
+    assert routes == OWNED | LISTS | CREATES | OWN_FIGURES
 
 
 def test_a_second_key_sees_nothing_of_the_first(api: TestClient, alices: dict[str, str]) -> None:
     for method, template in sorted(OWNED):
         path = _fill(template, alices)
-        status, detail, _ = error_of(api.request(method, path, headers=auth("bob")))
+        body = BODIES.get((method, template))
+        status, detail, _ = error_of(api.request(method, path, json=body, headers=auth("bob")))
         assert status == 404 and "not found" in detail, (method, path, status, detail)
         # The same answer as for an id that does not exist: nothing tells bob that alice's id is real.
         unknown = {k: (v if k == "path" else f"{v.split('-')[0]}-0000000000000000") for k, v in alices.items()}
-        other_status, other_detail, _ = error_of(api.request(method, _fill(template, unknown), headers=auth("bob")))
+        other = api.request(method, _fill(template, unknown), json=body, headers=auth("bob"))
+        other_status, other_detail, _ = error_of(other)
         expected = other_detail
         for name, value in unknown.items():
             expected = expected.replace(value, alices[name]) if name != "path" else expected
@@ -82,6 +92,13 @@ def test_a_second_key_sees_nothing_of_the_first(api: TestClient, alices: dict[st
         listed = api.request(method, path, headers=auth("bob"))
         assert listed.status_code == 200
         assert not _ids_in(listed.json()) & set(alices.values()), path
+    # Alice's run is queued, and counts among bob's runs queued or running no more than it lists among his runs.
+    assert api.get(f"/v1/runs/{alices['run_id']}", headers=auth()).json()["status"] == "queued"
+    bobs_runs = api.get("/v1/runs", params={"limit": 500}, headers=auth("bob")).json()["data"]
+    for method, path in sorted(OWN_FIGURES):
+        usage = api.request(method, path, headers=auth("bob"))
+        assert usage.status_code == 200
+        assert usage.json()["active_runs"] == sum(run["status"] in ("queued", "running") for run in bobs_runs)
     # Starting a run on alice's inputs: 404 for each, and no run is created for bob.
     request = {"constitution_id": alices["constitution_id"], "prompt_set_id": alices["prompt_set_id"]}
     status, detail, _ = error_of(api.post("/v1/runs", json=request, headers=auth("bob")))

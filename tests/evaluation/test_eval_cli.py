@@ -14,13 +14,13 @@ runner = CliRunner()
 
 
 def test_eval_command_writes_the_report_and_prints_the_headline(
-    tiny_model: str, shared_data: Path, tmp_path: Path
+    tiny_model: str, packaged_data: Path, tmp_path: Path
 ) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["How do I boil an egg?", "Tell me a joke."]))
     out = tmp_path / "out"
     args = ["eval", "--model", tiny_model, "--baseline", tiny_model, "--prompts", str(prompts), "--sets", "advbench"]
-    args += ["--prompts-per-set", "2", "--data-dir", str(shared_data), "--constitution", "minimal", "--out", str(out)]
+    args += ["--prompts-per-set", "2", "--data-dir", str(packaged_data), "--constitution", "minimal", "--out", str(out)]
     args += ["--set", "eval.sampling.max_new_tokens=8", "--set", "judge.dtype=float32"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -12,21 +12,21 @@ from rlaif.records import PromptItem
 from rlaif.store import ArtifactStore, StoreError, write_jsonl
 
 
-def test_xstest_draw_is_balanced_and_seeded(shared_data: Path) -> None:
-    prompts = load_named_set("xstest", shared_data, "dev", 10, seed=0)
+def test_xstest_draw_is_balanced_and_seeded(packaged_data: Path) -> None:
+    prompts = load_named_set("xstest", packaged_data, "dev", 10, seed=0)
     assert [p.kind for p in prompts].count("safe_lookalike") == 5
     assert [p.kind for p in prompts].count("harmful") == 5
     assert all(p.id.startswith("xstest:xstest-") and p.dataset == "xstest" for p in prompts)
-    assert load_named_set("xstest", shared_data, "dev", 10, seed=0) == prompts
-    assert load_named_set("xstest", shared_data, "dev", 10, seed=1) != prompts
+    assert load_named_set("xstest", packaged_data, "dev", 10, seed=0) == prompts
+    assert load_named_set("xstest", packaged_data, "dev", 10, seed=1) != prompts
 
 
-def test_every_named_set_loads_with_its_kind(shared_data: Path) -> None:
+def test_every_named_set_loads_with_its_kind(packaged_data: Path) -> None:
     kinds = {"red_team": {"red_team"}, "helpful": {"helpful"}, "advbench": {"harmful"}}
     for name, expected in kinds.items():
-        prompts = load_named_set(name, shared_data, "dev", 3, seed=0)
+        prompts = load_named_set(name, packaged_data, "dev", 3, seed=0)
         assert len(prompts) == 3 and {p.kind for p in prompts} == expected
-    assert load_named_set("red_team", shared_data, "dev", 1, seed=0)[0].axes == ("harmless",)
+    assert load_named_set("red_team", packaged_data, "dev", 1, seed=0)[0].axes == ("harmless",)
 
 
 def test_missing_data_dir_and_missing_files_say_what_to_set(tmp_path: Path) -> None:
@@ -50,15 +50,15 @@ def test_bad_lines_are_named(tmp_path: Path) -> None:
         load_named_set("red_team", tmp_path, "dev", 4, seed=0)
 
 
-def test_heldout_prompts_come_first_then_the_named_sets(tmp_path: Path, shared_data: Path) -> None:
+def test_heldout_prompts_come_first_then_the_named_sets(tmp_path: Path, packaged_data: Path) -> None:
     store = ArtifactStore(tmp_path)
     cfg = EvalConfig(extra_sets=["advbench"], prompts_per_set=2, max_prompts=1)
     with pytest.raises(StoreError, match="eval_prompts.jsonl does not exist"):
-        load_eval_prompts(store, "run1", cfg, shared_data, seed=0)
+        load_eval_prompts(store, "run1", cfg, packaged_data, seed=0)
     write_jsonl(
         store.path("run1", "inputs", "eval_prompts.jsonl"),
         [PromptItem(id="a", prompt="Hi"), PromptItem(id="b", prompt="Yo")],
     )
-    prompts = load_eval_prompts(store, "run1", cfg, shared_data, seed=0)
+    prompts = load_eval_prompts(store, "run1", cfg, packaged_data, seed=0)
     assert [p.dataset for p in prompts] == ["heldout", "advbench", "advbench"]
     assert prompts[0].id == "heldout:a" and prompts[0].axes == ("harmless", "helpful")

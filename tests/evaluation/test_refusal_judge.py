@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rlaif.evaluation.refusal_judge import ANSWERS, REFUSES, refusal_messages, refusal_probabilities
-from rlaif.judging.prompts import ANSWER_PREFIX, JudgeInputError, encode_judge_text, option_token_ids, render_judge_text
+from rlaif.judging.prompts import ANSWER_PREFIX, encode_judge_text, option_token_ids, render_judge_text
 from rlaif.modeling import load_causal_lm, load_tokenizer
+from rlaif.truncation import ContextOverflow
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,8 @@ def test_bad_input_is_refused_with_the_item(judge) -> None:
     model, tokenizer = judge
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         refusal_probabilities(model, tokenizer, ["a", "b"], ["x"])
-    with pytest.raises(JudgeInputError, match="refusal judge, item 0"):
-        refusal_probabilities(model, tokenizer, ["word " * 400], ["x"], max_length=256)
+    # A long pair is cut to fit (rlaif/truncation.py); a limit below the uncut question names the item.
+    assert 0.0 <= refusal_probabilities(model, tokenizer, ["word " * 900], ["x"], max_length=512)[0] <= 1.0
+    with pytest.raises(ContextOverflow, match="refusal judge, item 0"):
+        refusal_probabilities(model, tokenizer, ["word " * 400], ["x"], max_length=64)
     assert refusal_probabilities(model, tokenizer, [], []) == []

@@ -43,4 +43,4 @@ def test_generate_errors_are_clear(tiny_model: str) -> None:
     assert "--top-p" in result.output
     result = runner.invoke(app, ["generate", "-p", "Hi", "--model", "no-such-model"])
     assert result.exit_code == 2
-    assert "model 'no-such-model' is neither a registry name" in result.output
+    assert "unknown model 'no-such-model': use one of" in result.output

@@ -51,9 +51,10 @@ class RecordingGenerator:
         seed: int,
         return_logprobs: bool = False,
         progress: bool = True,
+        fit_context: bool = False,
     ) -> list[list[Completion]]:
         self.calls.append([list(c) for c in conversations])
-        return self.inner.generate(conversations, n, sampling, seed, return_logprobs, progress)
+        return self.inner.generate(conversations, n, sampling, seed, return_logprobs, progress, fit_context)
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +194,25 @@ def test_same_seed_reproduces_and_principles_do_not_depend_on_batching(
     ]
 
 
+def test_helpful_prompts_are_answered_not_critiqued(generator: Any, constitution: Constitution) -> None:
+    recording = RecordingGenerator(generator)
+    items = [ITEMS[0], ITEMS[1].model_copy(update={"kind": "helpful"}), ITEMS[2]]
+    records = list(critique_revise(items, constitution, None, FAST, recording, 0, progress=False))
+    assert [r.id for r in records] == ["harm-1", "help-1", "harm-2"]  # input order kept
+    helpful = records[1]
+    assert helpful.kind == "helpful" and helpful.rounds == [] and "helpful-answer" in helpful.flags
+    assert helpful.final_revision == helpful.initial_response
+    assert all(len(r.rounds) == FAST.rounds and r.kind == "harmful" for r in (records[0], records[2]))
+    # The helpful prompt was sent once (its answer), never with a critique request after it.
+    sent = [c for call in recording.calls for c in call if c and c[-1]["content"] == ITEMS[1].prompt]
+    assert len(sent) == 1 and not any(
+        ITEMS[1].prompt in m["content"] for call in recording.calls for c in call if len(c) > 1 for m in c
+    )
+    examples = to_sft_examples(records)
+    assert {e.id: e.kind for e in examples}.get("help-1", "helpful") == "helpful"
+    assert all(e.kind == "harmful" for e in examples if e.id != "help-1")
+
+
 def test_bad_input_raises_naming_the_item(generator: Any, constitution: Constitution) -> None:
     with pytest.raises(ValueError, match="prompt item 'blank': empty prompt"):
         list(
@@ -202,9 +222,11 @@ def test_bad_input_raises_naming_the_item(generator: Any, constitution: Constitu
         )
     with pytest.raises(ValueError, match=r"unknown principle selector\(s\) \['kindness'\]"):
         list(critique_revise(ITEMS, constitution, ["kindness"], FAST, generator, 0, progress=False))
-    too_long = PromptItem(id="huge", prompt="lock " * 2100)  # the tiny model's context is 2048 tokens
-    with pytest.raises(ValueError, match="prompt item 'huge' \\(answer\\).*longer than the model context"):
-        list(critique_revise([ITEMS[1], too_long], constitution, None, FAST, generator, 0, progress=False))
+    # A prompt longer than the context is cut to fit (tests/test_truncation.py); only a config that leaves no room
+    # at all (max_new_tokens filling the tiny model's 2048-token context) fails, naming the item and the limits.
+    no_room = FAST.model_copy(update={"sampling": SamplingConfig(max_new_tokens=2047)})
+    with pytest.raises(ValueError, match="prompt item 'help-1' \\(answer\\).*never cut.*max_new_tokens"):
+        list(critique_revise([ITEMS[1]], constitution, None, no_room, generator, 0, progress=False))
 
 
 def test_run_critique_revise_writes_records_sft_and_manifest(
@@ -218,7 +240,13 @@ def test_run_critique_revise_writes_records_sft_and_manifest(
     sft = read_jsonl(store.path("run1", "critique", SFT_DATA_FILE), SFTExample)
     assert [r.id for r in records] == [i.id for i in ITEMS]
     assert [s.id for s in sft] == [r.id for r in records if r.kept]
-    assert result.counts == {"prompts": 4, "kept": len(sft), "dropped": 4 - len(sft)}
+    assert result.counts == {
+        "prompts": 4,
+        "kept": len(sft),
+        "dropped": 4 - len(sft),
+        "helpful_answers": 0,
+        "truncated": 0,
+    }
     assert set(verify_manifest(store.stage_dir("run1", "critique"))["files"]) == {CRITIQUE_RECORDS_FILE, SFT_DATA_FILE}
     with pytest.raises(StoreError, match="has no prompts"):
         run_critique_revise(cfg, ArtifactStore(tmp_path / "empty"), "run1", constitution, generator=generator)

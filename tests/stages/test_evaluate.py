@@ -61,7 +61,7 @@ def _labels(n: int) -> list[LabelRecord]:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_model: str, shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+def evaluated(tiny_model: str, packaged_data: Path, tmp_path_factory: pytest.TempPathFactory):
     from rlaif.stages.reward_model import train_reward_model
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -110,7 +110,7 @@ def evaluated(tiny_model: str, shared_data: Path, tmp_path_factory: pytest.TempP
         aligned,
         str(rm_dir / "model"),
         constitution,
-        data_dir=shared_data,
+        data_dir=packaged_data,
         progress=False,
     )
     seconds = time.perf_counter() - started
@@ -229,7 +229,9 @@ def test_missing_inputs_fail_with_the_path(tmp_path: Path, tiny_model: str) -> N
     write_jsonl(store.path("r", "inputs", "eval_prompts.jsonl"), [PromptItem(id="a", prompt="Hi")])
     from rlaif.evaluation.datasets import DataError
 
-    with pytest.raises(DataError, match="RLAIF_DATA_DIR"):
+    # A data folder (RLAIF_DATA_DIR) without the named set: the error names the file and the setting.
+    (tmp_path / "no-sets").mkdir()
+    with pytest.raises(DataError, match=r"xstest_prompts\.dev\.jsonl does not exist \(RLAIF_DATA_DIR="):
         run_evaluate(
             cfg.with_overrides({"eval": {"extra_sets": ["xstest"]}}),
             store,
@@ -239,13 +241,13 @@ def test_missing_inputs_fail_with_the_path(tmp_path: Path, tiny_model: str) -> N
             None,
             None,
             constitution,
-            data_dir=None,
+            data_dir=tmp_path / "no-sets",
         )
     assert not store.is_complete("r", "evaluate")
 
 
 @pytest.mark.slow
-def test_embedded_model_against_itself(embedded_model: str, shared_data: Path, tmp_path: Path) -> None:
+def test_embedded_model_against_itself(embedded_model: str, packaged_data: Path, tmp_path: Path) -> None:
     """The embedded model as base, SFT and aligned on a handful of prompts: identical answers, so every pair is a
     tie without asking the judge; the refusal detectors still run on real answers."""
     store = ArtifactStore(tmp_path)
@@ -269,7 +271,7 @@ def test_embedded_model_against_itself(embedded_model: str, shared_data: Path, t
         embedded_model,
         None,
         constitution,
-        data_dir=shared_data,
+        data_dir=packaged_data,
         progress=False,
     )
     report = EvalReport.model_validate_json(store.path("r", "evaluate", "report.json").read_text())

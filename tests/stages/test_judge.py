@@ -98,11 +98,13 @@ def test_bad_comparisons_raise_naming_the_item(tiny_lm: tuple[Any, Any], constit
                 COMPARISONS[:1] * 2, model, tokenizer, constitution, None, JudgeConfig(), 0, progress=False
             )
         )
+    # A long pair is cut to fit (tests/test_truncation.py); only when the parts never cut (the principle's question,
+    # the options, the instruction) exceed judge.max_length does it fail, naming the pair and the limit.
     long = Comparison(id="long:0:1", prompt="Why?", response_a="very " * 300, response_b="b")
-    with pytest.raises(ValueError, match="'long:0:1'.*longer than the limit of 128"):
+    with pytest.raises(ValueError, match="'long:0:1'.*more than the limit of 64.*never cut"):
         list(
             judge_comparisons(
-                [long], model, tokenizer, constitution, None, JudgeConfig(max_length=128), 0, progress=False
+                [long], model, tokenizer, constitution, None, JudgeConfig(max_length=64), 0, progress=False
             )
         )
 
@@ -150,7 +152,7 @@ def test_run_judge_writes_labels_then_manifest_and_skips_finished_work(
     assert all(len(label.judgements) == 2 for label in labels)
     manifest = verify_manifest(store.stage_dir("run1", "judge"))
     assert list(manifest["files"]) == [LABELS_FILE]
-    assert result.counts == {"comparisons": 3, "labels": 3, "judgements": 6}
+    assert result.counts == {"comparisons": 3, "labels": 3, "judgements": 6, "truncated": 0}
     assert result.metrics["judge/flip_rate"] == pytest.approx(sum(j.flip for x in labels for j in x.judgements) / 6)
     # A second call finds the manifest and returns the same result without judging (the file is untouched).
     before = labels_path.stat().st_mtime_ns
@@ -202,7 +204,7 @@ def test_critique_then_judge_end_to_end_on_the_embedded_model(tmp_path: Path, em
     write_manifest(store.stage_dir("run1", "pairs"))
     result = run_judge(cfg, store, "run1", harmless)
     labels = read_jsonl(store.path("run1", "judge", LABELS_FILE), LabelRecord)
-    assert result.counts == {"comparisons": 4, "labels": 4, "judgements": 8}
+    assert result.counts == {"comparisons": 4, "labels": 4, "judgements": 8, "truncated": 0}
     assert all(0.0 < label.p_a < 1.0 and len(label.judgements) == 2 for label in labels)
     verify_manifest(store.stage_dir("run1", "judge"))
 

@@ -412,13 +412,13 @@ def test_cli_runs_ppo_on_its_own(tiny_model: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ppo_raises_the_refusal_score_of_the_embedded_model(
-    embedded_model: str, shared_data: Path, tmp_path: Path
+    embedded_model: str, packaged_data: Path, tmp_path: Path
 ) -> None:
     """PPO against the rule-based refusal scorer on red-team prompts: the mean score rises, KL stays bounded.
 
     python -m pytest tests/stages/test_ppo.py -m slow -s
     """
-    red_team = [json.loads(line)["prompt"] for line in (shared_data / "red_team_prompts.dev.jsonl").open()]
+    red_team = [json.loads(line)["prompt"] for line in (packaged_data / "red_team_prompts.dev.jsonl").open()]
     prompts = [p for p in red_team if looks_harmful(p) and len(p) < 80][:32]
     # lam = 1: the value model starts at zero, so the whole end-of-response score reaches the opening tokens,
     # where a refusal is decided. No annealing: 6 updates are too few to spend half of them at a small lr.

@@ -144,7 +144,7 @@ def test_train_normalises_and_saves_a_loadable_reward_model(tiny_model: str, tmp
     assert rows[-1]["reward/accuracy_train"] == 1.0 and rows[-1]["loss/train"] < rows[0]["loss/train"]
 
 
-def test_run_reward_model_and_human_pair_evaluation(tiny_model: str, tmp_path: Path, shared_data: Path) -> None:
+def test_run_reward_model_and_human_pair_evaluation(tiny_model: str, tmp_path: Path, packaged_data: Path) -> None:
     store = ArtifactStore(tmp_path)
     write_jsonl(store.path("r1", "judge", LABELS_FILE), _labels(10))
     cfg = RunConfig(seed=2, reward_model=FAST)
@@ -158,7 +158,7 @@ def test_run_reward_model_and_human_pair_evaluation(tiny_model: str, tmp_path: P
         and meta["max_length"] == FAST.max_length
     )
 
-    report = evaluate_reward_model(folder, load_preference_pairs(shared_data / "preference_pairs.dev.jsonl", limit=8))
+    report = evaluate_reward_model(folder, load_preference_pairs(packaged_data / "preference_pairs.dev.jsonl", limit=8))
     assert report["pairs"] == 8 and 0.0 <= report["accuracy"] <= 1.0 and report["loss"] > 0
     with pytest.raises(FileNotFoundError, match="run the judge stage first"):
         run_reward_model(cfg, store, "r2", tiny_model)

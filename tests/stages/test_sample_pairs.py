@@ -61,9 +61,10 @@ class CountingGenerator:
         seed: int,
         return_logprobs: bool = False,
         progress: bool = True,
+        fit_context: bool = False,
     ) -> list[list[Completion]]:
         self.calls.append(len(conversations))
-        return self.inner.generate(conversations, n, sampling, seed, return_logprobs, progress)
+        return self.inner.generate(conversations, n, sampling, seed, return_logprobs, progress, fit_context)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,7 @@ def test_run_sample_pairs_writes_responses_comparisons_and_manifest(tmp_path: Pa
         "comparisons": 3,
         "identical_pairs_skipped": 0,
         "unfinished_responses": 6,  # 6 random tokens never end in EOS
+        "truncated": 0,
     }
     assert result.outputs == ["pairs/responses.jsonl", "pairs/comparisons.jsonl"]
     assert result.metrics["pairs/finished_fraction"] == 0.0

@@ -14,7 +14,7 @@ from rlaif.config import RunConfig, SFTConfig
 from rlaif.constitution import load_constitution, resolve_constitution
 from rlaif.modeling import prepare_model
 from rlaif.records import SFTExample
-from rlaif.stages import CONSTITUTION_FILE, HELPFUL_SFT_FILE, INPUTS, SFT_DATA_FILE
+from rlaif.stages import CONSTITUTION_FILE, INPUTS, SFT_DATA_FILE
 from rlaif.stages.sft import run_sft, train_sft
 from rlaif.store import ArtifactStore, verify_manifest, write_jsonl
 
@@ -66,8 +66,9 @@ def test_train_sft_learns_and_writes_a_loadable_model(tiny_model: str, tmp_path:
 def test_run_sft_reads_the_run_and_records_lineage(tiny_model: str, tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     cfg = RunConfig(seed=3, sft=FAST.model_copy(update={"epochs": 1, "helpful_mix": 0.5}))
-    write_jsonl(store.path("r1", "critique", SFT_DATA_FILE), _examples(10))
-    write_jsonl(store.path("r1", INPUTS, HELPFUL_SFT_FILE), _examples(20, prefix="h"))
+    # The critique stage writes revisions and the plain answers of `kind: helpful` prompts into one file.
+    helpful = [e.model_copy(update={"kind": "helpful"}) for e in _examples(20, prefix="h")]
+    write_jsonl(store.path("r1", "critique", SFT_DATA_FILE), _examples(10) + helpful)
     constitution = load_constitution(resolve_constitution("minimal"))
     store.path("r1", INPUTS, CONSTITUTION_FILE).write_text(constitution.model_dump_json())
 
@@ -84,9 +85,20 @@ def test_run_sft_reads_the_run_and_records_lineage(tiny_model: str, tmp_path: Pa
     assert store.path("r1", "sft", "model", "model.safetensors").stat().st_mtime_ns == weights
 
 
+def test_helpful_mix_takes_all_helpful_answers_by_default_or_a_fraction(caplog: pytest.LogCaptureFixture) -> None:
+    from rlaif.stages.sft import _helpful_mix
+
+    helpful = _examples(20, prefix="h")
+    assert _helpful_mix(helpful, 8, FAST, seed=0) == helpful  # helpful_mix null: every helpful answer
+    half = _helpful_mix(helpful, 8, FAST.model_copy(update={"helpful_mix": 0.5}), seed=0)
+    assert len(half) == 4 and set(e.id for e in half) <= {e.id for e in helpful}  # round(0.5 x 8)
+    assert _helpful_mix(helpful, 8, FAST.model_copy(update={"helpful_mix": 0.0}), seed=0) == []
+    with caplog.at_level("WARNING"):  # a prompt set without helpful prompts trains on revisions alone
+        assert _helpful_mix([], 8, FAST.model_copy(update={"helpful_mix": 0.5}), seed=0) == []
+    assert "no helpful examples" in caplog.text
+
+
 def test_bad_inputs_name_the_problem(tiny_model: str, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="sft.helpful_mix is 0.5 but no helpful-only examples"):
-        train_sft(_examples(4), tiny_model, FAST.model_copy(update={"helpful_mix": 0.5}), tmp_path, 0, progress=False)
     with pytest.raises(ValueError, match="sft.batch_size per rank 6 / sft.micro_batch_size"):
         train_sft(
             _examples(4), tiny_model, FAST.model_copy(update={"batch_size": 6, "micro_batch_size": 4}), tmp_path, 0

@@ -11,7 +11,7 @@ import pytest
 from service_fixtures import make_run
 from sqlalchemy import select, update
 
-from rlaif import runs
+from rlaif import executors, runs
 from rlaif.db import EventRow, ItemRow, RunRow, ShardRow, StageRunRow, utcnow
 from rlaif.records import PromptItem
 
@@ -48,6 +48,17 @@ def test_advance_fans_a_sharded_stage_out_once(rt: runs.Runtime) -> None:
     assert (stage.status, stage.total, stage.shards_total, stage.done) == ("running", 6, 2, 0)
     with rt.sessions() as session:
         assert session.get(RunRow, run_id).status == "running"
+
+
+def test_each_shard_reads_its_own_slice_of_the_stage_input(rt: runs.Runtime) -> None:
+    """A shard parses only its items, not the whole input file (issue 16: each of 12,000,000 judge shards re-read
+    the whole comparisons file); together the slices are the stage's items, in order."""
+    run_id = make_run(rt, {"shard_size": 4}, n_prompts=12)  # 9 training prompts: shards of 4, 4 and 1
+    ctx = runs.stage_context(rt, run_id, "critique")
+    items = executors.stage_inputs(ctx)
+    slices = [executors.stage_inputs(ctx, shard=index) for index in range(3)]
+    assert [len(s) for s in slices] == [4, 4, 1] and [item for s in slices for item in s] == items
+    assert executors.stage_inputs(ctx, shard=3) == []
 
 
 def test_a_live_training_lease_makes_a_second_delivery_wait_and_a_stale_one_is_taken_over(rt: runs.Runtime) -> None:
