@@ -157,6 +157,25 @@ class FeedbackConfig(_Section):
         return None if value is None else check_model_spec(value, "feedback.model")
 
 
+class JudgeGateConfig(_Section):
+    """Bounds a run's own AI labels must meet before a policy trains on them (rlaif/judging/gate.py)."""
+
+    max_flip_rate: float = Field(
+        default=0.35,
+        ge=0,
+        le=1,
+        description="Most judgements whose two orders disagree (GPT-4 judges show about 0.13; the embedded 135M "
+        "model about 0.8).",
+    )
+    max_position_bias: float = Field(
+        default=0.3, ge=0, le=0.5, description="Largest |share of first-order readings preferring (A) - 1/2|."
+    )
+    action: Literal["warn", "stop"] = Field(
+        default="warn",
+        description="warn: a warning event and a report alert; stop: the run fails before training on the labels.",
+    )
+
+
 class JudgeConfig(_Section):
     """Stage 4, RL-CAI labels: P(A) from the log-probabilities of '(A)'/'(B)', both orders averaged."""
 
@@ -207,6 +226,9 @@ class JudgeConfig(_Section):
     cot_sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=96),
         description="Sampling of the judge's chain of thought (greedy by default, so labels are reproducible).",
+    )
+    gate: JudgeGateConfig = Field(
+        default_factory=JudgeGateConfig, description="Quality bounds on the labels, checked before training on them."
     )
 
     @field_validator("model")
@@ -442,6 +464,23 @@ class MonitorConfig(_Section):
     )
     boilerplate_max: float = Field(
         default=0.5, gt=0, le=1, description="Alert when more than this fraction of answers share one sentence."
+    )
+    answer_boilerplate_max: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Evaluation: alert when more than this fraction of the SFT or aligned answers share one sentence "
+        "(and at least answer_boilerplate_min_count answers do): a policy collapsing onto a stock phrase.",
+    )
+    answer_boilerplate_min_count: int = Field(
+        default=3, ge=2, le=100_000, description="Evaluation: fewest answers sharing a sentence before it alerts."
+    )
+    distinct_2_min: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Evaluation: alert when the SFT or aligned answers' mean distinct-2 (share of distinct word "
+        "bigrams within an answer) falls below this: answers that loop.",
     )
     rm_judge_gap_max: float = Field(
         default=0.25,

@@ -63,6 +63,7 @@ from rlaif.db import (
     session_factory,
     utcnow,
 )
+from rlaif.judging.gate import GateReport
 from rlaif.leases import LeaseState, StageInterrupted, keep_lease
 from rlaif.pipeline import plan, policy_stage, spec_of
 from rlaif.prompts import split_holdout
@@ -344,7 +345,15 @@ def _export_stage(rt: Runtime, run_id: str, stage: str) -> None:
         row.done, row.result = len(payloads), result.model_dump(mode="json")
         add_event(session, run_id, f"stage {stage} succeeded: {result.counts}", stage=stage, data=result.counts)
         add_long_items_event(session, run_id, stage, result)
+        gate = GateReport.model_validate(result.extra["gate"]) if "gate" in result.extra else None
+        if gate is not None and not gate.passed:
+            # Shown by `rlaif watch` and in the report; with judge.gate.action=stop the run ends here, before any
+            # policy trains on the labels.
+            level = "error" if gate.stops else "warning"
+            add_event(session, run_id, gate.message(stage), stage=stage, level=level, data=gate.model_dump())
     log.info("run %s: stage %s exported %d items", run_id, stage, len(payloads))
+    if gate is not None and gate.stops:  # the next stage (reward model or DPO) fails, naming the gate
+        fail(rt, run_id, None, gate.message(stage))
 
 
 # ---------------------------------------------------------------- shards

@@ -28,6 +28,7 @@ Decisions (pure functions; the PPO loop or the lead calls them, nothing here tou
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -43,7 +44,9 @@ LENGTH_KEY = "val/mean_response_length"
 JUDGE_KEY = "eval/judge_score"
 BOILERPLATE_KEY = "val/boilerplate_fraction"
 
-MonitorName = Literal["kl", "length_drift", "boilerplate", "rm_judge_divergence"]
+MonitorName = Literal[
+    "kl", "length_drift", "boilerplate", "rm_judge_divergence", "answer_boilerplate", "repetition", "judge_quality"
+]
 MIN_SENTENCE_CHARS = 20
 
 History = Sequence[Mapping[str, Any]]
@@ -111,6 +114,19 @@ def boilerplate(answers: Sequence[str]) -> Boilerplate:
     if count < 2:  # a sentence in one answer only is not repeated
         return Boilerplate(fraction=0.0, answers=len(answers))
     return Boilerplate(fraction=count / len(answers), sentence=sentence, answers=len(answers))
+
+
+def distinct_2(answers: Sequence[str], min_words: int = 6) -> float | None:
+    """Mean share of distinct word bigrams within an answer (1.0 = no bigram repeats; a looping answer such as
+    "I can help. I can help. I can help." scores low). Answers shorter than `min_words` words are left out."""
+    ratios = []
+    for answer in answers:
+        words = answer.lower().split()
+        if len(words) < min_words:
+            continue
+        bigrams = list(itertools.pairwise(words))
+        ratios.append(len(set(bigrams)) / len(bigrams))
+    return sum(ratios) / len(ratios) if ratios else None
 
 
 def slope(values: Sequence[float]) -> float:

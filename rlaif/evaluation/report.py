@@ -69,6 +69,9 @@ class ModelSummary(BaseModel):
     empty: int = Field(description="Answers with no text.")
     unfinished: int = Field(description="Answers cut at max_new_tokens (no EOS).")
     boilerplate: Boilerplate = Field(description="The sentence repeated across most answers.")
+    distinct_2: float | None = Field(
+        default=None, description="Mean share of distinct word bigrams within an answer (low = looping answers)."
+    )
     reward_mean: float | None = Field(default=None, description="Mean reward-model score of the answers.")
 
 
@@ -210,7 +213,10 @@ def headline(report: EvalReport) -> str:
         human = "n/a" if rm.accuracy_human is None else f"{rm.accuracy_human:.2f} (n={rm.pairs_human})"
         lines.append(f"  reward model accuracy: AI held-out {ai}, human {human}")
     alerts = report.alerts + (report.monitors.alerts if report.monitors else [])
-    monitors = sorted({a.monitor for a in alerts})
+    gate = [a for a in alerts if a.monitor == "judge_quality"]
+    if gate:  # the labels every trained model learned from are suspect: say so before anything else is believed
+        lines.append(f"  JUDGE QUALITY GATE FAILED: {gate[0].message}")
+    monitors = sorted({a.monitor for a in alerts if a.monitor != "judge_quality"})
     lines.append(f"  Goodhart monitors: {'alerts: ' + ', '.join(monitors) if monitors else 'no alerts'}")
     cut = {part: items for part, items in report.long_items.items() if items.truncated or items.skipped}
     lines.append(

@@ -225,7 +225,7 @@ def evaluate_models(
             progress=progress,  # type: ignore[arg-type]
         ).model_dump(mode="json")
     summaries = _model_summaries(models, answers, samples)
-    alerts += _answer_alerts(summaries, cfg)
+    alerts += _answer_alerts(summaries, cfg) + _judge_alerts(labels, cfg)
     history = list(ppo_history)
     report = EvalReport(
         run_id=run_id,
@@ -396,20 +396,66 @@ def _model_summaries(
                 empty=sum(not c.text.strip() for c in completions),
                 unfinished=sum(not c.finished for c in completions),
                 boilerplate=monitors.boilerplate([c.text for c in completions]),
+                distinct_2=monitors.distinct_2([c.text for c in completions]),
                 reward_mean=sum(rewards) / len(rewards) if rewards else None,
             )
         )
     return out
 
 
+def _judge_alerts(labels: Sequence[LabelRecord], cfg: RunConfig) -> list[monitors.Alert]:
+    """The judge quality gate (rlaif/judging/gate.py) over the run's labels, as report alerts."""
+    from rlaif.judging.gate import ADVICE, check_labels
+    from rlaif.stages.judge import label_metrics
+
+    if not labels:
+        return []
+    metrics = label_metrics(labels)
+    gate = check_labels(metrics, cfg.judge.gate)
+    if gate.passed:
+        return []
+    flip = metrics.get("judge/flip_rate", 0.0)
+    message = "; ".join(gate.findings) + f". {ADVICE}"
+    return [
+        monitors.Alert(
+            step=-1, monitor="judge_quality", value=flip, threshold=cfg.judge.gate.max_flip_rate, message=message
+        )
+    ]
+
+
 def _answer_alerts(summaries: Sequence[ModelSummary], cfg: RunConfig) -> list[monitors.Alert]:
-    """Evaluation-time monitors on the answers: boilerplate in the evaluated model, its length against its start."""
+    """Evaluation-time monitors on the answers: a sentence or bigrams repeated in the SFT and aligned answers
+    (collapse), boilerplate in the evaluated model, its length against its start."""
     roles = {s.role: s for s in summaries}
     top = roles.get("aligned") or roles.get("sft")
     if top is None:
         return []
     limits = cfg.eval.monitor
     alerts = []
+    for trained in [s for s in summaries if s.role in ("sft", "aligned")]:  # collapse of a trained policy
+        shared = trained.boilerplate
+        if shared.fraction > limits.answer_boilerplate_max and (
+            round(shared.fraction * shared.answers) >= limits.answer_boilerplate_min_count
+        ):
+            alerts.append(
+                monitors.Alert(
+                    step=-1,
+                    monitor="answer_boilerplate",
+                    value=shared.fraction,
+                    threshold=limits.answer_boilerplate_max,
+                    message=f"{shared.fraction:.0%} of the {trained.role} answers contain {shared.sentence[:80]!r}",
+                )
+            )
+        if trained.distinct_2 is not None and trained.distinct_2 < limits.distinct_2_min:
+            alerts.append(
+                monitors.Alert(
+                    step=-1,
+                    monitor="repetition",
+                    value=trained.distinct_2,
+                    threshold=limits.distinct_2_min,
+                    message=f"the {trained.role} answers repeat themselves: distinct-2 {trained.distinct_2:.2f}",
+                )
+            )
     if top.boilerplate.fraction > limits.boilerplate_max:
         alerts.append(
             monitors.Alert(

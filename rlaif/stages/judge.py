@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from rlaif.config import JudgeConfig, RunConfig
 from rlaif.constitution import Constitution, Principle, sample_principles
 from rlaif.endpoints import is_endpoint, read_usage, usage_counts
+from rlaif.judging.gate import check_labels
 from rlaif.judging.judge import JudgeRequest, as_scorer, judge_requests
 from rlaif.judging.labels import ensemble
 from rlaif.judging.scoring import OptionScorer, PrefixCache
@@ -252,6 +253,10 @@ def run_judge(
     )
     write_jsonl(out_dir / LABELS_FILE, labels)
     result = stage_result(stage, labels, len(comparisons), read_usage(out_dir))
+    gate = check_labels(result.metrics, cfg.judge.gate)
+    if not gate.passed:  # the service stops the run here when judge.gate.action is stop (rlaif/runs.py)
+        log.warning("%s", gate.message(stage))
+    result.extra["gate"] = gate.model_dump()
     write_manifest(out_dir, extra={"stage": stage, "counts": result.counts, "metrics": result.metrics})
     log.info(
         "wrote %d labels to %s (flip rate %.2f)",

@@ -118,3 +118,11 @@ def test_best_step_skips_alerting_updates_and_prefers_the_earliest_tie() -> None
     # when every candidate alerted, the best of them is kept anyway
     assert best_step(history, cfg, available_steps=[3]) == 3
     assert best_step([], cfg) is None
+
+
+def test_distinct_2_is_low_for_looping_answers() -> None:
+    from rlaif.evaluation.monitors import distinct_2
+
+    # "a b a b a b": bigrams ab, ba, ab, ba, ab -> 2 distinct of 5 = 0.4; "one two ... six": 5 of 5 = 1.0.
+    assert distinct_2(["a b a b a b", "one two three four five six"]) == pytest.approx((0.4 + 1.0) / 2)
+    assert distinct_2(["too short"]) is None
