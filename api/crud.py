@@ -28,7 +28,7 @@ from api.schemas import (
     StageStatus,
 )
 from rlaif.budget import RunBudget, estimate_budget
-from rlaif.config import RunConfig
+from rlaif.config import RunConfig, upgrade_config
 from rlaif.constitution import Constitution, ConstitutionError, load_constitution
 from rlaif.db import (
     SHIPPED_OWNER,
@@ -200,18 +200,24 @@ class StoredConfig(NamedTuple):
 
 
 def stored_config(row: RunRow) -> StoredConfig:
-    """The run's config as stored. One that no longer validates (stored by an older or a faulty version: an
-    infinity stored as null) is reported, never raised: the run must still list, read and cancel."""
+    """The run's config as stored, upgraded from the version it was stored with (rlaif.config.upgrade_config).
+    One that no longer validates (stored by an older or a faulty version: an infinity stored as null; or by a
+    newer rlaif) is reported, never raised: the run must still list, read and cancel."""
     try:
-        cfg = RunConfig.model_validate_json(row.config_json)
+        raw = json.loads(row.config_json)
+    except ValueError as exc:
+        return StoredConfig(None, {}, f"stored config is not JSON: {exc}")
+    if not isinstance(raw, dict):
+        return StoredConfig(None, {}, "stored config is not a JSON object")
+    try:
+        raw = upgrade_config(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        try:
-            raw = json.loads(row.config_json)
-        except ValueError:
-            raw = None
         problems = pydantic_problems(exc, prefix=["config"])
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        return StoredConfig(None, raw if isinstance(raw, dict) else {}, f"stored config does not validate: {shown}")
+        return StoredConfig(None, raw, f"stored config does not validate: {shown}")
+    except ValueError as exc:
+        return StoredConfig(None, raw, f"stored config cannot be read: {exc}")
     return StoredConfig(cfg, cfg.model_dump(mode="json"), None)
 
 

@@ -15,14 +15,15 @@ from api.limits import RequestLimits
 from api.routes import checkpoints, constitutions, health, prompt_sets, reports, runs, usage
 from api.schemas import ErrorPublic
 from rlaif import __version__
-from rlaif.db import get_engine, session_factory
+from rlaif.db import SchemaError, get_engine, session_factory
 from rlaif.settings import Settings, settings
 from rlaif.store import ArtifactStore
 from workers.app import create_celery
 
 
 def create_app(cfg: Settings | None = None) -> FastAPI:
-    """An app on the database, artifact root and broker of `cfg` (default: the RLAIF_* environment)."""
+    """An app on the database, artifact root and broker of `cfg` (default: the RLAIF_* environment). An empty
+    database gets the schema; one at a schema revision other than this code's raises SchemaError (rlaif/db.py)."""
     cfg = cfg or settings
     app = FastAPI(
         title="rlaif",
@@ -60,4 +61,13 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def _app_or_exit() -> FastAPI:
+    """The app of the RLAIF_* environment; the process exits with the reason (and the command that fixes it)
+    when the database is at a schema revision this code does not run on, instead of failing every query."""
+    try:
+        return create_app()
+    except SchemaError as exc:
+        raise SystemExit(f"rlaif API: {exc}") from None
+
+
+app = _app_or_exit()

@@ -142,7 +142,11 @@ class RunCreate(BaseModel):
     prompt_set_id: str = Field(description="A prompt set id (POST /v1/prompt-sets).")
     principles: PrincipleSelection = Field(default_factory=PrincipleSelection)
     policy_model: str | None = Field(default=None, description="Base policy model (registry name or server folder).")
-    judge_model: str | None = Field(default=None, description="Judge model; null = the policy model.")
+    judge_model: str | None = Field(
+        default=None,
+        description="Judge model: registry name, server folder or endpoint:<name> (an endpoint the server declares "
+        "in RLAIF_ENDPOINTS; never a URL); null = the policy model.",
+    )
     iterations: int | None = Field(
         default=None, ge=1, le=10, description="RLAIF iterations (pairs -> judge -> RM -> PPO, or -> DPO)."
     )

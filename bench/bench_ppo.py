@@ -13,7 +13,10 @@ batch of 8 in one forward pass); rlaif keeps PPO's (`ppo.dtype=auto`: bf16 autoc
 of 4; KV-cache sampling), with no step checkpoints or sample tables during the run, as TRL saves none either.
 PPO runs twice: `rlaif-ppo` with its default separate value model (a second 135M transformer, trained with its
 own AdamW state), and `rlaif-ppo-lean` with the memory levers: `ppo.value_network=shared` (a value head on the
-policy's transformer, as in lm-human-preferences) and `ppo.gradient_checkpointing=true`.
+policy's transformer, as in lm-human-preferences) and `ppo.gradient_checkpointing=true`. `rlaif-ppo-lora` adds
+LoRA to those (`ppo.lora_rank`, `--lora-rank`, alpha = 2 x rank): one base model for policy, reference (the adapter
+switched off) and value head, and AdamW state for the adapter only; the shared learning rate is far too small
+for LoRA to learn much, which does not change the cost of a step.
 
 Each trainer runs in its own subprocess, so peak RSS is its own: the high-water mark of the process (VmHWM, the
 kernel's figure) and the largest RSS seen by a psutil sampler every 50 ms. The rate is measured from the end of
@@ -49,6 +52,7 @@ DEFAULT_PROMPTS = REPO.parent / "shared" / "data" / "red_team_prompts.dev.jsonl"
 PPO_VARIANTS = {
     "rlaif-ppo": {"value_network": "separate", "gradient_checkpointing": False},
     "rlaif-ppo-lean": {"value_network": "shared", "gradient_checkpointing": True},
+    "rlaif-ppo-lora": {"value_network": "shared", "gradient_checkpointing": True},  # + lora_rank from --lora-rank
 }
 WORKERS = [*PPO_VARIANTS, "trl-rloo"]
 PROMPTS_PER_STEP = 2
@@ -120,13 +124,14 @@ def run_rlaif_ppo(args: argparse.Namespace, prompts: list[str], out: Path, clock
     from rlaif.stages.ppo import train_ppo
 
     batch = PROMPTS_PER_STEP * SAMPLES_PER_PROMPT
+    lora = {"lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank} if args.worker == "rlaif-ppo-lora" else {}
     cfg = PPOConfig(
         total_episodes=(args.steps + 1) * batch, prompts_per_step=PROMPTS_PER_STEP,
         samples_per_prompt=SAMPLES_PER_PROMPT, num_minibatches=args.ppo_minibatches, ppo_epochs=args.ppo_epochs,
         micro_batch_size=args.ppo_micro_batch_size, response_length=args.response_length,
         temperature=TEMPERATURE, kl_coef=KL_COEF, learning_rate=LEARNING_RATE, dtype=args.ppo_dtype,
         checkpoint_every=10**6, sample_every=10**6,
-        **PPO_VARIANTS[args.worker],
+        **PPO_VARIANTS[args.worker], **lora,
     )  # fmt: skip
     lengths: list[float] = []
 
@@ -212,6 +217,7 @@ def main() -> None:
     parser.add_argument("--ppo-minibatches", type=int, default=1, help="PPO minibatches per epoch (RLOO: 1).")
     parser.add_argument("--ppo-micro-batch-size", type=int, default=4, help="Sequences per PPO forward pass.")
     parser.add_argument("--ppo-dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="ppo.dtype.")
+    parser.add_argument("--lora-rank", type=int, default=16, help="ppo.lora_rank of the rlaif-ppo-lora row.")
     parser.add_argument("--only", nargs="*", choices=WORKERS, default=WORKERS, help="Run only these trainers.")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,7 +241,8 @@ def main() -> None:
         command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--prompts", str(args.prompts),
                    "--steps", str(args.steps), "--response-length", str(args.response_length),
                    "--ppo-epochs", str(args.ppo_epochs), "--ppo-minibatches", str(args.ppo_minibatches),
-                   "--ppo-micro-batch-size", str(args.ppo_micro_batch_size), "--ppo-dtype", args.ppo_dtype]  # fmt: skip
+                   "--ppo-micro-batch-size", str(args.ppo_micro_batch_size), "--ppo-dtype", args.ppo_dtype,
+                   "--lora-rank", str(args.lora_rank)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         if done.returncode != 0:
             raise SystemExit(f"{name} failed:\n{done.stderr[-4000:]}")

@@ -19,6 +19,9 @@ Two kinds, two jobs:
   Training loops make their data order a function of (seed, epoch), so a resumed run skips exactly the
   consumed batches and ends with the same weights as an uninterrupted one (tests/test_checkpoints.py).
 
+  With `trainable_only=True` (LoRA) a step state holds only the parameters that train (adapter and heads): the
+  frozen base is what loading the base model folder gives back, so it is not copied into every state.
+
 `model` may be wrapped in DistributedDataParallel; the wrapper is removed before saving. Any `nn.Module`
 works for step states (PPO can pass an `nn.ModuleDict` of policy and value model).
 """
@@ -265,6 +268,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_weights(model: torch.nn.Module, path: Path, trainable_only: bool = False) -> None:
+    """Write the model's tensors to one safetensors file (shared/tied tensors handled); with trainable_only, only
+    the parameters with requires_grad (a LoRA adapter and the heads that train), by their `named_parameters` name."""
+    from safetensors.torch import save_file, save_model
+
+    model = unwrap(model)
+    if trainable_only:
+        save_file({name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}, str(path))
+    else:
+        save_model(model, str(path))
+
+
+def load_weights(model: torch.nn.Module, path: Path, trainable_only: bool = False) -> None:
+    """Load `save_weights`' file into `model` in place; every tensor it needs must be there, and no other."""
+    from safetensors.torch import load_file, load_model
+
+    model = unwrap(model)
+    device = str(next(model.parameters()).device)
+    if not trainable_only:
+        load_model(model, str(path), strict=True, device=device)
+        return
+    tensors = load_file(str(path), device=device)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if tensors.keys() != trainable:
+        raise StoreError(
+            f"{path}: holds {len(tensors)} tensors, the model trains {len(trainable)} "
+            f"({len(tensors.keys() - trainable)} unknown, {len(trainable - tensors.keys())} missing): not its state"
+        )
+    model.load_state_dict(tensors, strict=False)  # the frozen rest stays as loaded from the base model
+
+
 def save_step_state(
     steps_dir: Path,
     step: int,
@@ -273,15 +307,16 @@ def save_step_state(
     scheduler: Any | None,
     extra: dict[str, Any] | None = None,
     keep: int = 2,
+    trainable_only: bool = False,
 ) -> Path:
     """Write `steps_dir/step-<step>/` atomically and delete all but the newest `keep` step folders.
 
-    Contents: model.safetensors (shared/tied tensors handled), trainer_state.pt (optimizer, scheduler, RNG
-    states, extra) and step.json. `extra` must be made of tensors, numbers, strings, lists, tuples and dicts
-    (what `torch.load(weights_only=True)` reads back). Call it on rank 0 only.
+    Contents: model.safetensors (shared/tied tensors handled; with `trainable_only` the trainable parameters
+    only), trainer_state.pt (optimizer, scheduler, RNG states, extra) and step.json. `extra` must be made of
+    tensors, numbers, strings, lists, tuples and dicts (what `torch.load(weights_only=True)` reads back). Call it
+    on rank 0 only.
     """
     import torch
-    from safetensors.torch import save_model
 
     if keep < 1:
         raise ValueError(f"keep={keep}: at least one step state must be kept")
@@ -290,9 +325,10 @@ def save_step_state(
     final = step_dir(steps_dir, step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=steps_dir))
     try:
-        save_model(unwrap(model), str(tmp / _WEIGHTS))
+        save_weights(model, tmp / _WEIGHTS, trainable_only)
         trainer_state = {
             "step": step,
+            "trainable_only": trainable_only,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(),
@@ -323,18 +359,15 @@ def load_latest_step_state(
 ) -> int | None:
     """Restore the newest step state into model, optimizer, scheduler and the RNGs; its step, or None if none.
 
-    Every rank calls this (each loads the same files), so all ranks resume identically.
+    Every rank calls this (each loads the same files), so all ranks resume identically. A state saved with
+    `trainable_only` restores the trainable parameters; the rest of `model` must already be the frozen base.
     """
-    from safetensors.torch import load_model
-
     steps = list_steps(steps_dir)
     if not steps:
         return None
     path = step_dir(steps_dir, steps[-1])
-    target = unwrap(model)
-    device = next(target.parameters()).device
-    load_model(target, str(path / _WEIGHTS), strict=True, device=str(device))
     state = _load_trainer_state(path)
+    load_weights(model, path / _WEIGHTS, bool(state.get("trainable_only", False)))
     if optimizer is not None:
         if state["optimizer"] is None:
             raise StoreError(f"{path}: saved without optimizer state, cannot resume an optimizer from it")

@@ -1,8 +1,9 @@
 """Run configuration: the science of a run, one pydantic model with one sub-model per stage.
 
 Flow: YAML file or POST body -> `RunConfig` (validated here, at the edge) -> stored as JSON on the run ->
-re-read by each worker with `RunConfig.model_validate_json`. Workers never read hyperparameters from the
-environment. Derived sizes (PPO batch, minibatch and microbatch sizes) are computed in validators and checked
+re-read by each worker with `stored_run_config`. Workers never read hyperparameters from the
+environment. A stored config carries its `config_version`; one of an older version is upgraded on read, step by
+step (`upgrade_config`, `CONFIG_STEPS`), so renaming a field never breaks the runs stored before. Derived sizes (PPO batch, minibatch and microbatch sizes) are computed in validators and checked
 with `exact_div`, so a user never sets them and a bad combination fails with the names of the fields.
 
 Defaults are sized for the embedded 135M model on 2 CPU cores: the README's demo run finishes in minutes.
@@ -11,6 +12,9 @@ Published-recipe values are given in each description where they differ.
 
 from __future__ import annotations
 
+import copy
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rlaif.endpoints import check_model_spec, is_endpoint
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# The layout of RunConfig that this code writes. Bump it with an entry in CONFIG_STEPS (below RunConfig) whenever
+# a field is renamed, moved or its meaning changes, so configs stored under the old layout still read.
+CONFIG_VERSION = 1
 
 
 def exact_div(numerator: int, denominator: int, what: str) -> int:
@@ -158,7 +166,7 @@ class FeedbackConfig(_Section):
 
 
 class JudgeGateConfig(_Section):
-    """Bounds a run's own AI labels must meet before a policy trains on them (rlaif/judging/gate.py)."""
+    """Bounds a run's own AI labels must meet before a policy trains on them (rlaif/evaluation/judge_gate.py)."""
 
     max_flip_rate: float = Field(
         default=0.35,
@@ -266,6 +274,15 @@ class RewardModelConfig(_Section):
         description="Matmul precision: bfloat16 autocast over fp32 master weights, or plain float32; 'auto' = bf16 "
         "where the CPU/GPU does it natively.",
     )
+    lora_rank: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="LoRA rank via peft; 0 = full fine-tuning. With LoRA the backbone is frozen, adapters on its "
+        "linear layers and the scalar score head train; the export is the merged sequence classifier (what PPO "
+        "and users load), the adapter kept in model/adapter/.",
+    )
+    lora_alpha: int = Field(default=32, ge=1, le=4096, description="LoRA alpha (scale = alpha / rank).")
 
 
 class PPOConfig(_Section):
@@ -340,6 +357,16 @@ class PPOConfig(_Section):
         "(lm-human-preferences, 'The N Implementation Details of RLHF with PPO'), half the trainable weights and "
         "optimizer state and one forward pass fewer; the value loss then also trains the policy's transformer.",
     )
+    lora_rank: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="LoRA rank via peft; 0 = full fine-tuning. With LoRA the policy is an adapter on one frozen base "
+        "model, the KL reference is that same base with the adapter switched off (peft disable_adapter(), no second "
+        "copy) and the value function is the shared head on it: needs value_network = shared (a separate value "
+        "adapter is not implemented). The export is the merged policy, the adapter kept in model/adapter/.",
+    )
+    lora_alpha: int = Field(default=32, ge=1, le=4096, description="LoRA alpha (scale = alpha / rank).")
     gradient_checkpointing: bool = Field(
         default=False,
         description="Recompute each transformer layer's activations in the backward pass instead of keeping them "
@@ -370,6 +397,12 @@ class PPOConfig(_Section):
             minibatch, min(self.micro_batch_size, minibatch), f"ppo.minibatch_size {minibatch} / ppo.micro_batch_size"
         )
         updates = exact_div(self.total_episodes, batch, f"ppo.total_episodes / ppo.batch_size {batch}")
+        if self.lora_rank > 0 and self.value_network != "shared":
+            raise ValueError(
+                f"ppo.lora_rank {self.lora_rank} needs ppo.value_network 'shared', not {self.value_network!r}: "
+                "LoRA-PPO keeps one base model for policy, reference and value head (a separate value adapter is "
+                "not implemented); set ppo.value_network=shared or ppo.lora_rank=0"
+            )
         object.__setattr__(self, "batch_size", batch)
         object.__setattr__(self, "minibatch_size", minibatch)
         object.__setattr__(self, "num_updates", updates)
@@ -554,6 +587,13 @@ class EvalConfig(_Section):
 class RunConfig(_Section):
     """Everything scientific about a run. Stored on the run and copied into every checkpoint's meta.json."""
 
+    config_version: int = Field(
+        default=CONFIG_VERSION,
+        ge=CONFIG_VERSION,
+        le=CONFIG_VERSION,
+        description=f"Layout version of this config ({CONFIG_VERSION}; leave it out). Written with every stored "
+        "config; a stored config of an older version is upgraded when it is read (rlaif.config.upgrade_config).",
+    )
     seed: int = Field(
         default=0, ge=0, le=SEED_MAX, description="Seed for sampling, data order and initialisation (0 .. 2**32 - 1)."
     )
@@ -620,6 +660,73 @@ class RunConfig(_Section):
         """A new config with nested overrides applied ({"ppo": {"kl_coef": 0.1}}); validated again as a whole."""
         merged = deep_merge(self.model_dump(exclude=DERIVED_FIELDS), overrides)
         return RunConfig.model_validate(merged)
+
+
+# ---------------------------------------------------------------- stored configs: versions and upgrades
+
+ConfigStep = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def rename_field(old: str, new: str) -> ConfigStep:
+    """A step that moves the value at dotted path `old` (e.g. "ppo.kl_coef") to `new`, when the config has one."""
+
+    def step(raw: dict[str, Any]) -> dict[str, Any]:
+        *old_parents, old_leaf = old.split(".")
+        node: Any = raw
+        for part in old_parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_leaf not in node:
+            return raw
+        value = node.pop(old_leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = raw
+        for part in new_parents:
+            target = target.setdefault(part, {})
+        target[new_leaf] = value
+        return raw
+
+    return step
+
+
+def _unchanged(raw: dict[str, Any]) -> dict[str, Any]:
+    return raw
+
+
+# CONFIG_STEPS[v] turns a stored config of version v into one of version v + 1 (upgrade_config then sets
+# config_version). Version 0 is every config stored before versions existed: the fields of version 1, so its
+# step changes nothing. A future rename is one entry plus the bump of CONFIG_VERSION, e.g.
+#     1: rename_field("ppo.kl_coef", "ppo.kl_beta"),    # with CONFIG_VERSION = 2
+CONFIG_STEPS: dict[int, ConfigStep] = {0: _unchanged}
+
+
+def upgrade_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (as its JSON decodes) upgraded to CONFIG_VERSION, one step per version; a new dict.
+
+    A config without `config_version` is version 0. One of a newer version than this code knows (written by a
+    newer rlaif) raises ValueError: guessing what its fields mean could run the wrong experiment."""
+    version = raw.get("config_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"config_version {version!r} is not a version (an integer >= 0)")
+    if version > CONFIG_VERSION:
+        raise ValueError(
+            f"config_version {version} is newer than this version of rlaif reads ({CONFIG_VERSION}): it was stored "
+            "by a newer rlaif"
+        )
+    out = copy.deepcopy(raw)
+    while version < CONFIG_VERSION:
+        out = CONFIG_STEPS[version](out)
+        version += 1
+        out["config_version"] = version
+    return out
+
+
+def stored_run_config(text: str) -> RunConfig:
+    """A run's stored config (the run row's JSON, or the run's inputs/config.json), upgraded and validated.
+    Raises ValueError (pydantic's ValidationError is one) when it is not JSON, not an object, or does not validate."""
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError(f"a stored run config must be a JSON object, not {type(raw).__name__}")
+    return RunConfig.model_validate(upgrade_config(raw))
 
 
 # Computed by validators from other fields: never dumped into overrides, refused when a request sets them.

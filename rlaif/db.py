@@ -7,11 +7,17 @@ an API key carry its `owner`. Time stamps are stored as naive UTC and read back 
 Idempotency lives here: an item is `UNIQUE(run_id, stage, item_id)` and written with "insert, ignore if present",
 so a redelivered shard never duplicates work; a shard is `UNIQUE(stage_run_id, index)`.
 
-    python -c "from rlaif.db import init_db, make_engine; init_db(make_engine('sqlite:///rlaif.db'))"
+The schema changes only through Alembic revisions (rlaif/migrations, style guide 23). The API and the workers
+check the revision at start (`prepare_schema`): an empty database gets the schema, one at another revision
+than the newest is refused with the command that fixes it.
+
+    rlaif db upgrade        # or: python -c "from rlaif.db import upgrade; print(upgrade('sqlite:///rlaif.db'))"
+    rlaif db current
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -20,8 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
+    Connection,
     DateTime,
     Engine,
     ForeignKey,
@@ -33,11 +44,17 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
+
+logging.getLogger("alembic.runtime").setLevel(logging.WARNING)  # (lines per check; ours say what changed)
 
 SHIPPED_OWNER = "shipped"
 
@@ -128,7 +145,7 @@ class RunRow(Base):
     constitution_sha256: Mapped[str] = mapped_column(String(64))
     prompt_set_id: Mapped[str] = mapped_column(ForeignKey("prompt_sets.id"))
     config_json: Mapped[str] = mapped_column(
-        Text, doc="RunConfig as JSON; workers re-read it with model_validate_json."
+        Text, doc="RunConfig as JSON, with its config_version; read back with rlaif.config.stored_run_config."
     )
     train_prompts: Mapped[int] = mapped_column(Integer)
     eval_prompts: Mapped[int] = mapped_column(Integer)
@@ -272,7 +289,8 @@ _ENGINES: dict[tuple[int, str], Engine] = {}
 
 
 def get_engine(url: str | None = None) -> Engine:
-    """A per-process engine for `url` (default: settings.db_url), tables created on first use.
+    """A per-process engine for `url` (default: settings.db_url), its schema checked on first use (`prepare_schema`:
+    an empty database is migrated to the newest revision, one at another revision raises SchemaError).
 
     Keyed by the process id too: a Celery prefork child must not share its parent's connections.
     """
@@ -283,19 +301,234 @@ def get_engine(url: str | None = None) -> Engine:
     key = (os.getpid(), url)
     if key not in _ENGINES:
         engine = make_engine(url)
-        init_db(engine)
+        try:
+            prepare_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         _ENGINES[key] = engine
     return _ENGINES[key]
 
 
-def init_db(engine: Engine) -> None:
-    """Create missing tables. On PostgreSQL an advisory lock keeps concurrent starters from racing."""
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as connection:
-            connection.execute(text("SELECT pg_advisory_xact_lock(724201)"))
-            Base.metadata.create_all(connection)
-    else:
-        Base.metadata.create_all(engine)
+# ---------------------------------------------------------------- schema revisions (Alembic, rlaif/migrations)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+UPGRADE_COMMAND = "rlaif db upgrade"
+SCHEMA_LOCK_KEY = 724201  # PostgreSQL advisory lock of schema changes (any constant; the same in every process)
+
+# What the code before migrations made with `create_all`: a database with exactly these tables and columns and
+# no alembic_version table is at revision 0001 (tests/test_migrations.py checks that 0001 makes the same).
+PRE_MIGRATION_REVISION = "0001"
+_PRE_MIGRATION_COLUMNS = {
+    "constitutions": "id owner sha256 name source document principles created_at",
+    "prompt_sets": "id owner name sha256 count duplicates items created_at",
+    "runs": "id owner status constitution_id constitution_sha256 prompt_set_id config_json train_prompts "
+    "eval_prompts error created_at started_at finished_at",
+    "stage_runs": "id run_id name kind position iteration task status done total shards_total shards_done "
+    "lease_owner heartbeat_at requeued_at attempts started_at finished_at error result",
+    "shards": "id stage_run_id index size status lease_owner heartbeat_at requeued_at attempts started_at finished_at",
+    "items": "id run_id stage item_id payload created_at",
+    "events": "id run_id stage kind level message step data created_at",
+    "checkpoints": "id run_id owner stage step path metrics files created_at",
+}
+PRE_MIGRATION_TABLES = {table: frozenset(columns.split()) for table, columns in _PRE_MIGRATION_COLUMNS.items()}
+
+
+class SchemaError(RuntimeError):
+    """The database is at a schema revision this code does not run on; the message names the command to run."""
+
+
+# A query on a table or column the database lacks: SQLite's messages, PostgreSQL's undefined_table/_column codes.
+_MISSING_SQLITE = ("no such table", "no such column", "has no column named")
+_MISSING_POSTGRES = ("42P01", "42703")
+
+
+def is_schema_mismatch(exc: BaseException) -> bool:
+    """Whether `exc` says the database's schema is not the one of this code (a table or column is missing, or
+    the revision check refused it): nothing a retry fixes, unlike a dropped connection or a locked file."""
+    if isinstance(exc, SchemaError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if getattr(exc.orig, "pgcode", None) in _MISSING_POSTGRES:
+        return True
+    message = str(exc.orig).lower()
+    return any(part in message for part in _MISSING_SQLITE)
+
+
+def schema_mismatch_reason(exc: BaseException) -> str:
+    """A readable reason for `is_schema_mismatch` errors, naming the command that fixes it."""
+    if isinstance(exc, SchemaError):
+        return str(exc)
+    detail = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip().splitlines()[0]
+    return (
+        f"the database schema is not the one of this version of rlaif ({detail}): run `{UPGRADE_COMMAND}` and "
+        "restart the API and the workers (or, if a newer rlaif migrated the database, upgrade this worker)"
+    )
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """The Alembic configuration of rlaif/migrations (no alembic.ini), bound to `connection` for env.py."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The newest revision this code knows (what `rlaif db upgrade` migrates to)."""
+    head = _scripts().get_current_head()
+    assert head is not None, f"no revisions in {MIGRATIONS / 'versions'}"
+    return head
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction that holds the database's schema lock, so processes starting together
+    check, create or migrate the schema one after the other: an advisory lock on PostgreSQL, the write lock on
+    SQLite (make_engine's BEGIN IMMEDIATE). Committed on success, rolled back on any exception.
+
+    On SQLite, foreign keys are not enforced inside it: a batch migration copies a table, drops the original and
+    renames the copy, and dropping a table that other rows reference would fail (the pragma can only change
+    outside a transaction). Every foreign key is checked before the commit instead."""
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                yield connection
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all() if sqlite else []
+                if broken:
+                    raise SchemaError(f"a migration left rows whose foreign key points nowhere: {broken[:5]}")
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+
+
+def _pre_migration_problems(connection: Connection, tables: set[str]) -> list[str]:
+    """How a database without a revision differs from what the code before migrations made (empty: it matches)."""
+    problems = [f"table {name} is missing" for name in sorted(set(PRE_MIGRATION_TABLES) - tables)]
+    found = inspect(connection)
+    for name in sorted(set(PRE_MIGRATION_TABLES) & tables):
+        columns = {column["name"] for column in found.get_columns(name)}
+        expected = PRE_MIGRATION_TABLES[name]
+        problems += [f"{name}.{column} is missing" for column in sorted(expected - columns)]
+        problems += [f"{name}.{column} is unknown" for column in sorted(columns - expected)]
+    return problems
+
+
+def database_revision(connection: Connection) -> str | None:
+    """The database's revision: its alembic_version, PRE_MIGRATION_REVISION for a database the code before
+    migrations made (not stamped yet), None for an empty one. Raises SchemaError for tables that are neither."""
+    tables = set(inspect(connection).get_table_names())
+    if "alembic_version" in tables:
+        return MigrationContext.configure(connection).get_current_revision()
+    if not tables:
+        return None
+    problems = _pre_migration_problems(connection, tables)
+    if problems:
+        raise SchemaError(
+            f"the database at {_shown(connection)} has tables but no schema revision, and they are not those of "
+            f"rlaif before migrations: {'; '.join(problems)}. Point RLAIF_DATABASE_URL at an rlaif database "
+            "or an empty one"
+        )
+    return PRE_MIGRATION_REVISION
+
+
+def _shown(connection: Connection) -> str:
+    return connection.engine.url.render_as_string(hide_password=True)
+
+
+def _stamp_pre_migration(connection: Connection) -> str | None:
+    """The database's revision, after recording PRE_MIGRATION_REVISION in a database the old code made."""
+    revision = database_revision(connection)
+    if revision == PRE_MIGRATION_REVISION and "alembic_version" not in inspect(connection).get_table_names():
+        command.stamp(alembic_config(connection), PRE_MIGRATION_REVISION)
+        log.info("stamped the pre-migration database at %s as revision %s", _shown(connection), revision)
+    return revision
+
+
+def revision_problem(revision: str | None, where: str) -> str | None:
+    """Why a database at `revision` cannot be used by this code (None: it is at the head), with the fix."""
+    head = head_revision()
+    if revision == head:
+        return None
+    scripts = _scripts()
+    if revision is None:
+        return f"the database at {where} has no schema yet: run `{UPGRADE_COMMAND}`"
+    if revision not in {script.revision for script in scripts.walk_revisions()}:
+        return (
+            f"the database at {where} is at schema revision {revision}, which this version of rlaif does not know "
+            f"(its newest is {head}): a newer rlaif migrated it. Install that version here; `{UPGRADE_COMMAND}` "
+            "only moves a database forward, to the revisions the installed rlaif knows"
+        )
+    pending = [script.revision for script in scripts.iterate_revisions(head, revision)][::-1]
+    return (
+        f"the database at {where} is at schema revision {revision} and this version of rlaif needs {head} "
+        f"(pending: {', '.join(pending)}): run `{UPGRADE_COMMAND}` (with RLAIF_DATABASE_URL set to this database)"
+    )
+
+
+def prepare_schema(engine: Engine) -> None:
+    """What the API and every worker do at start, under the schema lock: an empty database gets the schema (an
+    upgrade to the newest revision), one made by the code before migrations is stamped 0001, and a database at
+    any other revision than the newest raises SchemaError naming `rlaif db upgrade` (nothing is migrated
+    behind the operator's back: a migration of a database holding runs is theirs to start)."""
+    with schema_lock(engine) as connection:
+        revision = _stamp_pre_migration(connection)
+        if revision is None:
+            command.upgrade(alembic_config(connection), "head")
+            revision = head_revision()
+            log.info("created the schema of %s at revision %s", _shown(connection), revision)
+        where = _shown(connection)
+    problem = revision_problem(revision, where)
+    if problem is not None:
+        raise SchemaError(problem)
+
+
+def check_database(url: str) -> None:
+    """`prepare_schema` on an engine of its own, closed after: a process about to fork (a Celery worker's main
+    process) checks the database without keeping connections its children would inherit."""
+    engine = make_engine(url)
+    try:
+        prepare_schema(engine)
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> str | None:
+    """Migrate the database at `url` to `revision` (default: the newest), under the schema lock; a database the
+    code before migrations made is stamped 0001 first, so it migrates in place. Returns the revision it is at.
+
+        rlaif db upgrade        # the same, on RLAIF_DATABASE_URL
+    """
+    engine = make_engine(url)
+    try:
+        with schema_lock(engine) as connection:
+            current = _stamp_pre_migration(connection)
+            if current is not None and current not in {s.revision for s in _scripts().walk_revisions()}:
+                raise SchemaError(revision_problem(current, _shown(connection)) or "")
+            command.upgrade(alembic_config(connection), revision)
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    """The revision of the database at `url` (None: empty), without changing anything."""
+    engine = make_engine(url)
+    try:
+        with engine.execution_options(read_only=True).connect() as connection:
+            return database_revision(connection)
+    finally:
+        engine.dispose()
 
 
 def session_factory(engine: Engine, read_only: bool = False) -> sessionmaker[Session]:

@@ -33,7 +33,7 @@ from rlaif.budget import training_steps
 from rlaif.config import GenerationBackendConfig, RunConfig
 from rlaif.constitution import Constitution
 from rlaif.endpoints import is_endpoint, read_usage
-from rlaif.judging.gate import check_labels
+from rlaif.evaluation.judge_gate import check_labels
 from rlaif.pipeline import (
     SINGLE_TASK,
     StageSpec,
@@ -183,7 +183,7 @@ def export_stage(ctx: StageContext, payloads: Sequence[dict[str, Any]]) -> Stage
         labels = [LabelRecord.model_validate(p) for p in payloads]
         write_jsonl(out / LABELS_FILE, labels)
         result = core.stage_result(name, labels, len(labels), read_usage(out))
-        # The quality gate over the labels (rlaif/judging/gate.py): the run state machine warns or stops on it.
+        # The quality gate over the labels (rlaif/evaluation/judge_gate.py): the run state machine warns or stops on it.
         result.extra["gate"] = check_labels(result.metrics, ctx.cfg.judge.gate).model_dump()
     else:
         raise ValueError(f"stage {name!r} ({ctx.spec.kind}) is not a sharded stage")

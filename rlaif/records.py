@@ -119,4 +119,6 @@ class LabelRecord(_Record):
     coverage: float | None = Field(
         default=None, description="Mean coverage P(A) + P(B) of the judgements (null where unknown)."
     )
-    method: str | None = Field(default=None, description="How the judgements' options were read (see PrincipleJudgement).")
+    method: str | None = Field(
+        default=None, description="How the judgements' options were read (see PrincipleJudgement)."
+    )

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rlaif import executors
 from rlaif.budget import RunBudget, estimate_budget
-from rlaif.config import RunConfig
+from rlaif.config import RunConfig, stored_run_config
 from rlaif.constitution import Constitution
 from rlaif.db import (
     CANCELLED,
@@ -63,7 +63,7 @@ from rlaif.db import (
     session_factory,
     utcnow,
 )
-from rlaif.judging.gate import GateReport
+from rlaif.evaluation.judge_gate import GateReport
 from rlaif.leases import LeaseState, StageInterrupted, keep_lease
 from rlaif.pipeline import plan, policy_stage, spec_of
 from rlaif.prompts import split_holdout
@@ -242,12 +242,13 @@ def create_run(
 
 
 def stage_context(rt: Runtime, run_id: str, stage: str) -> executors.StageContext:
-    """Re-read the run's frozen config and pinned constitution (style guide 6)."""
+    """Re-read the run's frozen config (upgraded from the version it was stored with) and pinned constitution
+    (style guide 6)."""
     with rt.sessions() as session:
         run = session.get(RunRow, run_id)
         if run is None:
             raise ValueError(f"run {run_id} does not exist")
-        cfg = RunConfig.model_validate_json(run.config_json)
+        cfg = stored_run_config(run.config_json)
     constitution_path = rt.store.stage_dir(run_id, INPUTS, create=False) / CONSTITUTION_FILE
     constitution = Constitution.model_validate_json(constitution_path.read_text(encoding="utf-8"))
     return executors.StageContext(
@@ -582,7 +583,7 @@ def _finish_training(rt: Runtime, run_id: str, stage: str, owner: str, result: S
         if row.total is not None:
             row.done = row.total
         if row.kind == "evaluate":
-            policy = policy_stage(RunConfig.model_validate_json(run.config_json), row.iteration)
+            policy = policy_stage(stored_run_config(run.config_json), row.iteration)
             _refresh_checkpoint(rt, session, run_id, policy, result.metrics)
         if manifest is not None:
             step = int(result.counts.get("steps", result.counts.get("updates", row.done)))
@@ -646,6 +647,21 @@ def fail(rt: Runtime, run_id: str, stage: str | None, reason: str) -> None:
         run.status, run.error, run.finished_at = FAILED, f"{where}{reason}", now
         add_event(session, run_id, f"run failed: {where}{reason}", stage=row.name if row else None, level="error")
     log.error("run %s failed: %s%s", run_id, f"{stage}: " if stage else "", reason)
+
+
+def mark_failed(rt: Runtime, run_id: str, reason: str) -> bool:
+    """The run row's status, error and finish time only, in one statement that names no other column or table:
+    the fallback of a `fail` that could not write (the schema lacks a column it reads). True if it marked it."""
+    with rt.sessions.begin() as session:
+        statement = (
+            update(RunRow)
+            .where(RunRow.id == run_id, RunRow.status.not_in(TERMINAL))
+            .values(status=FAILED, error=reason, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        marked = bool(session.execute(statement).rowcount)
+    log.error("run %s marked failed: %s", run_id, reason)
+    return marked
 
 
 def cancel(session: Session, run: RunRow) -> bool:

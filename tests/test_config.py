@@ -11,7 +11,17 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from rlaif.config import DERIVED_FIELDS, RunConfig, exact_div, load_run_config, parse_dotted_overrides
+from rlaif import config
+from rlaif.config import (
+    CONFIG_VERSION,
+    DERIVED_FIELDS,
+    RunConfig,
+    exact_div,
+    load_run_config,
+    parse_dotted_overrides,
+    stored_run_config,
+    upgrade_config,
+)
 
 
 def test_defaults_are_valid_and_derive_sizes() -> None:
@@ -128,3 +138,37 @@ def test_every_count_has_an_upper_bound() -> None:
     for too_big in ({"seed": 2**64}, {"ppo": {"total_episodes": 10**12}}, {"sft": {"micro_batch_size": 10**9}}):
         with pytest.raises(ValidationError, match="less than or equal"):
             RunConfig.model_validate(too_big)
+
+
+def test_stored_configs_are_upgraded_step_by_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 0 (no config_version: every config stored before versions) reads as the current version; a rename
+    in a future version is one step in CONFIG_STEPS, applied in order; the input is never changed."""
+    stored = {"seed": 3, "ppo": {"kl_coef": 0.2}}
+    assert upgrade_config(stored) == {"seed": 3, "ppo": {"kl_coef": 0.2}, "config_version": CONFIG_VERSION}
+    assert stored_run_config(json.dumps(stored)) == RunConfig(seed=3).with_overrides({"ppo": {"kl_coef": 0.2}})
+    assert RunConfig().model_dump()["config_version"] == CONFIG_VERSION  # written with every stored config
+
+    # A fake version 2 that renamed ppo.kl_coef to ppo.kl_beta and moved seed into a section.
+    monkeypatch.setattr(config, "CONFIG_VERSION", 2)
+    monkeypatch.setitem(config.CONFIG_STEPS, 1, config.rename_field("ppo.kl_coef", "ppo.kl_beta"))
+    monkeypatch.setitem(config.CONFIG_STEPS, 2, config.rename_field("seed", "rng.seed"))  # (never reached)
+    assert upgrade_config(stored) == {"seed": 3, "ppo": {"kl_beta": 0.2}, "config_version": 2}
+    assert upgrade_config({"config_version": 1, "ppo": {"cliprange": 0.1}}) == {
+        "config_version": 2,
+        "ppo": {"cliprange": 0.1},
+    }  # (a config without the renamed field passes the step unchanged)
+    assert stored == {"seed": 3, "ppo": {"kl_coef": 0.2}}
+    monkeypatch.setattr(config, "CONFIG_VERSION", 3)
+    assert upgrade_config(stored) == {"rng": {"seed": 3}, "ppo": {"kl_beta": 0.2}, "config_version": 3}
+
+
+def test_a_config_of_an_unknown_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="newer than this version of rlaif reads"):
+        upgrade_config({"config_version": CONFIG_VERSION + 1})
+    for bad in ("1", -1, True, 1.5):
+        with pytest.raises(ValueError, match="is not a version"):
+            upgrade_config({"config_version": bad})
+    with pytest.raises(ValueError, match="JSON object"):
+        stored_run_config("[1, 2]")
+    with pytest.raises(ValidationError, match="config_version"):
+        RunConfig.model_validate({"config_version": 0})  # a request or file never sets an old version

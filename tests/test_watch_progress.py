@@ -45,4 +45,3 @@ def test_plain_lines_print_each_transition_once_and_throttle_progress(
         "[0:12] stage sft: running 0s",
     ]
     assert all(re.match(r"^\[\d+:\d\d\] ", line) for line in lines)
-

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue as KombuQueue
 
+from rlaif.db import SchemaError, check_database
 from rlaif.runs import Dispatch
 from rlaif.settings import Settings, settings
 
@@ -96,6 +98,16 @@ def send_all(celery: Celery, dispatches: Iterable[Dispatch]) -> None:
     """
     for dispatch in dispatches:
         celery.send_task(dispatch.task, args=list(dispatch.args), ignore_result=True)
+
+
+@signals.worker_init.connect
+def _check_database(**_: Any) -> None:
+    """A worker refuses to start against a database at a schema revision this code does not run on (it would
+    fail every task); an empty database gets the schema. Checked once in the main process, before the pool."""
+    try:
+        check_database(settings.db_url)
+    except SchemaError as exc:
+        raise SystemExit(f"rlaif worker: {exc}") from None
 
 
 app = create_celery(settings)

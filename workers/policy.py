@@ -4,9 +4,15 @@
   visibility timeout, so exactly one message of the work stays alive.
 - Transient errors (broker or database connection drops, a locked SQLite file): retry with exponential backoff
   and full jitter, up to `MAX_TRANSIENT_RETRIES`, then fail the run.
+- A database whose schema is not this code's (a table or column missing: on SQLite that is an OperationalError,
+  like a locked file, but no retry fixes it): fail fast with the command that fixes it, `rlaif db upgrade`.
 - Everything else (bad config or data: ValueError, ConstitutionError, ModelError, StoreError...; and bugs):
   fail fast. The stage and the run are marked failed with a readable reason, which the API returns.
   Cores never swallow exceptions; they only add context to them.
+
+Recording the failure must not fail the task again: when `runs.fail` itself raises (the same schema mismatch,
+the database gone), only the run row is marked failed, and if even that fails the error is logged; the task
+ends either way (acknowledged), never retried forever.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from rlaif import runs
 from rlaif.constitution import ConstitutionError
+from rlaif.db import is_schema_mismatch, schema_mismatch_reason
 from rlaif.modeling import ModelError
 from rlaif.settings import settings
 from rlaif.store import StoreError
@@ -40,7 +47,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     kombu.exceptions.OperationalError,
-    sqlalchemy.exc.OperationalError,  # connection refused or dropped, "database is locked"
+    sqlalchemy.exc.OperationalError,  # connection refused or dropped, "database is locked" (not "no such column")
     sqlalchemy.exc.InterfaceError,
     ConnectionError,
     TimeoutError,
@@ -93,6 +100,26 @@ def disk_full_reason(exc: BaseException, artifact_root: Path, run_id: str) -> st
     )
 
 
+def failure_reason(exc: BaseException, run_id: str) -> str:
+    """The readable reason a task failed fast with: a schema mismatch or a full disk say what to do."""
+    if is_schema_mismatch(exc):
+        return schema_mismatch_reason(exc)
+    return disk_full_reason(exc, settings.artifacts_dir.resolve(), run_id) or reason_of(exc)
+
+
+def record_failure(run_id: str, stage: str | None, reason: str) -> None:
+    """`runs.fail`, and never an exception out of it: a task whose failure cannot be recorded still ends."""
+    try:
+        runs.fail(runtime(), run_id, stage, reason)
+        return
+    except Exception:
+        log.exception("run %s: could not record its failure (%s); marking the run row only", run_id, reason)
+    try:
+        runs.mark_failed(runtime(), run_id, reason)
+    except Exception:
+        log.exception("run %s: could not mark it failed either; it keeps its status (%s)", run_id, reason)
+
+
 def reason_of(exc: BaseException) -> str:
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the task ran past its time limit"
@@ -117,17 +144,18 @@ def stage_task(name: str) -> Callable[[Callable[..., None]], Task]:
             except runs.LeaseBusy as exc:
                 log.info("%s", exc)
                 raise self.retry(countdown=exc.countdown) from None
-            except TRANSIENT as exc:
-                if self.request.retries < MAX_TRANSIENT_RETRIES:
-                    countdown = get_exponential_backoff_interval(2, self.request.retries, 300, full_jitter=True)
-                    where = ", ".join(map(str, (run_id, *ids)))
-                    log.warning("%s(%s): transient error, retry in %d s: %s", name, where, countdown, exc)
-                    raise self.retry(countdown=countdown) from exc
-                runs.fail(runtime(), run_id, stage, f"gave up after {MAX_TRANSIENT_RETRIES} retries: {reason_of(exc)}")
             except Exception as exc:
-                log.exception("%s %s %s failed", name, run_id, ids)
-                reason = disk_full_reason(exc, runtime().store.root, run_id) or reason_of(exc)
-                runs.fail(runtime(), run_id, stage, reason)
+                if isinstance(exc, TRANSIENT) and not is_schema_mismatch(exc):
+                    if self.request.retries < MAX_TRANSIENT_RETRIES:
+                        countdown = get_exponential_backoff_interval(2, self.request.retries, 300, full_jitter=True)
+                        where = ", ".join(map(str, (run_id, *ids)))
+                        log.warning("%s(%s): transient error, retry in %d s: %s", name, where, countdown, exc)
+                        raise self.retry(countdown=countdown) from exc
+                    reason = f"gave up after {MAX_TRANSIENT_RETRIES} retries: {reason_of(exc)}"
+                else:
+                    log.exception("%s %s %s failed", name, run_id, ids)
+                    reason = failure_reason(exc, run_id)
+                record_failure(run_id, stage, reason)
 
         return task
 

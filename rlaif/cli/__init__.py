@@ -11,11 +11,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import typer
 
-from rlaif.cli import constitutions, critique, evaluate, generate, judge, models, service, train
+from rlaif.cli import constitutions, critique, db, evaluate, generate, judge, models, service, train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Constitutional AI / RLAIF as a service.")
 app.add_typer(models.app, name="models")
 app.add_typer(constitutions.app, name="constitutions")
+app.add_typer(db.app, name="db")
 critique.register(app)
 judge.register(app)
 train.register(app)

@@ -1,6 +1,6 @@
 """`rlaif serve | worker | submit | watch | pull | delete | demo`: run the service and talk to it over HTTP.
 
-    rlaif serve                                   # the REST API (RLAIF_API_KEYS="key:owner")
+    rlaif serve                                   # the REST API (RLAIF_API_KEYS="key:owner"); see also `rlaif db`
     rlaif worker -Q generate,judge                # a Celery worker for two queues
     rlaif submit --constitution harmless --prompts examples/demo_prompts.jsonl --set ppo.kl_coef=0.1 --watch
     rlaif watch RUN_ID
@@ -79,9 +79,16 @@ def serve_command(
         "RLAIF_RATE_LIMIT_STORAGE=async+redis://...",
     ),
 ) -> None:
-    """Run the REST API (uvicorn). Docs at http://HOST:PORT/docs."""
+    """Run the REST API (uvicorn). Docs at http://HOST:PORT/docs. An empty database gets the schema; one at
+    another schema revision is refused (`rlaif db upgrade`)."""
     import uvicorn
 
+    from rlaif.db import SchemaError, check_database
+
+    try:
+        check_database(settings.db_url)  # (once here, not an exit per uvicorn worker process)
+    except SchemaError as exc:
+        raise _fail(exc) from None
     if not settings.api_key_owners():
         err.print("[yellow]warning:[/yellow] RLAIF_API_KEYS is empty: every request will get 401")
     uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level="info")

@@ -17,10 +17,9 @@ import json
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 
-from rlaif.config import RunConfig, load_run_config
+from rlaif.config import RunConfig, load_run_config, stored_run_config
 from rlaif.data import DATA_DIR
 
 console = Console()
@@ -58,8 +57,8 @@ def _run_config(store: object, run_id: str, config: Path | None, overrides: list
         if config is not None or overrides:
             raise _fail(f"{path} exists: a run's config is frozen, --config/--set only apply to a run without one")
         try:
-            return RunConfig.model_validate_json(path.read_text(encoding="utf-8"))
-        except ValidationError as exc:
+            return stored_run_config(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
             raise _fail(f"{path}: not a valid run config: {exc}") from None
     try:
         cfg = load_run_config(config, overrides)

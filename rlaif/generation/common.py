@@ -158,7 +158,9 @@ def prepare_prompts(
     fit_context: bool = False,
 ) -> tuple[list[list[int]], int, set[int]]:
     """`prepare_conversations` without the conversations: the prompt token ids, samples per prompt, cut rows."""
-    _, prompts, per_prompt, truncated = prepare_conversations(tokenizer, conversations, n, sampling, context, fit_context)
+    _, prompts, per_prompt, truncated = prepare_conversations(
+        tokenizer, conversations, n, sampling, context, fit_context
+    )
     return prompts, per_prompt, truncated
 
 

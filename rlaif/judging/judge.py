@@ -207,7 +207,9 @@ def as_scorer(
     if isinstance(model, OptionScorer):
         return model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return ModelScorer(model, batch_size=batch_size, share_prefix=share_prefix, pad_id=pad_id, prefix_cache=prefix_cache)
+    return ModelScorer(
+        model, batch_size=batch_size, share_prefix=share_prefix, pad_id=pad_id, prefix_cache=prefix_cache
+    )
 
 
 def score_requests(

@@ -404,8 +404,8 @@ def _model_summaries(
 
 
 def _judge_alerts(labels: Sequence[LabelRecord], cfg: RunConfig) -> list[monitors.Alert]:
-    """The judge quality gate (rlaif/judging/gate.py) over the run's labels, as report alerts."""
-    from rlaif.judging.gate import ADVICE, check_labels
+    """The judge quality gate (rlaif/evaluation/judge_gate.py) over the run's labels, as report alerts."""
+    from rlaif.evaluation.judge_gate import ADVICE, check_labels
     from rlaif.stages.judge import label_metrics
 
     if not labels:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from rlaif.config import JudgeConfig, RunConfig
 from rlaif.constitution import Constitution, Principle, sample_principles
 from rlaif.endpoints import is_endpoint, read_usage, usage_counts
-from rlaif.judging.gate import check_labels
+from rlaif.evaluation.judge_gate import check_labels
 from rlaif.judging.judge import JudgeRequest, as_scorer, judge_requests
 from rlaif.judging.labels import ensemble
 from rlaif.judging.scoring import OptionScorer, PrefixCache

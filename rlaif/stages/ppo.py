@@ -8,6 +8,11 @@ The value model starts from the reward model (backbone with its scalar head appl
 one, from the policy with a zero-initialised head (std=0). With `ppo.value_network = "shared"` it is instead a
 zero-initialised scalar head on the policy's own transformer, as in lm-human-preferences: half the trainable
 weights and optimizer state, and one forward pass gives both log-probs and values. Dropout is off throughout.
+With `ppo.lora_rank > 0` (LoRA-PPO) one base model is in memory: the policy is a LoRA adapter on it (peft), the
+reference is the same base with the adapter switched off (`AdapterDisabled`, peft `disable_adapter()`), and the
+value function is the shared head on it (`ppo.value_network = "shared"` is required; a separate value adapter is
+not implemented). Only the adapter and the value head train; step states and kept-best files hold only them, and
+the export is the merged policy with the adapter in model/adapter/.
 Each update rolls out `ppo.batch_size` episodes and trains on them for `ppo.ppo_epochs` epochs of
 `ppo.num_minibatches` minibatches, each accumulated over micro-batches, under bf16 autocast where the hardware
 has it (`ppo.dtype`), optionally with gradient checkpointing. Step states every `ppo.checkpoint_every` updates
@@ -41,10 +46,12 @@ from tqdm import tqdm
 from rlaif.checkpoints import (
     checkpoint_meta,
     load_latest_step_state,
+    load_weights,
     read_step_extra,
     remove_resume_states,
     save_hf_checkpoint,
     save_step_state,
+    save_weights,
 )
 from rlaif.config import MonitorConfig, PPOConfig, RunConfig
 from rlaif.evaluation.monitors import best_step, boilerplate, early_stop_decision
@@ -149,7 +156,12 @@ def train_ppo(
 
     policy = load_causal_lm(policy_model, dtype="float32", device=str(device))
     check_context(queries, cfg.response_length, context_length(policy.config, tokenizer))
-    ref_policy = load_causal_lm(policy_model, dtype="float32", device=str(device)).requires_grad_(False)
+    lora = cfg.lora_rank > 0
+    if lora:  # one base model: the policy is an adapter on it, the reference is it with the adapter off
+        policy = _add_lora(policy, cfg)
+        ref_policy: Reference = AdapterDisabled(policy)
+    else:
+        ref_policy = load_causal_lm(policy_model, dtype="float32", device=str(device)).requires_grad_(False)
     if cfg.value_network == "shared":
         value_net: ValueNet = ValueHead(policy.config.hidden_size).to(device)
     else:
@@ -161,7 +173,8 @@ def train_ppo(
                 net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     # Adam eps 1e-5 as in lm-human-preferences (the N-details blog: TF's default, not PyTorch's 1e-8). Fused: one
     # kernel per step instead of ~10 elementwise passes, each with a parameter-sized temporary.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # everything, or the adapter and value head
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
     lr_factor = functools.partial(_lr_factor, num_updates=cfg.num_updates, anneal=cfg.anneal_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
@@ -176,9 +189,10 @@ def train_ppo(
     _prune_best(best_dir, keep={s for s in _best_files(best_dir) if s <= start_update})
     checkpoint_best = best_step(history, monitor) if keep_best and history else None
     log.info(
-        "PPO of %s on %d prompts (%d too long): %d updates of %d episodes, %d epochs x %d minibatches of %d, "
+        "PPO of %s (%s) on %d prompts (%d too long): %d updates of %d episodes, %d epochs x %d minibatches of %d, "
         "value model from %s, autocast %s, start at update %d",
-        policy_model, len(queries), dropped, cfg.num_updates, cfg.batch_size, cfg.ppo_epochs, cfg.num_minibatches,
+        policy_model, f"LoRA rank {cfg.lora_rank}, reference = base without adapter" if lora else "full fine-tuning",
+        len(queries), dropped, cfg.num_updates, cfg.batch_size, cfg.ppo_epochs, cfg.num_minibatches,
         cfg.minibatch_size, _value_source(cfg, policy_model, value_model), autocast_dtype(cfg.dtype, device),
         start_update,
     )  # fmt: skip
@@ -200,7 +214,7 @@ def train_ppo(
         # The monitors and the keep-best metrics read only rollout metrics, so `record` decides as the full one will.
         best = best_step([*history, record], monitor) if keep_best else None
         if best == update + 1:  # the best rollout so far: keep the policy that sampled it, before it trains on it
-            _save_best(policy, best_dir, update + 1)
+            _save_best(policy, best_dir, update + 1, trainable_only=lora)
         ptx_batches = _ptx_batches(ptx_data, update, cfg, seed, tokenizer.pad_token_id, device)
         minibatch_generator = torch.Generator().manual_seed(derive_seed(seed, "minibatches", update))
         with training_mode(policy, value_net):
@@ -215,7 +229,8 @@ def train_ppo(
         if (update + 1) % cfg.sample_every == 0:
             log_samples(samples_path, update + 1, b_prompts, data, tokenizer, progress)
         if (update + 1) % cfg.checkpoint_every == 0 and update + 1 < cfg.num_updates and not decision.stop:
-            save_step_state(steps_dir, update + 1, model, optimizer, scheduler, {"kl_ctl": kl_ctl.state_dict()})
+            save_step_state(steps_dir, update + 1, model, optimizer, scheduler, {"kl_ctl": kl_ctl.state_dict()},
+                            trainable_only=lora)  # fmt: skip
             checkpoint_best = best
         if keep_best:  # the current best, and the one a resume from the newest step state would come back to
             _prune_best(best_dir, keep={best, checkpoint_best})
@@ -233,7 +248,7 @@ def train_ppo(
     metrics_log.close()
     if keep_best and history:
         kept = best_step(history, monitor)
-        _load_best(policy, best_dir, kept)
+        _load_best(policy, best_dir, kept, trainable_only=lora)
         metrics = next(r for r in history if r["step"] == kept)
         log.info("keeping the policy that sampled update %d (best %s %.4f)", kept, monitor.keep_best,
                  metrics[monitor.keep_best])  # fmt: skip
@@ -264,7 +279,7 @@ def train_ppo(
 @torch.no_grad()
 def rollout(
     policy: PreTrainedModel,
-    ref_policy: PreTrainedModel,
+    ref_policy: Reference,
     value_net: ValueNet,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
@@ -417,6 +432,39 @@ def training_mode(*nets: torch.nn.Module) -> Iterator[None]:
             net.eval()
 
 
+def _add_lora(model: PreTrainedModel, cfg: PPOConfig) -> PreTrainedModel:
+    """LoRA adapters on every linear layer of the decoder (peft); only the adapters train. LoRA B starts at zero,
+    so the adapted policy starts equal to its base: the first rollout's KL to the reference is 0."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    model = get_peft_model(model, lora)
+    disable_dropout(model)
+    return model
+
+
+class AdapterDisabled(torch.nn.Module):
+    """The frozen reference of LoRA-PPO: the policy's own base model with its adapter switched off.
+
+    Called like a causal LM (`forward_logits`), it runs the policy under peft's `disable_adapter()`, where every
+    LoRA layer returns its base layer's output: the base model's exact log-probs, with no second copy in memory.
+    """
+
+    def __init__(self, policy: PreTrainedModel) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, **inputs: Any) -> Any:
+        with self.policy.disable_adapter():
+            return self.policy(**inputs)
+
+
+# The KL reference: a frozen copy of the starting policy, or (LoRA) the policy's base with the adapter off.
+Reference: TypeAlias = "PreTrainedModel | AdapterDisabled"
+
+
 def load_value_model(name: str, device: torch.device, zero_head: bool) -> PreTrainedModel:
     """A sequence-classification model with one output, used per token as V(s_t).
 
@@ -510,7 +558,7 @@ def forward_values(value_net: PreTrainedModel, input_ids: torch.Tensor, attentio
 
 def _score_tokens(
     policy: PreTrainedModel,
-    ref_policy: PreTrainedModel,
+    ref_policy: Reference,
     value_net: ValueNet,
     query_responses: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -622,9 +670,9 @@ def _lr_factor(update: int, num_updates: int, anneal: bool) -> float:
 
 # --- the kept best policy --------------------------------------------------------------------------------------
 # monitor.keep_best needs the weights of an earlier policy when training ends. Step states (full optimizer state,
-# ~3 GB on the 135M model) are too heavy to keep for that, so the policy's weights alone (~0.5 GB) are written to
-# best/update-<k>.safetensors when update k's rollout is the best so far. At most two files live at once: the
-# current best and the best as of the newest step state, which a resume from that state comes back to.
+# ~3 GB on the 135M model) are too heavy to keep for that, so the policy's weights alone (~0.5 GB; with LoRA only
+# the adapter) are written to best/update-<k>.safetensors when update k's rollout is the best so far. At most two
+# files live at once: the current best and the best as of the newest step state, which a resume comes back to.
 
 
 def _best_path(best_dir: Path, step: int) -> Path:
@@ -638,15 +686,14 @@ def _best_files(best_dir: Path) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in best_dir.glob("update-*.safetensors"))
 
 
-def _save_best(policy: PreTrainedModel, best_dir: Path, step: int) -> None:
-    """Write the policy's weights as the policy that sampled update `step`'s rollout (atomically)."""
-    from safetensors.torch import save_model
-
+def _save_best(policy: PreTrainedModel, best_dir: Path, step: int, trainable_only: bool) -> None:
+    """Write the policy's weights (trainable_only: its adapter) as the policy that sampled update `step`'s rollout
+    (atomically)."""
     best_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".update-", suffix=".tmp", dir=best_dir)
     os.close(fd)
     try:
-        save_model(policy, tmp)
+        save_weights(policy, Path(tmp), trainable_only)
         os.replace(tmp, _best_path(best_dir, step))
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -658,13 +705,11 @@ def _prune_best(best_dir: Path, keep: set[int | None]) -> None:
             _best_path(best_dir, step).unlink(missing_ok=True)
 
 
-def _load_best(policy: PreTrainedModel, best_dir: Path, step: int) -> None:
-    from safetensors.torch import load_model
-
+def _load_best(policy: PreTrainedModel, best_dir: Path, step: int, trainable_only: bool) -> None:
     path = _best_path(best_dir, step)
     if not path.is_file():
         raise StoreError(f"{path} is missing: cannot restore the best policy (update {step}) for monitor.keep_best")
-    load_model(policy, str(path), strict=True, device=str(next(policy.parameters()).device))
+    load_weights(policy, path, trainable_only)
 
 
 # --- metrics and samples ----------------------------------------------------------------------------------------

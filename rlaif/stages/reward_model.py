@@ -12,7 +12,9 @@ both paths read the true last token. The head starts at std 1/sqrt(d+1)
 ("The N Implementation Details of RLHF with PPO", reward head init). After training, rewards of the training
 responses are normalised to mean 0 / std 1 (same source, detail "reward normalisation"): gain and bias go into
 config.json (`reward_gain`, `reward_bias`) and meta.json, and `reward_score_fn` applies them, so PPO sees
-normalised scores.
+normalised scores. With `reward_model.lora_rank > 0` the backbone is frozen and only LoRA adapters (peft) and
+the score head train (the head as a peft `modules_to_save` copy); the export is still the merged sequence
+classifier, with the adapter in model/adapter/, and step states hold only what trains.
 
     rlaif reward-model --run-id demo
     torchrun --nproc_per_node 2 -m rlaif reward-model --run-id demo
@@ -141,6 +143,8 @@ def train_reward_model(
 
     model = load_reward_backbone(sft_model, tokenizer.pad_token_id, info.device)
     attention = use_packed_attention(model)  # restored before saving
+    if cfg.lora_rank > 0:
+        model = _add_lora(model, cfg)
     model.train()
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, total_steps, cfg.warmup_ratio)
@@ -191,7 +195,8 @@ def train_reward_model(
         metrics_log.log(metrics)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             if info.is_main:
-                save_step_state(steps_dir, step + 1, model, optimizer, scheduler, {"metrics": metrics})
+                save_step_state(steps_dir, step + 1, model, optimizer, scheduler, {"metrics": metrics},
+                                trainable_only=cfg.lora_rank > 0)  # fmt: skip
             barrier(info)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/train']:.3f}")
@@ -266,10 +271,19 @@ def pair_loss_sum(model: torch.nn.Module, batch: PairBatch) -> tuple[torch.Tenso
 def packed_rewards(model: torch.nn.Module, batch: PairBatch) -> torch.Tensor:
     """Raw head output at the last token of each packed sequence, (2B,): the backbone runs once over the row and
     the (d -> 1) head reads only the 2B last positions."""
-    backbone = getattr(model, model.base_model_prefix)
+    classifier = _classifier(model)
+    backbone = getattr(classifier, classifier.base_model_prefix)
     hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
     # use_cache=False: with a cache transformers would not build the block-diagonal mask (sequences would mix).
-    return model.score(hidden[0, batch.last_index]).squeeze(-1)
+    return classifier.score(hidden[0, batch.last_index]).squeeze(-1)
+
+
+def _classifier(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers classifier: the model itself, or the one inside a peft wrapper (its LoRA layers and
+    trainable head copy sit in place in it, so its backbone and `score` are the adapted ones)."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def pooled_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -381,6 +395,19 @@ def load_reward_backbone(model_name: str, pad_token_id: int, device: torch.devic
     torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden + 1))
     disable_dropout(model)
     return model.to(device)
+
+
+def _add_lora(model: torch.nn.Module, cfg: RewardModelConfig) -> torch.nn.Module:
+    """LoRA adapters on every linear layer of the backbone (peft); the adapters and the score head train."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="SEQ_CLS",
+        modules_to_save=["score"],
+    )  # fmt: skip
+    model = get_peft_model(model, lora)
+    disable_dropout(model)
+    return model
 
 
 def load_reward_model(path: str | Path, device: str | None = None) -> RewardModel:

@@ -105,7 +105,11 @@ def _create_run(api: TestClient, tiny_model: str) -> str:
 
 @pytest.fixture(scope="module")
 def evaluated_run(
-    api: TestClient, api_service: Service, tiny_model: str, packaged_data: Path, tmp_path_factory: pytest.TempPathFactory
+    api: TestClient,
+    api_service: Service,
+    tiny_model: str,
+    packaged_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> str:
     """A run created through the API whose evaluate stage has finished; returns its id."""
     run_id = _create_run(api, tiny_model)

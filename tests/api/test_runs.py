@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 from service_fixtures import REPO, TINY_RUN, Service, auth, error_of
 
-from rlaif.config import RunConfig
+from rlaif.config import CONFIG_VERSION, RunConfig
 from rlaif.constitution import load_constitution
 from rlaif.db import EventRow, RunRow, get_engine, session_factory
 from rlaif.pipeline import plan
@@ -256,6 +256,30 @@ def test_a_non_finite_number_is_422_and_nothing_is_stored(
     assert error_of(response) == (422, "invalid run config", [f"config.ppo.{field}: Input should be a finite number"])
     after = (api.get("/v1/runs", headers=auth()).json()["count"], set(runs_folder.glob("*")), queue.llen("control"))
     assert after == before
+
+
+def test_a_config_stored_before_versions_reads_as_the_current_version(
+    api: TestClient, api_service: Service, inputs: dict[str, str]
+) -> None:
+    """Every config stored before config_version existed has none (version 0): it reads, upgraded. One stored by
+    a newer rlaif (a version this code does not know) lists with a config_error instead of a guess."""
+    old, newer = (api.post("/v1/runs", json=body(inputs), headers=auth()).json()["id"] for _ in range(2))
+    with session_factory(get_engine(api_service.db_url)).begin() as session:
+        for run_id, version in ((old, None), (newer, CONFIG_VERSION + 1)):
+            row = session.get(RunRow, run_id)
+            assert row is not None and json.loads(row.config_json)["config_version"] == CONFIG_VERSION
+            stored = {k: v for k, v in json.loads(row.config_json).items() if k != "config_version"}
+            row.config_json = json.dumps(stored if version is None else {**stored, "config_version": version})
+    read = api.get(f"/v1/runs/{old}", headers=auth()).json()
+    assert (read["config_error"], read["config"]["config_version"], read["policy_model"]) == (
+        None,
+        CONFIG_VERSION,
+        "tiny-random-llama",
+    )
+    listed = {run["id"]: run for run in api.get("/v1/runs", headers=auth()).json()["data"]}
+    assert listed[old]["config_error"] is None
+    assert f"config_version {CONFIG_VERSION + 1} is newer" in listed[newer]["config_error"]
+    assert api.get(f"/v1/runs/{newer}", headers=auth()).json()["config"]["config_version"] == CONFIG_VERSION + 1
 
 
 def test_a_stored_config_that_no_longer_validates_still_lists(

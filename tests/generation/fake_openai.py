@@ -86,16 +86,19 @@ class FakeOpenAI:
         a, b = self.option_ids
         choices = []
         for index in range(n):
+            letter = "A" if logp_a >= logp_b else "B"
             if body.get("max_tokens") == 1:  # a judge request: the answered letter, with log-probs if asked
-                text = "A" if logp_a >= logp_b else "B"
+                text = letter
+            elif "Options:" in prompt:  # the plain judge question over the chat API: a sentence
+                text = f"The answer is: ({letter}) because it is better."
             else:
                 text = f"answer {index} to {len(prompt)} chars (seed {body.get('seed')})"
             choice: dict[str, Any] = {"index": index, "text": text, "finish_reason": "stop"}
-            if self.logprobs and body.get("logprobs") is not None:
+            if self.logprobs and body.get("logprobs") not in (None, False):
                 if "logprob_token_ids" in body:
                     top = {f"token_id:{a}": logp_a, f"token_id:{b}": logp_b}
                 else:
-                    k = int(body["logprobs"])
+                    k = int(body.get("top_logprobs") or body["logprobs"])
                     others = {f"token_id:{1000 + i}": -3.0 - i for i in range(max(0, k - 2))}
                     top = {f"token_id:{a}": logp_a, f"token_id:{b}": logp_b, **others}
                     top = dict(sorted(top.items(), key=lambda kv: -kv[1])[:k])
@@ -105,7 +108,23 @@ class FakeOpenAI:
                 choice["logprobs"] = {"top_logprobs": [top], "tokens": [text], "token_logprobs": [max(top.values())]}
             choices.append(choice)
         usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": n * (1 if body.get("max_tokens") == 1 else 6)}
+        if path.endswith("/chat/completions"):
+            choices = [_as_chat(choice) for choice in choices]
         return 200, {}, {"id": "x", "object": "text_completion", "choices": choices, "usage": usage}
+
+
+def _as_chat(choice: dict[str, Any]) -> dict[str, Any]:
+    """A completions choice in the chat API's shape (message.content; logprobs.content[i].top_logprobs)."""
+    out: dict[str, Any] = {
+        "index": choice["index"],
+        "message": {"role": "assistant", "content": choice["text"]},
+        "finish_reason": choice["finish_reason"],
+    }
+    if "logprobs" in choice:
+        top = choice["logprobs"]["top_logprobs"][0]
+        entries = [{"token": token, "logprob": value} for token, value in top.items()]
+        out["logprobs"] = {"content": [{"token": choice["text"], "logprob": 0.0, "top_logprobs": entries}]}
+    return out
 
 
 def expected_p_a(prompt: str) -> float:

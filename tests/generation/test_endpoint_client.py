@@ -300,3 +300,90 @@ def test_rlaif_endpoints_parses_json_or_yaml_and_checks_names() -> None:
         parse_endpoints({"a": {"base_url": "http://x/v1", "model": "m"}})
     with pytest.raises(ValueError, match="without credentials"):
         parse_endpoints({"a": {"base_url": "http://user:pw@x/v1", "model": "m", "tokenizer": "t"}})
+
+
+def test_the_service_path_caches_per_stage_and_counts_every_attempt(
+    fake: FakeOpenAI, tmp_path: Path, minimal_constitution: Constitution, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A judge shard run by a worker (rlaif/executors.py), then the same shard redelivered: nothing is sent twice,
+    and the exported stage counts both attempts' requests and cache hits."""
+    from rlaif import settings as settings_module
+    from rlaif.executors import StageContext, cached_judge, export_stage, run_shard, stage_inputs
+    from rlaif.pipeline import plan
+
+    monkeypatch.setattr(settings_module.settings, "endpoints", {"fake": endpoint(fake)})
+    store = _store(tmp_path)
+    cfg = RunConfig(judge={"model": "endpoint:fake"})
+    spec = next(s for s in plan(cfg) if s.kind == "judge")
+    ctx = StageContext("run1", spec, cfg, store, minimal_constitution)
+    cached_judge.cache_clear()
+    items = stage_inputs(ctx, 0)
+    payloads = [record.model_dump() for record in run_shard(ctx, items, 0)]
+    sent = len(fake.requests)
+    assert sent == 2 * len(COMPARISONS)
+    cached_judge.cache_clear()  # a redelivery lands on another worker process
+    assert [record.model_dump() for record in run_shard(ctx, items, 0)] == payloads
+    assert len(fake.requests) == sent
+    result = export_stage(ctx, payloads)
+    assert (result.counts["judge_requests"], result.counts["judge_cached"]) == (sent, sent)
+    assert result.extra["label_methods"] == {"logprob_token_ids": 3} and result.extra["soft_labels"] is True
+    cached_judge.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("refuse", "variant", "method"),
+    [
+        (set(), "chat_logprob_token_ids", "logprob_token_ids"),
+        ({"logprob_token_ids"}, "chat_top_logprobs", "top_logprobs"),
+        ({"continue_final_message"}, "chat_hard", "hard"),
+    ],
+)
+def test_the_judge_over_the_chat_api(
+    fake: FakeOpenAI, minimal_constitution: Constitution, refuse: set[str], variant: str, method: str
+) -> None:
+    fake.refuse_fields = refuse
+    scorer = EndpointScorer("endpoint:fake", client=client(fake, api="chat"))
+    labels = list(
+        judge_comparisons(COMPARISONS, scorer, scorer.tokenizer, minimal_constitution, None, JudgeConfig(), 0)
+    )
+    assert (scorer.variant, scorer.method) == (variant, method)
+    sent = fake.requests[-1][2]
+    if method == "hard":  # the plain question; the letter read from "The answer is: (A) because ..."
+        assert sent["messages"][-1]["role"] == "user" and sent["max_tokens"] == 16
+        assert all(label.p_a == 0.5 and label.judgements[0].p_a == 1.0 for label in labels)
+    else:  # the answer pre-filled as the open last assistant turn
+        assert sent["messages"][-1] == {"role": "assistant", "content": ANSWER_PREFIX}
+        assert sent["continue_final_message"] is True and sent["add_generation_prompt"] is False
+        assert all(0 < label.coverage < 1 and label.method == method for label in labels)
+
+
+def test_generator_over_chat(fake: FakeOpenAI) -> None:
+    generator = EndpointGenerator("endpoint:fake", client=client(fake, api="chat"))
+    results = generator.generate([[{"role": "user", "content": "Hi"}]], 2, SamplingConfig(max_new_tokens=6), seed=1)
+    assert [c.text[:9] for c in results[0]] == ["answer 0 ", "answer 1 "] and all(c.finished for c in results[0])
+    assert fake.requests[-1][2]["messages"] == [{"role": "user", "content": "Hi"}]
+
+
+def test_the_evaluation_judges_refusals_through_the_endpoint(
+    fake: FakeOpenAI,
+    tmp_path: Path,
+    tiny_model: str,
+    minimal_constitution: Constitution,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rlaif import settings as settings_module
+    from rlaif.evaluation.datasets import EvalPrompt
+    from rlaif.stages.evaluate import evaluate_models
+
+    monkeypatch.setattr(settings_module.settings, "endpoints", {"fake": endpoint(fake)})
+    prompts = [
+        EvalPrompt(id=f"heldout:{i}", prompt=p, dataset="heldout", kind="heldout")
+        for i, p in enumerate(["Hi?", "Why?"])
+    ]
+    cfg = RunConfig(policy_model=tiny_model, judge={"model": "endpoint:fake"}, eval={"sampling": {"max_new_tokens": 4}})
+    report, samples = evaluate_models(
+        {"base": tiny_model, "sft": tiny_model}, prompts, cfg, minimal_constitution, stage_dir=tmp_path, progress=False
+    )
+    assert report.judge_model == "endpoint:fake"
+    assert all(0 < s.refusal_judge["base"] < 1 for s in samples)  # both orders of the refusal question, read remotely
+    assert read_usage(tmp_path)["judge"]["requests"] == 2 * len(prompts)

@@ -102,7 +102,8 @@ def test_endpoint_judge_equals_the_in_process_judge(
     cfg = JudgeConfig(principles_per_label=2)
     labels = list(judge_comparisons(COMPARISONS, scorer, scorer.tokenizer, harmless, None, cfg, 0, progress=False))
     delta = _max_delta(labels, in_process)
-    print(f"\nmax |dP(A)| endpoint ({scorer.method}) vs in-process, {2 * len(labels) * 2} readings: {delta:.2e}")
+    readings = 2 * sum(len(label.judgements) for label in labels)
+    print(f"\nmax |dP(A)| endpoint ({scorer.method}) vs in-process, {readings} readings: {delta:.2e}")
     assert delta < 1e-3
     assert scorer.method == ("logprob_token_ids" if variant is None else "top_logprobs")
     for ours, theirs in zip(labels, in_process, strict=True):

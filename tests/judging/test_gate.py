@@ -1,4 +1,4 @@
-"""The judge quality gate: bounds on a run's own labels before a policy trains on them (rlaif/judging/gate.py)."""
+"""The judge quality gate: bounds on a run's own labels before a policy trains on them (rlaif/evaluation/judge_gate.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from service_fixtures import REPO, TINY_RUN, Service, auth, wait_for
 
 from rlaif.client import Client
 from rlaif.config import JudgeGateConfig
-from rlaif.judging.gate import check_labels
+from rlaif.evaluation.judge_gate import check_labels
 
 
 def test_the_gate_reads_flip_rate_and_position_bias() -> None:

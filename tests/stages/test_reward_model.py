@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
@@ -18,6 +19,7 @@ from rlaif.rl.losses import bradley_terry_loss
 from rlaif.stages import LABELS_FILE
 from rlaif.stages.reward_model import (
     PairExample,
+    _add_lora,
     evaluate_reward_model,
     load_preference_pairs,
     load_reward_backbone,
@@ -186,3 +188,60 @@ def test_reward_model_resume_matches_an_uninterrupted_run(tiny_model: str, tmp_p
         == (json.loads((tmp_path / "resumed" / "model" / "config.json").read_text())["reward_gain"])
     )
     assert init_distributed().world_size == 1
+
+
+def test_lora_reward_model_trains_adapter_and_head_exports_merged_and_resumes(tiny_model: str, tmp_path: Path) -> None:
+    cfg = FAST.model_copy(update={"lora_rank": 4, "lora_alpha": 8, "checkpoint_every": 1, "eval_fraction": 0.0})
+    # What trains: LoRA A and B on every linear layer of the backbone, and peft's trainable copy of the score head.
+    tokenizer = reward_tokenizer(tiny_model)
+    model = _add_lora(load_reward_backbone(tiny_model, tokenizer.pad_token_id, torch.device("cpu")), cfg)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert "base_model.model.score.modules_to_save.default.weight" in trainable
+    assert all("lora_A" in n or "lora_B" in n or "score.modules_to_save" in n for n in trainable)
+    # 2 layers x 7 linear layers x (A, B), plus the head
+    assert len(trainable) == 2 * 7 * 2 + 1
+
+    labels = _labels(12)
+    train_reward_model(labels, tiny_model, cfg, tmp_path / "full", seed=4, progress=False)
+
+    def crash_at_step_4(step: int, metrics: dict[str, float]) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(labels, tiny_model, cfg, tmp_path / "resumed", seed=4, progress=False,
+                           on_step=crash_at_step_4)  # fmt: skip
+    state = load_file(tmp_path / "resumed" / "steps" / "step-00000004" / "model.safetensors")
+    assert state.keys() == set(trainable)  # the step state holds what trains, not the frozen backbone
+    train_reward_model(labels, tiny_model, cfg, tmp_path / "resumed", seed=4, progress=False)
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        full = load_file(tmp_path / "full" / "model" / name)
+        resumed = load_file(tmp_path / "resumed" / "model" / name)
+        assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+    # The exports: the merged classifier (what PPO and users load, no peft needed) and the adapter, both in the
+    # manifest. The adapter on the base scores as the merged folder does, up to float rounding (merging adds
+    # B A scale to each weight once); the head is the trained one, not the base's fresh one.
+    folder = tmp_path / "full" / "model"
+    files = verify_manifest(folder)["files"]
+    assert {"model.safetensors", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= set(files)
+    merged = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    base = load_reward_backbone(tiny_model, tokenizer.pad_token_id, torch.device("cpu"))
+    fresh_head = base.score.weight.clone()
+    adapted = PeftModel.from_pretrained(base, folder / "adapter").eval()
+    rows = [
+        tokenize_chat(tokenizer, r.prompt, s, 64).input_ids for r in labels[:3] for s in (r.response_a, r.response_b)
+    ]
+    width = max(map(len, rows))
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+    mask = (ids != tokenizer.pad_token_id).long()
+    with torch.no_grad():
+        merged_scores, adapter_scores = pooled_rewards(merged, ids, mask), pooled_rewards(adapted, ids, mask)
+    torch.testing.assert_close(merged_scores, adapter_scores, atol=1e-5, rtol=1e-5)
+    assert merged_scores.std().item() > 0  # six different responses, six different rewards
+    assert not torch.equal(merged.score.weight, fresh_head)
+    # The normalisation made it into the merged folder: scores of the training responses are mean 0, std 1.
+    sides = sorted({(r.prompt, s) for r in labels for s in (r.response_a, r.response_b)})
+    scores = reward_score_fn(folder)([p for p, _ in sides], [s for _, s in sides])
+    assert scores.mean().item() == pytest.approx(0.0, abs=1e-4)
+    assert scores.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)

@@ -11,7 +11,7 @@ constitution. The gate reads the judge stage's `judge/*` metrics (rlaif/stages/j
 `judge.gate.action` says what happens: `warn` (default: a warning event that `rlaif watch` shows, and an alert in
 the evaluation report) or `stop` (the run fails before any policy trains on the labels, with the same message).
 
-    python -c "from rlaif.judging.gate import check_labels; help(check_labels)"
+    python -c "from rlaif.evaluation.judge_gate import check_labels; help(check_labels)"
 """
 
 from __future__ import annotations
