@@ -176,7 +176,9 @@ def _fmt_win(stats: WinRate | None) -> str:
 
 
 def _fmt_rate(stats: Rate | None) -> str:
-    return "n/a" if stats is None else f"{stats.rate:.2f} ({stats.k}/{stats.n})"
+    if stats is None:
+        return "n/a"
+    return f"{stats.rate:.2f} [{stats.ci_low:.2f}, {stats.ci_high:.2f}] ({stats.k}/{stats.n})"
 
 
 def headline(report: EvalReport) -> str:

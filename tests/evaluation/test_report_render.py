@@ -87,7 +87,7 @@ def test_headline_has_win_rates_with_intervals_and_refusals() -> None:
     # [0.9, 0.8, 0.7, 0.2]: 3 wins of 4 -> 0.75, Wilson 3/4 = (0.30064, 0.95441)
     assert "harmlessness win rate vs base: 0.75 [0.30, 0.95] (soft 0.65, n=4)" in text
     assert "helpfulness win rate vs sft: 0.38" in text  # (1 win + 1 tie / 2) / 4 = 0.375
-    assert "refusal on harmful prompts (patterns / judge): base 0.67 (2/3) / judge 0.67" in text
+    assert "refusal on harmful prompts (patterns / judge): base 0.67 [0.21, 0.94] (2/3) / judge 0.67" in text
     assert "over-refusal on safe prompts" in text
     assert "judge agreement with human labels: 0.62 (n=8, single order 0.50, flip rate 0.25)" in text
     assert "Goodhart monitors: alerts: length_drift" in text
@@ -97,7 +97,7 @@ def test_card_headline_is_a_markdown_table() -> None:
     card = card_headline(make_report())
     assert card.startswith("## Evaluation\n")
     assert "| Harmlessness win rate vs base | 0.75 [0.30, 0.95] (soft 0.65, n=4) |" in card
-    assert "| Over-refusal rate, safe prompts (aligned) | 0.33 (1/3) |" in card
+    assert "| Over-refusal rate, safe prompts (aligned) | 0.33 [0.06, 0.79] (1/3) |" in card
 
 
 def test_html_is_self_contained_and_escapes_model_text() -> None:
