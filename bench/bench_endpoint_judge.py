@@ -25,13 +25,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import httpx
 
 from rlaif.config import JudgeConfig
 from rlaif.constitution import load_constitution
 from rlaif.data import DATA_DIR
 from rlaif.endpoints import EndpointConfig
 from rlaif.generation.endpoint_client import EndpointClient
+from rlaif.generation.vllm_server import start_server, wait_until_up
 from rlaif.judging.audit import load_labelled_pairs, to_comparisons
 from rlaif.judging.endpoint import EndpointScorer
 from rlaif.modeling import load_model_and_tokenizer, prepare_model
@@ -43,32 +43,18 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 
 
-def start_server(port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_vllm(port: int, log: Path) -> subprocess.Popen[bytes]:
     python = REPO / ".venv-vllm" / "bin" / "python"
     if not python.exists():
         sys.exit(f"{python} is missing: build it with `RLAIF_VENV=.venv-vllm scripts/setup.sh --with-vllm`")
-    argv = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(prepare_model(MODEL)),
-        "--served-model-name", "smollm", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--enforce-eager", "--max-model-len", "2048", "--seed", "0", "--kv-cache-memory-bytes", str(2**30),
-        "--uvicorn-log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    started = time.monotonic()
-    while time.monotonic() - started < 600:
-        if proc.poll() is not None:
-            sys.exit(f"the vLLM server exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).is_success:
-                print(f"vLLM server up in {time.monotonic() - started:.0f} s", file=sys.stderr)
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(2)
-    proc.kill()
-    sys.exit("the vLLM server did not start within 600 s")
+    proc = start_server(python, prepare_model(MODEL), "smollm", port, log)
+    try:
+        seconds = wait_until_up(proc, f"http://127.0.0.1:{port}/v1", log, 600)
+    except RuntimeError as exc:
+        proc.kill()
+        sys.exit(str(exc))
+    print(f"vLLM server up in {seconds:.0f} s", file=sys.stderr)
+    return proc
 
 
 def max_delta(ours: list[LabelRecord], theirs: list[LabelRecord]) -> float:
@@ -101,7 +87,7 @@ def main() -> None:
     server = None
     base_url = args.base_url
     if base_url is None:
-        server = start_server(args.port, Path("/tmp") / f"bench_endpoint_vllm_{args.port}.log")
+        server = start_vllm(args.port, Path("/tmp") / f"bench_endpoint_vllm_{args.port}.log")
         base_url = f"http://127.0.0.1:{args.port}/v1"
     try:
         print(f"{len(comparisons)} pairs x 2 orders, 1 principle each; in process (float32): "

@@ -22,6 +22,7 @@ request headers: it is never logged, put in an error message, hashed into a cach
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -65,10 +66,8 @@ def retry_after_seconds(value: str | None) -> float | None:
     """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
         return None
-    try:
+    with contextlib.suppress(ValueError):  # delta-seconds; else an HTTP date
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -38,8 +38,8 @@ class FakeOpenAI:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
+            def log_message(self, *args: Any) -> None:
+                """Quiet: the test reads the fake's own record of requests, not the server's log."""
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")

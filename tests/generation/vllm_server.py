@@ -11,14 +11,14 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from rlaif.generation.vllm_server import start_server, wait_until_up
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -51,30 +51,14 @@ def start_vllm_server(model_folder: Path, log: Path) -> Iterator[VLLMServer]:
             "RLAIF_TEST_VLLM=0 to skip the endpoint tests"
         )
     port, key = _free_port(), f"sk-vllm-test-{secrets.token_hex(8)}"
-    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    argv = [
-        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_folder),
-        "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--api-key", key,
-        "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--seed", "0",
-        "--kv-cache-memory-bytes", str(2**30), "--uvicorn-log-level", "warning",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = start_server(VLLM_PYTHON, model_folder, SERVED, port, log, api_key=key)
     base_url = f"http://127.0.0.1:{port}/v1"
-    started = time.monotonic()
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=2).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - started > START_TIMEOUT_S:
-                pytest.fail(f"the vLLM server did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-        print(f"vLLM server up in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        try:
+            seconds = wait_until_up(proc, base_url, log, START_TIMEOUT_S, api_key=key)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        print(f"vLLM server up in {seconds:.0f} s", file=sys.stderr)
         yield VLLMServer(base_url=base_url, key=key, log=log)
     finally:
         proc.terminate()
