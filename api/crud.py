@@ -30,7 +30,7 @@ from api.schemas import (
 from rlaif.budget import RunBudget, estimate_budget
 from rlaif.config import RunConfig, upgrade_config
 from rlaif.constitution import Constitution, ConstitutionError, load_constitution
-from rlaif.db import (
+from rlaif.service.db import (
     SHIPPED_OWNER,
     CheckpointRow,
     ConstitutionRow,

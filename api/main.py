@@ -15,7 +15,7 @@ from api.limits import RequestLimits
 from api.routes import checkpoints, constitutions, health, prompt_sets, reports, runs, usage
 from api.schemas import ErrorPublic
 from rlaif import __version__
-from rlaif.db import SchemaError, get_engine, session_factory
+from rlaif.service.db import SchemaError, get_engine, session_factory
 from rlaif.settings import Settings, settings
 from rlaif.store import ArtifactStore
 from workers.app import create_celery
@@ -23,7 +23,7 @@ from workers.app import create_celery
 
 def create_app(cfg: Settings | None = None) -> FastAPI:
     """An app on the database, artifact root and broker of `cfg` (default: the RLAIF_* environment). An empty
-    database gets the schema; one at a schema revision other than this code's raises SchemaError (rlaif/db.py)."""
+    database gets the schema; one at a schema revision other than this code's raises SchemaError (rlaif/service/db.py)."""
     cfg = cfg or settings
     app = FastAPI(
         title="rlaif",

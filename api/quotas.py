@@ -28,7 +28,7 @@ from api.crud import stored_config
 from api.errors import ApiError
 from api.schemas import BudgetFigures, QuotaLimits, UsagePublic
 from rlaif.budget import Cost, RunBudget, estimate_budget
-from rlaif.db import QUEUED, RUNNING, TERMINAL, ConstitutionRow, PromptSetRow, RunRow, utcnow
+from rlaif.service.db import QUEUED, RUNNING, TERMINAL, ConstitutionRow, PromptSetRow, RunRow, utcnow
 from rlaif.settings import Settings
 from rlaif.store import ArtifactStore
 
@@ -160,7 +160,7 @@ def check_tokens_per_day(session: Session, owner: str, settings: Settings, budge
 
 
 def admit_run(session: Session, store: ArtifactStore, owner: str, settings: Settings, budget: RunBudget) -> None:
-    """Every check a new run passes before anything of it is stored (rlaif.runs.create_run's `admit`)."""
+    """Every check a new run passes before anything of it is stored (rlaif.service.state.create_run's `admit`)."""
     check_budget(budget, settings)
     check_concurrent_runs(session, owner, settings)
     check_stored_bytes(session, store, owner, settings)

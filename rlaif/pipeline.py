@@ -1,4 +1,5 @@
-"""The stages of a run in order, and which stage's output feeds which (pure: no database, no Celery, no torch).
+"""The stages of a run: one closed table (`STAGES`) of what each kind of stage is, reads and writes, and the plan of
+a run built from it (pure: no database, no Celery, no torch).
 
     critique -> sft -> pairs -> judge -> reward_model -> ppo              (iteration 1)
                        pairs-2 -> judge-2 -> reward_model-2 -> ppo-2      (iteration 2, from ppo's policy)
@@ -10,9 +11,11 @@ With `policy_optimization: dpo` the reward model and PPO of each iteration are o
 
     critique -> sft -> pairs -> judge -> dpo -> pairs-2 -> judge-2 -> dpo-2 -> ... -> evaluate
 
-Each stage is one folder under `<run>/` and one `StageRun` row. Sharded stages (critique, pairs, judge)
-fan out over items, `shard_size` at a time; training stages (sft, reward_model, ppo, dpo) and evaluate are one
-task each (`SINGLE_TASK`).
+Each stage is one folder under `<run>/`, one `StageRun` row and one module of `rlaif/stages/` with the stage
+contract (rlaif/stages/contract.py). Sharded stages fan out over items, `shard_size` at a time; the others are one
+task each. A stage's `reads` name its inputs by role ("policy", "labels"...) and where each comes from; the role
+resolves to a stage of the run's plan (`upstream`), so no code outside this table knows which stage feeds which.
+This is the table of the stages we ship, not a plugin registry: a module name here is never read from user input.
 The Celery task of a stage is named after its queue ("judge.label_shard" runs on the `judge` queue).
 
     python -c "from rlaif.config import RunConfig; from rlaif.pipeline import plan; print(plan(RunConfig(iterations=2)))"
@@ -20,26 +23,83 @@ The Celery task of a stage is named after its queue ("judge.label_shard" runs on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 from rlaif.config import RunConfig
+from rlaif.stages import (
+    COMPARISONS_FILE,
+    CRITIQUE_RECORDS_FILE,
+    INPUTS,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    RESPONSES_FILE,
+    SFT_DATA_FILE,
+)
 
 StageKind = Literal["critique", "sft", "pairs", "judge", "reward_model", "ppo", "dpo", "evaluate"]
 
-TASKS: dict[StageKind, str] = {
-    "critique": "generate.critique_shard",
-    "sft": "train.sft",
-    "pairs": "generate.pairs_shard",
-    "judge": "judge.label_shard",
-    "reward_model": "train.reward_model",
-    "ppo": "train.ppo",
-    "dpo": "train.dpo",
-    "evaluate": "generate.evaluate",  # generation and judge forward passes, no optimizer: the generate queue
-}
-SHARDED: frozenset[StageKind] = frozenset({"critique", "pairs", "judge"})
-TRAINING: frozenset[StageKind] = frozenset({"sft", "reward_model", "ppo", "dpo"})
-# One task each, under a stage lease (rlaif.runs.run_training), instead of shards.
-SINGLE_TASK: frozenset[StageKind] = TRAINING | {"evaluate"}
+# Where a read comes from: the run's pinned inputs, a stage kind (the stage of that kind in the reader's iteration,
+# or the run's only one for critique and sft), or the policy at the start / end of the reader's iteration.
+Source = Literal["inputs", "critique", "sft", "pairs", "judge", "reward_model", "ppo", "policy@start", "policy@end"]
+
+
+class StageDef(NamedTuple):
+    """One kind of stage: how the service runs it and what it reads and writes."""
+
+    task: str  # Celery task name; its prefix is the queue
+    module: str  # rlaif.stages.<module>: the stage contract (rlaif/stages/contract.py)
+    run: str  # the module's run_<stage>(ctx) -> StageResult, the composition of its contract
+    sharded: bool  # fans out over items in shards (read_items / process / write), else one task
+    reads: Mapping[str, Source]  # role -> where it comes from (`upstream`)
+    writes: tuple[str, ...]  # artifacts in the stage folder (the manifest is written last, always)
+    unit: str  # what its progress counts: items for sharded stages, optimizer steps or PPO updates for training
+    per_iteration: bool  # repeated in every RLAIF iteration ("pairs-2"...)
+
+
+REPORT_FILES = ("answers.jsonl", "report.json", "report.html")
+
+STAGES: dict[StageKind, StageDef] = {
+    "critique": StageDef(
+        "generate.critique_shard", "critique_revise", "run_critique_revise", True,
+        {"prompts": "inputs"}, (CRITIQUE_RECORDS_FILE, SFT_DATA_FILE), "prompts", False,
+    ),
+    "sft": StageDef("train.sft", "sft", "run_sft", False, {"data": "critique"}, (MODEL_DIR, METRICS_FILE), "steps", False),
+    "pairs": StageDef(
+        "generate.pairs_shard", "sample_pairs", "run_sample_pairs", True,
+        {"prompts": "inputs", "policy": "policy@start"}, (RESPONSES_FILE, COMPARISONS_FILE), "prompts", True,
+    ),
+    "judge": StageDef(
+        "judge.label_shard", "judge", "run_judge", True, {"comparisons": "pairs"}, (LABELS_FILE,), "pairs", True
+    ),
+    "reward_model": StageDef(
+        "train.reward_model", "reward_model", "run_reward_model", False,
+        {"labels": "judge", "base": "sft"}, (MODEL_DIR, METRICS_FILE), "steps", True,
+    ),
+    "ppo": StageDef(
+        "train.ppo", "ppo", "run_ppo", False,
+        {"prompts": "inputs", "policy": "policy@start", "reward_model": "reward_model", "sft_data": "critique"},
+        (MODEL_DIR, METRICS_FILE, "samples.jsonl"), "updates", True,
+    ),
+    "dpo": StageDef(
+        "train.dpo", "dpo", "run_dpo", False,
+        {"labels": "judge", "policy": "policy@start", "reference": "sft"},
+        (MODEL_DIR, METRICS_FILE, "ref_logps.jsonl"), "steps", True,
+    ),
+    # Generation and judge forward passes, no optimizer: the generate queue.
+    "evaluate": StageDef(
+        "generate.evaluate", "evaluate", "run_evaluate", False,
+        {"sft": "sft", "policy": "policy@end", "reward_model": "reward_model", "labels": "judge", "ppo": "ppo",
+         "critique": "critique", "eval_prompts": "inputs"},
+        REPORT_FILES, "prompts", False,
+    ),
+}  # fmt: skip
+
+TASKS: dict[StageKind, str] = {kind: stage.task for kind, stage in STAGES.items()}
+SHARDED: frozenset[StageKind] = frozenset(kind for kind, stage in STAGES.items() if stage.sharded)
+TRAINING: frozenset[StageKind] = frozenset(kind for kind, stage in STAGES.items() if MODEL_DIR in stage.writes)
+SINGLE_TASK: frozenset[StageKind] = frozenset(STAGES) - SHARDED
 EVALUATE_STAGE = "evaluate"  # the folder of the report (api/routes/reports.py reads <run>/evaluate/report.json)
 # The stages that turn an iteration's labels into its policy, per RunConfig.policy_optimization; the model of the
 # last one is the iteration's policy.
@@ -68,15 +128,19 @@ class StageSpec(NamedTuple):
 
     @property
     def sharded(self) -> bool:
-        return self.kind in SHARDED
+        return STAGES[self.kind].sharded
+
+    @property
+    def definition(self) -> StageDef:
+        return STAGES[self.kind]
 
 
 def stage_name(kind: StageKind, iteration: int = 1) -> str:
-    return kind if iteration == 1 else f"{kind}-{iteration}"
+    return kind if iteration == 1 or not STAGES[kind].per_iteration else f"{kind}-{iteration}"
 
 
 def _spec(kind: StageKind, iteration: int = 1) -> StageSpec:
-    return StageSpec(stage_name(kind, iteration), kind, iteration, TASKS[kind])
+    return StageSpec(stage_name(kind, iteration), kind, iteration, STAGES[kind].task)
 
 
 def plan(cfg: RunConfig) -> list[StageSpec]:
@@ -86,7 +150,7 @@ def plan(cfg: RunConfig) -> list[StageSpec]:
         stages += [_spec("pairs", iteration), _spec("judge", iteration)]
         stages += [_spec(kind, iteration) for kind in OPTIMIZATION_STAGES[cfg.policy_optimization]]
     # Stage 7 compares the models of the last iteration; its name stays "evaluate" whatever the iteration count.
-    stages.append(StageSpec(EVALUATE_STAGE, "evaluate", cfg.iterations, TASKS["evaluate"]))
+    stages.append(StageSpec(EVALUATE_STAGE, "evaluate", cfg.iterations, STAGES["evaluate"].task))
     return stages
 
 
@@ -98,6 +162,23 @@ def spec_of(cfg: RunConfig, name: str) -> StageSpec:
 
 
 # ---------------------------------------------------------------- what feeds what
+
+
+def upstream(cfg: RunConfig, spec: StageSpec, role: str) -> str | None:
+    """The folder the stage `spec` reads its `role` from: "inputs" or a stage of the run's plan; None when the run
+    has no such stage (the reward model of a DPO run). An unknown role is a ValueError naming the known ones."""
+    reads = STAGES[spec.kind].reads
+    if role not in reads:
+        raise ValueError(f"stage {spec.name!r} ({spec.kind}) reads no {role!r}: it reads {sorted(reads)}")
+    source = reads[role]
+    if source == "inputs":
+        return INPUTS
+    if source == "policy@start":
+        return start_policy_stage(cfg, spec.iteration)
+    if source == "policy@end":
+        return policy_stage(cfg, spec.iteration)
+    name = stage_name(source, spec.iteration)
+    return name if name in {s.name for s in plan(cfg)} else None
 
 
 def policy_kind(cfg: RunConfig) -> StageKind:
@@ -120,21 +201,9 @@ def start_policy_stage(cfg: RunConfig, iteration: int) -> str:
     return "sft" if iteration == 1 else policy_stage(cfg, iteration - 1)
 
 
-def pairs_stage(iteration: int) -> str:
-    return stage_name("pairs", iteration)
-
-
-def labels_stage(iteration: int) -> str:
-    return stage_name("judge", iteration)
-
-
-def reward_stage(iteration: int) -> str:
-    return stage_name("reward_model", iteration)
-
-
 def final_reward_stage(cfg: RunConfig) -> str | None:
     """The stage of the last reward model, or None for a run that trains none (policy_optimization=dpo)."""
-    return reward_stage(cfg.iterations) if "reward_model" in OPTIMIZATION_STAGES[cfg.policy_optimization] else None
+    return upstream(cfg, spec_of(cfg, EVALUATE_STAGE), "reward_model")
 
 
 def resolve_stage(cfg: RunConfig, name_or_alias: str) -> str:

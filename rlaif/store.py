@@ -152,6 +152,10 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
+class MissingArtifact(StoreError, FileNotFoundError):
+    """A file a stage reads is not there: its stage has not run (or the run has no such input)."""
+
+
 class ArtifactStore:
     """Paths of a run's artifacts under one root; every path is checked to stay inside the root."""
 
@@ -173,6 +177,10 @@ class ArtifactStore:
     def run_bytes(self, run_id: str) -> int:
         """What a run's artifacts (inputs, datasets, checkpoints, logs) take on disk, in bytes."""
         return folder_bytes(self.run_dir(run_id))
+
+    def artifact(self, relative: str) -> Path:
+        """An artifact path stored relative to the root (a checkpoint row's path), checked to stay inside it."""
+        return self.inside(self.root / relative)
 
     def is_complete(self, run_id: str, stage: str) -> bool:
         return (self.stage_dir(run_id, stage, create=False) / MANIFEST).exists()

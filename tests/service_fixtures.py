@@ -93,7 +93,7 @@ def v1_routes(app: Any) -> list[tuple[str, str]]:
 def register_checkpoint(service: Service, run_id: str, stage: str = "sft", owner: str = "alice") -> str:
     """A small model folder (config.json, manifest) under the run, registered as its `stage` checkpoint, as a
     training task records one; the checkpoint id."""
-    from rlaif.db import CheckpointRow, get_engine, new_id, session_factory
+    from rlaif.service.db import CheckpointRow, get_engine, new_id, session_factory
     from rlaif.store import write_manifest
 
     folder = service.artifacts / "runs" / run_id / stage / "model"
@@ -275,7 +275,7 @@ class DatabaseFactory:
             return
         from sqlalchemy import text
 
-        from rlaif import db
+        from rlaif.service import db
 
         for engine in db._ENGINES.values():  # our own pooled connections to the test databases
             engine.dispose()
@@ -475,11 +475,11 @@ def check_run_integrity(service: Service, run_id: str) -> dict[str, int]:
     duplicates, no gaps) and in its exported JSONL (in id order, manifest valid). Returns {stage: items}."""
     from sqlalchemy import select
 
-    from rlaif import executors, runs
-    from rlaif.db import ItemRow, RunRow, StageRunRow
+    from rlaif.service import execute, state
+    from rlaif.service.db import ItemRow, RunRow, StageRunRow
     from rlaif.store import iter_jsonl_dicts, verify_manifest
 
-    rt = runs.Runtime.from_settings(service.settings())
+    rt = state.Runtime.from_settings(service.settings())
     counts: dict[str, int] = {}
     with rt.sessions() as session:
         run = session.get(RunRow, run_id)
@@ -495,15 +495,16 @@ def check_run_integrity(service: Service, run_id: str) -> dict[str, int]:
         assert stage.status == "succeeded", (stage.name, stage.status, stage.error)
         if stage.kind not in EXPORTS:
             continue
-        ctx = runs.stage_context(rt, run_id, stage.name)
-        expected = sorted(item.id for item in executors.stage_inputs(ctx))
-        assert sorted(written[stage.name]) == expected, (
-            f"{stage.name}: items {sorted(written[stage.name])} != {expected}"
+        ctx = execute.stage_context(rt, run_id, stage.name)
+        expected = [item.id for item in execute.stage_module(ctx.spec).read_items(ctx)]
+        assert sorted(written[stage.name]) == sorted(expected), (
+            f"{stage.name}: items {sorted(written[stage.name])} != {sorted(expected)}"
         )
         assert stage.done == stage.total == len(expected) and stage.shards_done == stage.shards_total
         verify_manifest(ctx.out_dir)
         exported = [record["id"] for record in iter_jsonl_dicts(ctx.out_dir / EXPORTS[stage.kind])]
-        assert exported == expected, f"{stage.name}: {EXPORTS[stage.kind]} is not the items in id order"
+        # (in input order: the stage's own write, as run_<stage> writes it)
+        assert exported == expected, f"{stage.name}: {EXPORTS[stage.kind]} is not the items in input order"
         counts[stage.name] = len(expected)
     return counts
 
@@ -512,14 +513,14 @@ def check_run_integrity(service: Service, run_id: str) -> dict[str, int]:
 
 
 def make_run(rt: Any, overrides: dict | None = None, n_prompts: int = 8) -> str:
-    """A queued run of owner "alice" (rlaif.runs.create_run, as the API does) on the first `n_prompts` demo
+    """A queued run of owner "alice" (rlaif.state.create_run, as the API does) on the first `n_prompts` demo
     prompts and the minimal constitution, with TINY_RUN and `overrides` as its config."""
     from api.crud import upsert_constitution
-    from rlaif import runs
     from rlaif.config import RunConfig
     from rlaif.constitution import load_constitution
-    from rlaif.db import PromptSetRow, new_id
     from rlaif.prompts import load_prompts
+    from rlaif.service import state
+    from rlaif.service.db import PromptSetRow, new_id
 
     constitution = load_constitution(REPO / "constitutions" / "minimal.yaml")
     items = load_prompts(REPO / "examples" / "demo_prompts.jsonl")[:n_prompts]
@@ -532,5 +533,43 @@ def make_run(rt: Any, overrides: dict | None = None, n_prompts: int = 8) -> str:
         session.add(prompt_set)
         session.flush()
         cfg = RunConfig().with_overrides(TINY_RUN).with_overrides(overrides or {})
-        run = runs.create_run(session, rt.store, owner="alice", constitution=con, prompt_set=prompt_set, cfg=cfg)
+        run = state.create_run(session, rt.store, owner="alice", constitution=con, prompt_set=prompt_set, cfg=cfg)
         return run.id
+
+
+# ---------------------------------------------------------------- leases, as a worker takes them (rlaif/service/claims.py)
+
+
+def claim_shard(rt: Any, run_id: str, stage: str, index: int, owner: str) -> int | None:
+    """The shard's row id once `owner` holds its lease; None when there is nothing to do (LeaseBusy if held)."""
+    from rlaif.service import claims
+
+    return claims.claim(rt.sessions, claims.Unit(run_id, stage, index), owner, rt.lease_ttl_s)
+
+
+def claim_stage(rt: Any, run_id: str, stage: str, owner: str) -> bool:
+    from rlaif.service import claims
+
+    return claims.claim(rt.sessions, claims.Unit(run_id, stage), owner, rt.lease_ttl_s) is not None
+
+
+def renew_stage(rt: Any, run_id: str, stage: str, owner: str) -> str:
+    """ "ok", or why the holder must stop ("cancelled", "lost")."""
+    from rlaif.service import claims
+    from rlaif.service.db import StageRunRow
+
+    with rt.sessions() as session:
+        row_id = session.query(StageRunRow.id).filter_by(run_id=run_id, name=stage).scalar()
+    return claims.renew(rt.sessions, claims.Unit(run_id, stage), row_id, owner) or "ok"
+
+
+def renew_shard(rt: Any, run_id: str, shard_id: int, owner: str) -> str:
+    from rlaif.service import claims
+
+    return claims.renew(rt.sessions, claims.Unit(run_id, "?", 0), shard_id, owner) or "ok"
+
+
+def release_shard(rt: Any, run_id: str, shard_id: int, owner: str) -> None:
+    from rlaif.service import claims
+
+    claims.release(rt.sessions, claims.Unit(run_id, "?", 0), shard_id, owner)

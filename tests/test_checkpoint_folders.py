@@ -27,6 +27,7 @@ from rlaif.constitution import load_constitution, resolve_constitution
 from rlaif.modeling import load_causal_lm, load_tokenizer
 from rlaif.records import SFTExample
 from rlaif.stages import SFT_DATA_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.sft import run_sft
 from rlaif.store import ArtifactStore, StoreError, verify_manifest, write_jsonl
 from rlaif.training import make_optimizer, make_scheduler
@@ -161,7 +162,7 @@ def test_a_finished_stage_keeps_no_step_state_even_after_a_kill_between_save_and
         [SFTExample(id=f"q{i}", prompt=f"Question {i}?", response="Politely.") for i in range(4)],
     )
     cfg = RunConfig(sft=SFTConfig(batch_size=2, micro_batch_size=2, epochs=1, checkpoint_every=1, dtype="float32"))
-    run_sft(cfg, store, "r1", tiny_model)
+    run_sft(StageContext.of(store, "r1", "sft", cfg=cfg, models={"base": tiny_model}))
     stage = store.stage_dir("r1", "sft")
     assert not (stage / "steps").exists()  # removed right after the save
     model = load_causal_lm(tiny_model)
@@ -171,7 +172,7 @@ def test_a_finished_stage_keeps_no_step_state_even_after_a_kill_between_save_and
     (stage / ".metrics.jsonl.x1.tmp").write_text("{")
     weights = (stage / "model" / "model.safetensors").stat().st_mtime_ns
 
-    run_sft(cfg, store, "r1", tiny_model)  # the redelivered task
+    run_sft(StageContext.of(store, "r1", "sft", cfg=cfg, models={"base": tiny_model}))  # the redelivered task
     assert sorted(p.name for p in stage.iterdir()) == ["metrics.jsonl", "model", "tensorboard"]
     assert (stage / "model" / "model.safetensors").stat().st_mtime_ns == weights  # not trained again
     verify_manifest(stage / "model")

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from rlaif.config import RunConfig, load_run_config
 from rlaif.records import LabelRecord, SFTExample
 from rlaif.stages import LABELS_FILE, SFT_DATA_FILE, TENSORBOARD_DIR
+from rlaif.stages.contract import StageContext
 from rlaif.stages.reward_model import run_reward_model
 from rlaif.stages.sft import run_sft
 from rlaif.store import ArtifactStore, verify_manifest, write_jsonl
@@ -83,8 +84,10 @@ def test_two_gloo_ranks_match_one_process(tiny_model: str, tmp_path: Path) -> No
 
     cfg: RunConfig = load_run_config(None, OVERRIDES)
     torch.set_num_threads(1)
-    run_sft(cfg, store, "one", tiny_model)
-    run_reward_model(cfg, store, "one", str(store.path("one", "sft", "model")))
+    run_sft(StageContext.of(store, "one", "sft", cfg=cfg, models={"base": tiny_model}))
+    run_reward_model(
+        StageContext.of(store, "one", "reward_model", cfg=cfg, models={"base": str(store.path("one", "sft", "model"))})
+    )
 
     _torchrun(
         ["sft", "--run-id", "two", "--base-model", tiny_model, *[a for o in OVERRIDES for a in ("--set", o)]], tmp_path

@@ -1,4 +1,4 @@
-"""The run store's schema has a revision (style guide 23): Alembic revisions in rlaif/migrations, on SQLite and
+"""The run store's schema has a revision (style guide 23): Alembic revisions in rlaif/service/migrations, on SQLite and
 PostgreSQL. A fresh database is migrated to the newest revision; one made by the code before migrations
 (`create_all`, no alembic_version) is recognised as 0001 and migrates in place; a pending revision is applied
 to a database holding rows and keeps them; a database at a revision the code does not know is refused, with
@@ -23,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from service_fixtures import REPO, DatabaseFactory
 from sqlalchemy import Engine, MetaData, insert, inspect, text
 
-from rlaif import db
+from rlaif.service import db
 
 KINDS = ["sqlite", "postgresql"]
 
@@ -164,7 +164,7 @@ def test_get_engine_gives_an_empty_database_the_schema(kind: str, database_facto
 RACER = """
 import sys, time
 from pathlib import Path
-from rlaif import db
+from rlaif.service import db
 url, go = sys.argv[1], Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.005)
@@ -189,7 +189,7 @@ def test_two_processes_initialising_a_fresh_database_at_once_do_not_race(
         )
         for _ in range(2)
     ]
-    time.sleep(3)  # (both have imported rlaif.db and wait for the file)
+    time.sleep(3)  # (both have imported rlaif.service.db and wait for the file)
     go.touch()
     outputs = [proc.communicate(timeout=120)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs

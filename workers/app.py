@@ -4,7 +4,7 @@ A task's name starts with its queue ("judge.label_shard" runs on `judge`), and `
 prefixes, so routing is declared once, here. Every task acknowledges late (after it ran) and is rejected back
 to the queue when its worker process dies, and a worker takes one message at a time (`prefetch 1`): a killed
 worker loses no message. With Redis, an unacknowledged message is delivered again after the visibility
-timeout even while its first copy still runs; leases on the stage or shard row (rlaif/runs.py) turn that
+timeout even while its first copy still runs; leases on the stage or shard row (rlaif/service/claims.py) turn that
 second copy into a retry instead of a duplicate.
 
     celery -A workers.app worker -Q control,generate,judge,train --pool solo -l INFO
@@ -19,8 +19,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue as KombuQueue
 
-from rlaif.db import SchemaError, check_database
-from rlaif.runs import Dispatch
+from rlaif.service.db import SchemaError, check_database
+from rlaif.service.state import Dispatch
 from rlaif.settings import Settings, settings
 
 

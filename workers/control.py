@@ -6,7 +6,7 @@ import logging
 
 from celery import Task
 
-from rlaif import runs
+from rlaif.service import execute, state
 from workers.app import app
 from workers.policy import TRANSIENT, runtime, send, stage_task
 
@@ -16,14 +16,14 @@ log = logging.getLogger(__name__)
 @stage_task("control.advance")
 def advance(task: Task, run_id: str) -> None:
     """Export the stage whose shards all finished, start the next stage, or mark the run succeeded."""
-    send(runs.advance(runtime(), run_id))
+    send(execute.advance(runtime(), run_id))
 
 
 @app.task(name="control.sweep", ignore_result=True)
 def sweep() -> None:
     """Periodic (celery beat): re-enqueue stages and shards whose heartbeat went stale, and lost advances."""
     try:
-        dispatches = runs.sweep(runtime())
+        dispatches = state.sweep(runtime())
     except TRANSIENT as exc:  # the next sweep comes soon; nothing to fail
         log.warning("sweep skipped: %s", exc)
         return

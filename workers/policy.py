@@ -10,7 +10,7 @@
   fail fast. The stage and the run are marked failed with a readable reason, which the API returns.
   Cores never swallow exceptions; they only add context to them.
 
-Recording the failure must not fail the task again: when `runs.fail` itself raises (the same schema mismatch,
+Recording the failure must not fail the task again: when `state.fail` itself raises (the same schema mismatch,
 the database gone), only the run row is marked failed, and if even that fails the error is logged; the task
 ends either way (acknowledged), never retried forever.
 """
@@ -33,10 +33,11 @@ from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
-from rlaif import runs
 from rlaif.constitution import ConstitutionError
-from rlaif.db import is_schema_mismatch, schema_mismatch_reason
 from rlaif.modeling import ModelError
+from rlaif.service import state
+from rlaif.service.claims import LeaseBusy
+from rlaif.service.db import is_schema_mismatch, schema_mismatch_reason
 from rlaif.settings import settings
 from rlaif.store import StoreError
 from workers.app import TIME_LIMITS, Queue, app, send_all
@@ -65,16 +66,16 @@ LOW_DISK_BYTES = 64 << 20  # a failure with less free space than this is reporte
 
 
 @functools.cache
-def _runtime(pid: int) -> runs.Runtime:
-    return runs.Runtime.from_settings(settings)
+def _runtime(pid: int) -> state.Runtime:
+    return state.Runtime.from_settings(settings)
 
 
-def runtime() -> runs.Runtime:
+def runtime() -> state.Runtime:
     """The run store and artifact store of this worker process (built after a prefork child starts)."""
     return _runtime(os.getpid())
 
 
-def send(dispatches: Iterable[runs.Dispatch]) -> None:
+def send(dispatches: Iterable[state.Dispatch]) -> None:
     """Enqueue what the state machine asked for, on this worker's app (workers.app.send_all)."""
     send_all(app, dispatches)
 
@@ -108,14 +109,14 @@ def failure_reason(exc: BaseException, run_id: str) -> str:
 
 
 def record_failure(run_id: str, stage: str | None, reason: str) -> None:
-    """`runs.fail`, and never an exception out of it: a task whose failure cannot be recorded still ends."""
+    """`state.fail`, and never an exception out of it: a task whose failure cannot be recorded still ends."""
     try:
-        runs.fail(runtime(), run_id, stage, reason)
+        state.fail(runtime(), run_id, stage, reason)
         return
     except Exception:
         log.exception("run %s: could not record its failure (%s); marking the run row only", run_id, reason)
     try:
-        runs.mark_failed(runtime(), run_id, reason)
+        state.mark_failed(runtime(), run_id, reason)
     except Exception:
         log.exception("run %s: could not mark it failed either; it keeps its status (%s)", run_id, reason)
 
@@ -141,7 +142,7 @@ def stage_task(name: str) -> Callable[[Callable[..., None]], Task]:
                 fn(self, run_id, *ids)
             except Retry:
                 raise
-            except runs.LeaseBusy as exc:
+            except LeaseBusy as exc:
                 log.info("%s", exc)
                 raise self.retry(countdown=exc.countdown) from None
             except Exception as exc:

@@ -4,29 +4,30 @@ from __future__ import annotations
 
 from celery import Task
 
-from rlaif import runs
+from rlaif.service import execute
+from rlaif.service.state import worker_identity
 from workers.policy import runtime, send, stage_task
 
 
 @stage_task("train.sft")
 def sft(task: Task, run_id: str, stage: str) -> None:
     """Stage 2: supervised fine-tuning on the final revisions."""
-    send(runs.run_training(runtime(), run_id, stage, runs.worker_identity(task.request.id)))
+    send(execute.run_training(runtime(), run_id, stage, worker_identity(task.request.id)))
 
 
 @stage_task("train.reward_model")
 def reward_model(task: Task, run_id: str, stage: str) -> None:
     """Stage 5: Bradley-Terry reward model on the soft labels."""
-    send(runs.run_training(runtime(), run_id, stage, runs.worker_identity(task.request.id)))
+    send(execute.run_training(runtime(), run_id, stage, worker_identity(task.request.id)))
 
 
 @stage_task("train.ppo")
 def ppo(task: Task, run_id: str, stage: str) -> None:
     """Stage 6: PPO against the reward model with a KL penalty to the reference."""
-    send(runs.run_training(runtime(), run_id, stage, runs.worker_identity(task.request.id)))
+    send(execute.run_training(runtime(), run_id, stage, worker_identity(task.request.id)))
 
 
 @stage_task("train.dpo")
 def dpo(task: Task, run_id: str, stage: str) -> None:
     """Stages 5-6 with policy_optimization=dpo: DPO on the soft labels against the SFT reference."""
-    send(runs.run_training(runtime(), run_id, stage, runs.worker_identity(task.request.id)))
+    send(execute.run_training(runtime(), run_id, stage, worker_identity(task.request.id)))

@@ -13,7 +13,6 @@ from api.crud import checkpoint_public, get_checkpoint
 from api.deps import OwnerDep, ReadSessionDep, StoreDep
 from api.errors import ApiError
 from api.schemas import CheckpointPublic, ErrorPublic
-from rlaif.runs import artifact_path
 from rlaif.store import MANIFEST
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
@@ -38,7 +37,7 @@ def download_checkpoint(
 ) -> StreamingResponse:
     """The checkpoint folder as a tar stream: `<stage>-<step>/` with every manifest file and manifest.json last."""
     row = get_checkpoint(session, owner, checkpoint_id)
-    folder = artifact_path(store, row.path)
+    folder = store.artifact(row.path)
     names = [*sorted(row.files), MANIFEST]
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
@@ -68,7 +67,7 @@ def download_file(
     row = get_checkpoint(session, owner, checkpoint_id)
     if path != MANIFEST and path not in row.files:
         raise ApiError(status.HTTP_404_NOT_FOUND, f"{path!r} is not a file of checkpoint {checkpoint_id}'s manifest")
-    target = artifact_path(store, f"{row.path}/{path}")
+    target = store.artifact(f"{row.path}/{path}")
     if not target.is_file():
         raise ApiError(status.HTTP_410_GONE, f"{path!r} of checkpoint {checkpoint_id} is missing on the server")
     return FileResponse(target, filename=Path(path).name)

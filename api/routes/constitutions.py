@@ -25,7 +25,7 @@ from api.schemas import ConstitutionDetail, ConstitutionDiff, ConstitutionPatch,
 from api.uploads import UploadDep
 from rlaif.constitution import Constitution, ConstitutionError, parse_constitution
 from rlaif.constitution_edit import apply_edits, diff_constitutions
-from rlaif.db import SHIPPED_OWNER, ConstitutionRow, RunRow
+from rlaif.service.db import SHIPPED_OWNER, ConstitutionRow, RunRow
 
 router = APIRouter(prefix="/constitutions", tags=["constitutions"])
 

@@ -23,8 +23,8 @@ from api.schemas import (
     PromptSetsPublic,
 )
 from api.uploads import UploadDep
-from rlaif.db import PromptSetRow, RunRow, new_id
 from rlaif.prompts import MAX_PROMPTS, PromptSetError, json_problem, parse_prompt_items
+from rlaif.service.db import PromptSetRow, RunRow, new_id
 
 router = APIRouter(prefix="/prompt-sets", tags=["prompt-sets"])
 

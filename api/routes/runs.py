@@ -31,12 +31,12 @@ from api.schemas import (
     RunsPublic,
     StageMetrics,
 )
-from rlaif import runs
 from rlaif.config import DERIVED_FIELDS, RunConfig
 from rlaif.constitution import Constitution
-from rlaif.db import CheckpointRow, EventRow, RunRow, StageRunRow
 from rlaif.endpoints import endpoint_name
 from rlaif.modeling import HUB_ID, REGISTRY
+from rlaif.service import state
+from rlaif.service.db import CheckpointRow, EventRow, RunRow, StageRunRow
 from workers.app import send_all
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def create_run(
     if problems:
         raise _unprocessable("invalid run", problems)
     try:
-        run = runs.create_run(
+        run = state.create_run(
             session,
             store,
             owner=owner,
@@ -190,11 +190,11 @@ def create_run(
         raise _unprocessable("invalid run", [str(exc)]) from None
     session.commit()
     try:
-        send_all(celery, [runs.Dispatch(runs.ADVANCE, (run.id,))])
+        send_all(celery, [state.Dispatch(state.ADVANCE, (run.id,))])
     except Exception as exc:  # the broker is down or does not answer (RLAIF_BROKER_TIMEOUT_S): the run stays queued
         log.warning("run %s created but not enqueued (%s); a control sweep will start it", run.id, type(exc).__name__)
         why = f"waiting to be enqueued: the broker did not answer ({type(exc).__name__}); the control sweep starts the run"
-        runs.add_event(session, run.id, why, level="warning")
+        state.add_event(session, run.id, why, level="warning")
         session.commit()
     return run_public(session, run)
 
@@ -264,7 +264,7 @@ def read_metrics(run_id: str, session: ReadSessionDep, owner: OwnerDep) -> Metri
 def cancel_run(run_id: str, session: SessionDep, owner: OwnerDep) -> RunPublic:
     """Cancel a queued or running run; its workers stop at their next heartbeat. 409 when it already finished."""
     run = get_run(session, owner, run_id)
-    if not runs.cancel(session, run):
+    if not state.cancel(session, run):
         raise ApiError(status.HTTP_409_CONFLICT, f"run {run_id} already finished ({run.status}); nothing to cancel")
     session.commit()
     return run_public(session, run)
@@ -281,8 +281,8 @@ def resume_run(
     if run.status not in quotas.ACTIVE:  # (resuming an active run is a 409 below, whatever the quota)
         quotas.check_concurrent_runs(session, owner, settings)
     try:
-        dispatches = runs.resume(session, run, settings.lease_ttl_s)
-    except runs.ResumeRefused as exc:
+        dispatches = state.resume(session, run, settings.lease_ttl_s)
+    except state.ResumeRefused as exc:
         headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
         raise ApiError(status.HTTP_409_CONFLICT, str(exc), headers=headers) from None
     session.commit()
@@ -309,8 +309,8 @@ def delete_run(run_id: str, session: SessionDep, owner: OwnerDep, store: StoreDe
     409 while it is queued or running (cancel it first), or while a worker is still stopping (with Retry-After)."""
     run = get_run(session, owner, run_id)
     try:
-        freed = runs.delete_run(session, store, run, settings.lease_ttl_s)
-    except runs.DeleteRefused as exc:
+        freed = state.delete_run(session, store, run, settings.lease_ttl_s)
+    except state.DeleteRefused as exc:
         headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else None
         raise ApiError(status.HTTP_409_CONFLICT, str(exc), headers=headers) from None
     return RunDeleted(id=run_id, bytes_freed=freed)

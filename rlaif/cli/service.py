@@ -83,7 +83,7 @@ def serve_command(
     another schema revision is refused (`rlaif db upgrade`)."""
     import uvicorn
 
-    from rlaif.db import SchemaError, check_database
+    from rlaif.service.db import SchemaError, check_database
 
     try:
         check_database(settings.db_url)  # (once here, not an exit per uvicorn worker process)

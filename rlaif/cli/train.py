@@ -68,6 +68,15 @@ def _run_config(store: object, run_id: str, config: Path | None, overrides: list
     return cfg
 
 
+def _context(store: object, run_id: str, stage: str, cfg: RunConfig, **models: str | None) -> object:
+    """The stage's context in the run folder; a model given on the command line replaces the one its role would
+    read from the run (`base`, `policy`, `reference`, `reward_model`)."""
+    from rlaif.stages.contract import StageContext
+
+    overrides = {role: model for role, model in models.items() if model is not None}
+    return StageContext.of(store, run_id, stage, cfg=cfg, models=overrides)  # type: ignore[arg-type]
+
+
 def _report(result: object) -> None:
     """Print the stage result (rank 0), store a config built for this run, leave the process group."""
     from rlaif.distributed import init_distributed, shutdown_distributed
@@ -98,7 +107,7 @@ def sft_command(
     store = _store(root)
     cfg = _run_config(store, run_id, config, overrides)
     try:
-        result = run_sft(cfg, store, run_id, base_model or cfg.policy_model)
+        result = run_sft(_context(store, run_id, "sft", cfg, base=base_model))
     except (FileNotFoundError, ModelError, StoreError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _report(result)
@@ -107,22 +116,22 @@ def sft_command(
 def reward_model_command(
     run_id: str = RUN_ID,
     sft_model: str | None = typer.Option(None, "--sft-model", help="Backbone (default: <run>/sft/model)."),
-    labels_stage: str = typer.Option("judge", "--labels-stage", help="Stage folder holding labels.jsonl."),
+    stage: str = typer.Option(
+        "reward_model", "--stage", help="Stage to train (reward_model-2...: it reads that iteration's labels)."
+    ),
     config: Path | None = CONFIG,
     overrides: list[str] | None = OVERRIDES,
     root: Path | None = ROOT,
 ) -> None:
     """Stage 5: train the reward model on <run>/judge/labels.jsonl, write <run>/reward_model/model."""
     from rlaif.modeling import ModelError
-    from rlaif.stages import MODEL_DIR
     from rlaif.stages.reward_model import run_reward_model
     from rlaif.store import StoreError
 
     store = _store(root)
     cfg = _run_config(store, run_id, config, overrides)
-    backbone = sft_model or str(store.path(run_id, "sft", MODEL_DIR))
     try:
-        result = run_reward_model(cfg, store, run_id, backbone, labels_stage=labels_stage)
+        result = run_reward_model(_context(store, run_id, stage, cfg, base=sft_model))
     except (FileNotFoundError, ModelError, StoreError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _report(result)
@@ -134,26 +143,22 @@ def dpo_command(
     reference_model: str | None = typer.Option(
         None, "--reference-model", help="Frozen reference (default: <run>/sft/model)."
     ),
-    labels_stage: str = typer.Option("judge", "--labels-stage", help="Stage folder holding labels.jsonl."),
-    stage: str = typer.Option("dpo", "--stage", help="Stage folder to write."),
+    stage: str = typer.Option("dpo", "--stage", help="Stage to train (dpo-2...: it reads that iteration's labels)."),
     config: Path | None = CONFIG,
     overrides: list[str] | None = OVERRIDES,
     root: Path | None = ROOT,
 ) -> None:
     """Stages 5-6 with policy_optimization=dpo: DPO on <run>/judge/labels.jsonl, write <run>/dpo/model."""
     from rlaif.modeling import ModelError
-    from rlaif.stages import MODEL_DIR
     from rlaif.stages.dpo import run_dpo
     from rlaif.store import StoreError
 
     store = _store(root)
     cfg = _run_config(store, run_id, config, overrides)
-    sft = str(store.path(run_id, "sft", MODEL_DIR))
     try:
-        result = run_dpo(
-            cfg, store, run_id, policy_model or sft, stage=stage, labels_stage=labels_stage,
-            reference_model=reference_model or sft,
-        )  # fmt: skip
+        # (the DPO stage of any run folder: its plan is the DPO one, whatever the stored config's method)
+        cfg = cfg.model_copy(update={"policy_optimization": "dpo"})
+        result = run_dpo(_context(store, run_id, stage, cfg, policy=policy_model, reference=reference_model))
     except (FileNotFoundError, ModelError, StoreError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _report(result)
@@ -211,7 +216,6 @@ def ppo_command(
     --policy-model smollm2-135m-instruct --set ppo.total_episodes=64
     """
     from rlaif.modeling import ModelError
-    from rlaif.stages import MODEL_DIR
     from rlaif.store import StoreError
 
     try:
@@ -222,9 +226,7 @@ def ppo_command(
 
             store = _store(root)
             cfg = _run_config(store, run_id, config, overrides)
-            policy = policy_model or str(store.path(run_id, "sft", MODEL_DIR))
-            rm = reward_model or str(store.path(run_id, "reward_model", MODEL_DIR))
-            result = run_ppo(cfg, store, run_id, policy, rm)
+            result = run_ppo(_context(store, run_id, "ppo", cfg, policy=policy_model, reward_model=reward_model))
     except (FileNotFoundError, ModelError, StoreError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _report(result)

@@ -8,6 +8,7 @@ result types) is shared in `common.py`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -44,12 +45,15 @@ class Generator(Protocol):
         conversations: Sequence[Conversation],
         n: int,
         sampling: SamplingConfig,
-        seed: int,
+        seed: int | Sequence[int],
         return_logprobs: bool = False,
         progress: bool = True,
         fit_context: bool = False,
     ) -> list[list[Completion]]:
         """n completions per conversation, in input order. Same seed and inputs -> same outputs.
+
+        `seed` is one seed per conversation (a list: give each item a seed from its id, and its completions do not
+        depend on which other items share the call), or one int, from which conversation i gets derive_seed(seed, i).
 
         A prompt that with max_new_tokens does not fit the model's context raises ValueError naming it, or with
         `fit_context` is cut by the rule of rlaif/truncation.py and its completions say `prompt_truncated`.
@@ -89,3 +93,25 @@ def make_generator(
     from rlaif.generation.hf import HFGenerator
 
     return HFGenerator(model, dtype=backend.dtype, batch_size=backend.batch_size)
+
+
+def cached_generator(
+    model: str, backend: GenerationBackendConfig, *, role: str = "feedback", stage_dir: Path | None = None
+) -> Generator:
+    """`make_generator`, kept for the next call with the same arguments: a worker runs shard after shard of one
+    stage on one model, and loading it costs seconds. One is kept (a worker holds one generation model at a time).
+    An endpoint's client is per stage folder (its cache and usage ledger live there); a model loaded in process is
+    the same for every stage and run, so its key has no folder."""
+    folder = str(stage_dir) if stage_dir is not None and is_endpoint(model) else None
+    return _cached_generator(model, backend.model_dump_json(), role, folder)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_generator(model: str, backend_json: str, role: str, stage_dir: str | None) -> Generator:
+    backend = GenerationBackendConfig.model_validate_json(backend_json)
+    return make_generator(model, backend, role=role, stage_dir=None if stage_dir is None else Path(stage_dir))
+
+
+def release_cached_generator() -> None:
+    """Drop the kept generator (the evaluation loads several models in turn)."""
+    _cached_generator.cache_clear()

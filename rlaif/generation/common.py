@@ -10,7 +10,8 @@ prompt tokens and report results the same way:
 3. the engine samples token ids, stopping at any of `stop_token_ids`;
 4. `to_completion` cuts the ids after the first stop token and decodes the text without it.
 
-Seeds are derived with `derive_seed` so that one user seed gives independent streams per batch or request.
+Seeds are one per conversation (`row_seeds`), derived with `derive_seed`: a completion depends on its own
+conversation and seed only, never on which other conversations shared the call, its batch or its shard.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ def derive_seed(seed: int, *parts: int | str) -> int:
     """
     digest = hashlib.sha256(repr((int(seed), *parts)).encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+def row_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """One seed per conversation: the given list (checked for length), or derive_seed(seed, i) for an int."""
+    if isinstance(seed, int):
+        return [derive_seed(seed, index) for index in range(count)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} conversations: give one seed per conversation")
+    return seeds
 
 
 @contextmanager

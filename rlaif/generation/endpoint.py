@@ -29,11 +29,11 @@ from rlaif.generation.common import (
     check_conversation,
     context_length,
     copy_greedy,
-    derive_seed,
     mark_truncated,
     model_eos_ids,
     prepare_conversations,
     render_conversation,
+    row_seeds,
     stop_token_ids,
 )
 from rlaif.generation.endpoint_client import EndpointClient
@@ -94,7 +94,7 @@ class EndpointGenerator:
         conversations: Sequence[Conversation],
         n: int,
         sampling: SamplingConfig,
-        seed: int,
+        seed: int | Sequence[int],
         return_logprobs: bool = False,
         progress: bool = True,
         fit_context: bool = False,
@@ -125,8 +125,9 @@ class EndpointGenerator:
             "top_p": 1.0 if greedy else sampling.top_p,
         }
         bodies: list[dict[str, Any]] = []
+        seeds = row_seeds(seed, len(fitted))
         for index, conversation in enumerate(fitted):
-            body = {**common, "seed": derive_seed(seed, index)}
+            body = {**common, "seed": seeds[index]}
             if cfg.api == "completions":
                 body["prompt"] = render_conversation(self.tokenizer, conversation)
             else:

@@ -2,8 +2,9 @@
 
 Prompts are sorted by length (longest first, so an out-of-memory shows in the first batch) and cut into
 batches of about `batch_size` sequences, so little compute goes to padding; results come back in input order.
-Each batch runs under its own seed derived from the call's seed, so the same inputs and seed give the same
-outputs. Log-probs of the generated tokens are log_softmax(logits / temperature) of the raw logits, the
+Each row samples from its own RNG, seeded by its conversation's seed and its sample index (`_RowSampler`), so a
+completion depends on its conversation and seed only, not on the batch it landed in: an item re-run in another
+shard or after a crash gets the same text (up to float rounding of a differently padded batch). Log-probs of the generated tokens are log_softmax(logits / temperature) of the raw logits, the
 distribution the tokens were sampled from (before top-p truncation), as PPO needs them.
 
     python -c "from rlaif.generation.hf import HFGenerator; from rlaif.config import SamplingConfig; \
@@ -26,7 +27,7 @@ from rlaif.generation.common import (
     derive_seed,
     mark_truncated,
     prepare_prompts,
-    seeded,
+    row_seeds,
     stop_token_ids,
     to_completion,
 )
@@ -80,7 +81,7 @@ class HFGenerator:
         conversations: Sequence[Conversation],
         n: int,
         sampling: SamplingConfig,
-        seed: int,
+        seed: int | Sequence[int],
         return_logprobs: bool = False,
         progress: bool = True,
         fit_context: bool = False,
@@ -90,14 +91,15 @@ class HFGenerator:
             self.tokenizer, conversations, n, sampling, self.context, fit_context
         )
         greedy = sampling.temperature == 0.0
+        seeds = row_seeds(seed, len(prompts))
         prompts_per_batch = max(1, self.batch_size // per_prompt)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         results: list[list[Completion]] = [[] for _ in prompts]
         with tqdm(total=len(prompts) * n, desc=f"generate {self.model_name}", unit="seq", disable=not progress) as bar:
-            for batch_index, start in enumerate(range(0, len(order), prompts_per_batch)):
+            for start in range(0, len(order), prompts_per_batch):
                 rows = order[start : start + prompts_per_batch]
                 batch = self._generate_batch(
-                    [prompts[i] for i in rows], per_prompt, sampling, derive_seed(seed, batch_index), return_logprobs
+                    [prompts[i] for i in rows], per_prompt, sampling, [seeds[i] for i in rows], return_logprobs
                 )
                 for row, completions in zip(rows, batch, strict=True):
                     results[row] = copy_greedy(completions, n, greedy)
@@ -106,35 +108,40 @@ class HFGenerator:
         return mark_truncated(results, truncated)
 
     def _generate_batch(
-        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int, return_logprobs: bool
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seeds: list[int], return_logprobs: bool
     ) -> list[list[Completion]]:
-        """One `generate` call: n completions for each of the (left-padded) prompts."""
+        """One `generate` call: n completions for each of the (left-padded) prompts, row b*n+j sampled with the RNG
+        of (seeds[b], j)."""
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         input_ids, attention_mask = self._left_pad(prompts)
+        # Each prompt n times in a row (b*n .. b*n+n-1): one row per completion, each with its own RNG.
+        input_ids, attention_mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
         greedy = sampling.temperature == 0.0
-        # top_k=0 turns off transformers' default top-k of 50, as in vLLM: only temperature and top-p shape sampling.
-        options: dict[str, object] = (
-            {} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
-        )
+        # Sampling is our logits processor's (per-row RNGs; transformers draws the whole batch from one RNG), so
+        # transformers itself decodes greedily over the one-hot scores it returns.
+        processors = LogitsProcessorList() if greedy else LogitsProcessorList([_RowSampler(seeds, n, sampling)])
         config = GenerationConfig(
-            do_sample=not greedy,
+            do_sample=False,
             repetition_penalty=1.0,
             max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=n,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
             output_logits=return_logprobs,
-            **options,
         )
         # A model handed in by a training stage may be in train mode: generate in eval mode, then put it back.
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), seeded(seed, self.model.device):
-                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=config,
+                    logits_processor=processors,
+                )
         finally:
             self.model.train(was_training)
         new_tokens = out.sequences[:, input_ids.shape[1] :].cpu()  # (B * n, T_new), rows b*n .. b*n+n-1 for prompt b
@@ -172,3 +179,34 @@ class HFGenerator:
             logp = torch.log_softmax(logits.float().cpu() / scale, dim=-1)  # (B * n, V)
             columns.append(logp.gather(-1, tokens[:, step : step + 1]).squeeze(-1))
         return torch.stack(columns, dim=1).tolist()  # (B * n, T_new)
+
+
+class _RowSampler:
+    """A transformers logits processor that samples every row with its own torch.Generator (seeded by the row's
+    conversation seed and sample index) from softmax(logits / T) cut to the top-p nucleus, and returns scores that
+    are 0 at the drawn token and -inf elsewhere, so greedy decoding emits it. The draw of a row depends only on its
+    own logits and RNG: the same text whichever batch or shard the row is in."""
+
+    def __init__(self, seeds: list[int], n: int, sampling: SamplingConfig) -> None:
+        self.row_seeds = [derive_seed(seed, j) for seed in seeds for j in range(n)]  # row b*n+j
+        self.temperature = sampling.temperature
+        self.top_p = sampling.top_p
+        self.generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.generators is None:  # (made lazily: the device is the scores')
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.row_seeds]
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (B*n, V)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            # Drop a token when the mass before it already reaches top_p (the first token is always kept).
+            drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= self.top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        chosen = torch.cat(
+            [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators, strict=True)]
+        )
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, chosen.unsqueeze(-1), 0.0)

@@ -6,8 +6,8 @@ throughput has to win back: see bench/README.md for the break-even point.
 
 Prompts are templated and tokenized by `common.encode_conversations` with our own tokenizer and handed to vLLM as
 token ids, so both backends see identical prompts; completions are cut and decoded by `common.to_completion`.
-Each request gets its own seed, derived from the call's seed and the item's index, so results do not depend on
-how vLLM happens to batch them.
+Each request gets its conversation's seed (`row_seeds`), so results do not depend on how vLLM happens to batch
+them, nor on which other items share the call.
 
 Log-probs are vLLM's "processed" log-probs: log_softmax(logits / temperature), as in the transformers backend,
 when top_p = 1 (PPO rollouts). With top_p < 1, vLLM renormalises them over the nucleus.
@@ -32,10 +32,10 @@ from rlaif.config import SamplingConfig
 from rlaif.generation import Completion, Conversation
 from rlaif.generation.common import (
     copy_greedy,
-    derive_seed,
     mark_truncated,
     model_eos_ids,
     prepare_prompts,
+    row_seeds,
     stop_token_ids,
     to_completion,
 )
@@ -112,7 +112,7 @@ class VLLMGenerator:
         conversations: Sequence[Conversation],
         n: int,
         sampling: SamplingConfig,
-        seed: int,
+        seed: int | Sequence[int],
         return_logprobs: bool = False,
         progress: bool = True,
         fit_context: bool = False,
@@ -125,13 +125,14 @@ class VLLMGenerator:
             self.tokenizer, conversations, n, sampling, self.context, fit_context
         )
         greedy = sampling.temperature == 0.0
+        seeds = row_seeds(seed, len(prompts))
         params = [
             SamplingParams(
                 n=per_prompt,
                 temperature=sampling.temperature,
                 top_p=1.0 if greedy else sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
-                seed=derive_seed(seed, index),
+                seed=seeds[index],
                 logprobs=0 if return_logprobs else None,
                 stop_token_ids=self.stop_ids,
                 detokenize=False,  # we decode ourselves, the same way for both backends

@@ -20,13 +20,18 @@ and the arithmetic, is this one code path. Each judgement records how its option
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rlaif.config import SamplingConfig
 from rlaif.constitution import ComparisonExample, Principle
+from rlaif.endpoints import is_endpoint
+from rlaif.generation.common import derive_seed
+from rlaif.judging.endpoint import EndpointScorer
 from rlaif.judging.labels import PairJudgement, clamp, combine_orders
 from rlaif.judging.prompts import (
     ANSWER_PREFIX,
@@ -40,6 +45,7 @@ from rlaif.judging.prompts import (
     render_judge_text,
 )
 from rlaif.judging.scoring import ModelScorer, OptionScorer, OptionScores, PrefixCache
+from rlaif.modeling import load_causal_lm, load_tokenizer
 from rlaif.truncation import fit_texts
 
 if TYPE_CHECKING:
@@ -186,12 +192,16 @@ def generate_reasoning(
     seed: int,
     progress: bool = False,
 ) -> list[str]:
-    """The judge's chain of thought for both orders of every request (2N texts, rows as in build_sequences)."""
+    """The judge's chain of thought for both orders of every request (2N texts, rows as in build_sequences).
+    Each text is sampled under a seed from (seed, comparison id, principle id, order), so it does not depend on
+    which requests share the call."""
     conversations: list[Conversation] = []
+    seeds: list[int] = []
     for request in requests:
         _check(request)
         conversations.extend(_order_messages(request, examples, chain_of_thought=True))
-    completions = generator.generate(conversations, n=1, sampling=sampling, seed=seed, progress=progress)
+        seeds += [derive_seed(seed, request.item_id, request.principle.id, order) for order in (1, 2)]
+    completions = generator.generate(conversations, n=1, sampling=sampling, seed=seeds, progress=progress)
     return [choices[0].text for choices in completions]
 
 
@@ -358,3 +368,24 @@ def judge_pair(
         cot_clamp=cot_clamp,
         seed=seed,
     )[0]
+
+
+def cached_judge(model: str, dtype: str, *, stage_dir: Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a judge, kept for the next call: a worker labels shard after shard with one judge, and
+    loading it costs seconds. For `endpoint:<name>`, (EndpointScorer, its tokenizer), one per stage folder (its
+    cache and usage ledger live there)."""
+    folder = str(stage_dir) if stage_dir is not None and is_endpoint(model) else None
+    return _cached_judge(model, dtype, folder)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_judge(model: str, dtype: str, stage_dir: str | None) -> tuple[Any, Any]:
+    if is_endpoint(model):
+        scorer = EndpointScorer(model, stage_dir=None if stage_dir is None else Path(stage_dir))
+        return scorer, scorer.tokenizer
+    return load_causal_lm(model, dtype=dtype), load_tokenizer(model)
+
+
+def release_cached_judge() -> None:
+    """Drop the kept judge (the evaluation loads several models in turn)."""
+    _cached_judge.cache_clear()

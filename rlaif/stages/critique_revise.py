@@ -26,20 +26,22 @@ from __future__ import annotations
 import logging
 import random
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
-from rlaif.config import CritiqueConfig, RunConfig
+from rlaif.config import CritiqueConfig
 from rlaif.constitution import Constitution, CritiqueExample, Principle, sample_principles
 from rlaif.endpoints import read_usage, usage_counts
-from rlaif.generation import Completion, Conversation, Generator
+from rlaif.generation import Completion, Conversation, Generator, cached_generator
 from rlaif.generation.common import derive_seed
 from rlaif.prompts import normalise
 from rlaif.records import CritiqueRecord, CritiqueRound, PromptItem, SFTExample
-from rlaif.stages import CRITIQUE_RECORDS_FILE, INPUTS, PROMPTS_FILE, SFT_DATA_FILE, StageResult
-from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
+from rlaif.stages import CRITIQUE_RECORDS_FILE, PROMPTS_FILE, SFT_DATA_FILE, StageResult
+from rlaif.stages.contract import StageContext, run_sharded
+from rlaif.store import StoreError, read_jsonl, write_jsonl, write_manifest
 from rlaif.truncation import LongItems
 
 log = logging.getLogger(__name__)
@@ -200,11 +202,18 @@ def _generate(
     seed: int,
     what: str,
 ) -> list[Completion]:
-    """One batched generate call; a backend error about 'conversation i' is re-raised naming the prompt item."""
+    """One batched generate call; a backend error about 'conversation i' is re-raised naming the prompt item.
+    Each item samples under its own seed (from `seed`, its id and `what`), so its text does not depend on which
+    items share its batch or shard."""
     try:
         # A long prompt or a long history is cut to fit (rlaif/truncation.py) rather than failing the batch.
         completions = generator.generate(
-            conversations, n=1, sampling=cfg.sampling, seed=seed, progress=False, fit_context=True
+            conversations,
+            n=1,
+            sampling=cfg.sampling,
+            seed=[derive_seed(seed, item.id, what) for item in batch],
+            progress=False,
+            fit_context=True,
         )
     except ValueError as exc:
         match = re.match(r"conversation (\d+)", str(exc))
@@ -247,7 +256,6 @@ def _run_batch(
     cfg: CritiqueConfig,
     generator: Generator,
     seed: int,
-    batch_index: int,
 ) -> list[CritiqueRecord]:
     trajectories = [
         _Trajectory(
@@ -255,9 +263,7 @@ def _run_batch(
         )
         for item in batch
     ]
-    answers = _generate(
-        generator, [t.history for t in trajectories], batch, cfg, derive_seed(seed, batch_index, "answer"), "answer"
-    )
+    answers = _generate(generator, [t.history for t in trajectories], batch, cfg, seed, "answer")
     initial = [c.text.strip() for c in answers]
     round_flags: list[list[list[str]]] = [[] for _ in batch]
     cut = [["answer:" + TRUNCATED] if c.prompt_truncated else [] for c in answers]
@@ -273,7 +279,7 @@ def _run_batch(
             [shots + t.history for t in trajectories],
             batch,
             cfg,
-            derive_seed(seed, batch_index, r, "critique"),
+            seed,
             f"critique {r + 1}",
         )
         critiques = [c.text.strip() for c in critique_completions]
@@ -286,7 +292,7 @@ def _run_batch(
             [shots + t.history for t in trajectories],
             batch,
             cfg,
-            derive_seed(seed, batch_index, r, "revision"),
+            seed,
             f"revision {r + 1}",
         )
         for i, (t, critique, completion) in enumerate(zip(trajectories, critiques, raw, strict=True)):
@@ -333,25 +339,25 @@ def critique_revise(
             len(constitution.critique_examples),
         )
     with tqdm(total=len(items), desc="critique-revise", unit="prompt", disable=not progress) as bar:
-        for batch_index, start in enumerate(range(0, len(items), cfg.batch_size)):
+        for start in range(0, len(items), cfg.batch_size):
             batch = items[start : start + cfg.batch_size]
             harmful = [item for item in batch if item.kind == "harmful"]
             helpful = [item for item in batch if item.kind == "helpful"]
-            records = _run_batch(harmful, selected, shots, cfg, generator, seed, batch_index) if harmful else []
+            records = _run_batch(harmful, selected, shots, cfg, generator, seed) if harmful else []
             if helpful:
-                records += _answer_helpful(helpful, cfg, generator, seed, batch_index)
+                records += _answer_helpful(helpful, cfg, generator, seed)
             by_id = {record.id: record for record in records}
             yield from (by_id[item.id] for item in batch)
             bar.update(len(batch))
 
 
 def _answer_helpful(
-    batch: Sequence[PromptItem], cfg: CritiqueConfig, generator: Generator, seed: int, batch_index: int
+    batch: Sequence[PromptItem], cfg: CritiqueConfig, generator: Generator, seed: int
 ) -> list[CritiqueRecord]:
     """Helpful prompts get a plain answer, no critique: there is nothing harmful to revise, and critiquing them
     under a harm principle only teaches refusals (Bai et al. 2022 sec. 3.1 mix plain helpful answers into SFT)."""
     conversations: list[Conversation] = [[{"role": "user", "content": item.prompt}] for item in batch]
-    answers = _generate(generator, conversations, batch, cfg, derive_seed(seed, batch_index, "helpful"), "answer")
+    answers = _generate(generator, conversations, batch, cfg, seed, "helpful answer")
     records = []
     for item, answer in zip(batch, answers, strict=True):
         text = answer.text.strip()
@@ -403,39 +409,60 @@ def stage_result(records: Sequence[CritiqueRecord], n_sft: int, usage: dict[str,
     )
 
 
-def run_critique_revise(
-    cfg: RunConfig,
-    store: ArtifactStore,
-    run_id: str,
-    constitution: Constitution,
-    generator: Generator | None = None,
-) -> StageResult:
-    """Critique and revise `<run>/inputs/prompts.jsonl` into `<run>/critique/records.jsonl` and `sft.jsonl`.
+# --- the stage contract (rlaif/stages/contract.py) ---------------------------------------------------------------
 
-    The manifest is written last; a stage folder that has one is verified and returned without generating again.
-    """
-    out_dir = store.stage_dir(run_id, STAGE)
-    if store.is_complete(run_id, STAGE):
-        verify_manifest(out_dir)
-        records = read_jsonl(out_dir / CRITIQUE_RECORDS_FILE, CritiqueRecord)
-        log.info("critique stage of run %s is already complete (%d records)", run_id, len(records))
-        return stage_result(records, sum(r.kept for r in records), read_usage(out_dir))
-    source = store.path(run_id, INPUTS, PROMPTS_FILE)
-    if not source.is_file():
-        raise StoreError(f"run {run_id}: {source} is missing; the run has no prompts")
-    items = read_jsonl(source, PromptItem)
+RECORD = CritiqueRecord
+
+
+def read_items(ctx: StageContext, start: int = 0, stop: int | None = None) -> list[PromptItem]:
+    """The run's training prompts (`start` to `stop`)."""
+    source = ctx.path("prompts", PROMPTS_FILE)
+    items = read_jsonl(source, PromptItem, start, stop)
+    if not items and start == 0:
+        raise StoreError(f"run {ctx.run_id}: {source} has no prompts")
+    return items
+
+
+def process(
+    ctx: StageContext, items: Sequence[PromptItem], generator: Generator | None = None
+) -> Iterator[CritiqueRecord]:
+    """Critique-revise the harmful prompts and answer the helpful ones with the run's feedback model."""
     if not items:
-        raise StoreError(f"run {run_id}: {source} has no prompts")
+        return
+    if ctx.constitution is None:
+        raise StoreError(
+            f"run {ctx.run_id}: the critique stage needs the run's constitution (inputs/constitution.json)"
+        )
+    cfg = ctx.cfg
     if generator is None:
-        from rlaif.generation import make_generator
-
-        generator = make_generator(cfg.feedback_model, cfg.generation, stage_dir=out_dir)
+        generator = cached_generator(cfg.feedback_model, cfg.generation, stage_dir=ctx.out_dir)
     log.info("critique-revise: %d prompts, %d rounds, model %s", len(items), cfg.critique.rounds, generator.model_name)
-    records = list(critique_revise(items, constitution, cfg.critique.principles, cfg.critique, generator, cfg.seed))
+    yield from critique_revise(
+        items, ctx.constitution, cfg.critique.principles, cfg.critique, generator, cfg.seed, progress=False
+    )
+
+
+def write(ctx: StageContext, records: Sequence[CritiqueRecord]) -> StageResult:
+    """records.jsonl, the kept records as sft.jsonl, then the manifest."""
+    out_dir = ctx.out_dir
     sft = to_sft_examples(records)
     write_jsonl(out_dir / CRITIQUE_RECORDS_FILE, records)
     write_jsonl(out_dir / SFT_DATA_FILE, sft)
     result = stage_result(records, len(sft), read_usage(out_dir))
-    write_manifest(out_dir, extra={"stage": STAGE, "counts": result.counts, "metrics": result.metrics})
+    write_manifest(out_dir, extra={"stage": ctx.name, "counts": result.counts, "metrics": result.metrics})
     log.info("kept %d of %d revisions for SFT (%s)", len(sft), len(records), result.extra["flags"])
     return result
+
+
+def finished(ctx: StageContext) -> StageResult:
+    records = read_jsonl(ctx.out_dir / CRITIQUE_RECORDS_FILE, CritiqueRecord)
+    return stage_result(records, sum(r.kept for r in records), read_usage(ctx.out_dir))
+
+
+def run_critique_revise(ctx: StageContext, generator: Generator | None = None) -> StageResult:
+    """Critique and revise `<run>/inputs/prompts.jsonl` into `<run>/critique/records.jsonl` and `sft.jsonl`.
+
+    The manifest is written last; a stage folder that has one is verified and returned without generating again,
+    and an interrupted run resumes with the prompts it had not finished.
+    """
+    return run_sharded(sys.modules[__name__], ctx, generator=generator)  # type: ignore[arg-type]

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,15 +46,16 @@ from rlaif.checkpoints import (
     save_hf_checkpoint,
     save_step_state,
 )
-from rlaif.config import DPOConfig, RunConfig
+from rlaif.config import DPOConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import disable_dropout, load_causal_lm, load_tokenizer
 from rlaif.records import LabelRecord
 from rlaif.rl.losses import dpo_loss
 from rlaif.rl.types import DPOLoss
-from rlaif.stages import CONSTITUTION_FILE, INPUTS, LABELS_FILE, METRICS_FILE, MODEL_DIR, STEPS_DIR, StageResult
-from rlaif.store import ArtifactStore, read_jsonl, read_manifest, write_jsonl
+from rlaif.stages import LABELS_FILE, METRICS_FILE, MODEL_DIR, STEPS_DIR, StageResult
+from rlaif.stages.contract import StageContext, StepCallback
+from rlaif.store import read_jsonl, read_manifest, write_jsonl
 from rlaif.training import (
     IGNORE_INDEX,
     LossModule,
@@ -80,8 +80,6 @@ from rlaif.training import (
 log = logging.getLogger(__name__)
 
 REF_LOGPS_FILE = "ref_logps.jsonl"  # the reference's log-probs of every labelled pair, computed once per stage
-
-StepCallback = Callable[[int, dict[str, float]], None]
 
 
 class DPOExample(NamedTuple):
@@ -151,7 +149,7 @@ def train_dpo(
     """DPO of `policy_model` on soft-labelled pairs against `reference_model` (default: the policy itself);
     writes out_dir/model (HF folder), out_dir/ref_logps.jsonl, out_dir/steps, out_dir/metrics.jsonl.
 
-    `on_step(step, metrics)` runs after every optimizer step (heartbeat hook; raising in it stops training like a
+    `on_step(step, total_steps, metrics)` runs after every optimizer step (heartbeat hook; raising in it stops training like a
     crash, and the next call resumes from the newest step state and the stored reference log-probs).
     """
     # --- setup ----------------------------------------------------------------------------------------------
@@ -224,7 +222,7 @@ def train_dpo(
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/dpo']:.3f}", acc=f"{metrics['rewards/accuracy']:.2f}")
         if on_step is not None:
-            on_step(step + 1, metrics)
+            on_step(step + 1, total_steps, metrics)
     bar.close()
     metrics_log.close()
 
@@ -487,40 +485,30 @@ def _add_lora(model: torch.nn.Module, cfg: DPOConfig) -> torch.nn.Module:
 # --- stage wrapper ---------------------------------------------------------------------------------------------
 
 
-def run_dpo(
-    cfg: RunConfig,
-    store: ArtifactStore,
-    run_id: str,
-    policy_model: str,
-    stage: str = "dpo",
-    labels_stage: str = "judge",
-    reference_model: str | None = None,
-) -> StageResult:
-    """Stage wrapper: <run>/<labels_stage>/labels.jsonl + the policy (SFT or the previous DPO) -> <run>/<stage>/model.
+def run_dpo(ctx: StageContext) -> StageResult:
+    """Stage wrapper: this iteration's <run>/<judge>/labels.jsonl + the policy (SFT or the previous DPO) ->
+    <run>/<stage>/model, against the frozen reference (the run's SFT model).
 
-    `reference_model` is the frozen reference (the run's SFT model; default `policy_model`). A finished stage
-    (model folder with a manifest) is not trained again: a redelivered task returns its result.
+    A finished stage (model folder with a manifest) is not trained again: a redelivered task returns its result.
     """
-    out_dir = store.stage_dir(run_id, stage)
+    out_dir = ctx.out_dir
     if read_manifest(out_dir / MODEL_DIR) is not None:
-        log.info("%s/%s already has a complete model; skipping training", run_id, stage)
+        log.info("%s/%s already has a complete model; skipping training", ctx.run_id, ctx.name)
         remove_resume_states(out_dir, STEPS_DIR)  # (left behind if a worker died right after the save)
         meta = read_meta(out_dir / MODEL_DIR)
         return StageResult(
-            stage=stage,
+            stage=ctx.name,
             outputs=[MODEL_DIR, METRICS_FILE, REF_LOGPS_FILE],
             counts=meta.get("counts", {}),
             metrics=meta.get("metrics", {}),
         )
-    labels_path = store.path(run_id, labels_stage, LABELS_FILE)
-    if not labels_path.exists():
-        raise FileNotFoundError(f"{labels_path} is missing: run the {labels_stage} stage first")
-    labels = read_jsonl(labels_path, LabelRecord)
-    constitution_path = store.path(run_id, INPUTS, CONSTITUTION_FILE)
-    constitution = json.loads(constitution_path.read_text(encoding="utf-8")) if constitution_path.exists() else None
-    reference_model = reference_model or policy_model
+    labels = read_jsonl(ctx.path("labels", LABELS_FILE), LabelRecord)
+    policy_model, reference_model = ctx.model("policy"), ctx.model("reference")
     meta = checkpoint_meta(
-        "dpo", policy_model, cfg, constitution, judge_model=cfg.judge.model or cfg.policy_model,
-        counts={"labels": len(labels)}, run_id=run_id, policy_optimization="dpo", reference_model=reference_model,
+        "dpo", policy_model, ctx.cfg, ctx.constitution_document(), judge_model=ctx.cfg.judge_model,
+        counts={"labels": len(labels)}, run_id=ctx.run_id, policy_optimization="dpo", reference_model=reference_model,
     )  # fmt: skip
-    return train_dpo(labels, policy_model, cfg.dpo, out_dir, cfg.seed, reference_model=reference_model, meta=meta)
+    return train_dpo(
+        labels, policy_model, ctx.cfg.dpo, out_dir, ctx.cfg.seed, reference_model=reference_model, meta=meta,
+        on_step=ctx.hooks.on_step,
+    )  # fmt: skip

@@ -24,12 +24,14 @@ and the manifest last. A finished stage (valid manifest) is returned as it is.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlaif.checkpoints import CARD_FILE, META_FILE, model_card
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.endpoints import is_endpoint
@@ -52,19 +54,24 @@ from rlaif.evaluation.report import (
     Sample,
     TrainingCurves,
     WinRateEntry,
+    card_headline,
     headline,
     read_report,
 )
 from rlaif.evaluation.report_html import render_html
 from rlaif.evaluation.stats import rate, win_rate
+from rlaif.generation import release_cached_generator
+from rlaif.judging.judge import release_cached_judge
 from rlaif.records import LabelRecord
 from rlaif.stages import LABELS_FILE, METRICS_FILE, StageResult
+from rlaif.stages.contract import StageContext
 from rlaif.store import (
-    ArtifactStore,
+    StoreError,
     atomic_write_json,
     atomic_write_text,
     iter_jsonl_dicts,
     read_jsonl,
+    read_manifest,
     verify_manifest,
     write_jsonl,
     write_manifest,
@@ -106,6 +113,7 @@ def evaluate_models(
     stage_long_items: dict[str, LongItems] | None = None,
     stage_dir: Path | None = None,
     progress: bool = True,
+    check: Callable[[], None] | None = None,
 ) -> tuple[EvalReport, list[Sample]]:
     """The report and one Sample per prompt. `models` maps roles (base, sft, aligned) to model names/folders.
 
@@ -113,6 +121,7 @@ def evaluate_models(
     records (with `val/boilerplate_fraction` filled in from the PPO samples when the caller has them).
     `stage_long_items` (the run's stages' items cut to fit the context) is copied into the report's long_items.
     A judge `endpoint:<name>` keeps its response cache and usage ledger in `stage_dir` (none without one).
+    `check` (the stage hooks' stop check) runs after the answers are generated, the longest part.
     """
     unknown = set(models) - {"base", "sft", "aligned"}
     if unknown or not models:
@@ -122,6 +131,8 @@ def evaluate_models(
     answers = generate_answers(models, prompts, cfg, progress=progress)
     texts = {role: [c.text for c in completions] for role, completions in answers.items()}
     samples = _samples(prompts, answers)
+    if check is not None:
+        check()
 
     judge, tokenizer, generator = None, None, None
     comparisons = [(m, b) for m, b in COMPARISONS if m in models and b in models]
@@ -558,16 +569,16 @@ def report_metrics(report: EvalReport) -> dict[str, float]:
     return out
 
 
-def _stage_long_items(
-    store: ArtifactStore, run_id: str, labels: Sequence[LabelRecord], judge_stage: str
-) -> dict[str, LongItems]:
+def _stage_long_items(ctx: StageContext, labels: Sequence[LabelRecord], judge_stage: str) -> dict[str, LongItems]:
     """The run's critique records and judge labels that were cut to fit the context (for the report)."""
     from rlaif.records import CritiqueRecord
     from rlaif.stages import CRITIQUE_RECORDS_FILE
     from rlaif.stages.critique_revise import TRUNCATED
 
     out: dict[str, LongItems] = {}
-    records_path = store.stage_dir(run_id, "critique", create=False) / CRITIQUE_RECORDS_FILE
+    records_path = (
+        ctx.store.stage_dir(ctx.run_id, ctx.source("critique") or "critique", create=False) / CRITIQUE_RECORDS_FILE
+    )
     if records_path.is_file():
         records = read_jsonl(records_path, CritiqueRecord)
         out["critique"] = LongItems.of([r.id for r in records if any(f.endswith(TRUNCATED) for f in r.flags)])
@@ -594,47 +605,55 @@ def stage_result(stage: str, report: EvalReport, outputs: list[str]) -> StageRes
     )
 
 
-def run_evaluate(
-    cfg: RunConfig,
-    store: ArtifactStore,
-    run_id: str,
-    base_model: str,
-    sft_model: str | None,
-    policy_model: str | None,
-    reward_model: str | None,
-    constitution: Constitution,
-    stage: str = "evaluate",
-    *,
-    data_dir: Path | None = None,
-    judge_stage: str = "judge",
-    ppo_stage: str | None = "ppo",
-    progress: bool = True,
-) -> StageResult:
-    """Evaluate the run's models; writes <run>/<stage>/{answers.jsonl, report.json, report.html, manifest.json}.
+def run_evaluate(ctx: StageContext, *, data_dir: Path | None = None, progress: bool = True) -> StageResult:
+    """Evaluate the run's models (base, SFT, the final policy); writes <run>/<stage>/{answers.jsonl, report.json,
+    report.html, manifest.json}, then puts the headline figures into the final policy's meta.json and model card.
 
     `data_dir` (default `settings.data_dir`, i.e. RLAIF_DATA_DIR) holds the named sets of eval.extra_sets and the
-    human pairs; the run's labels (<judge_stage>/labels.jsonl) and PPO metrics (<ppo_stage>/metrics.jsonl) are
-    read when present; `ppo_stage` None (a DPO run) reads no PPO metrics, so there are no PPO monitors. `reward_model`
-    None (a DPO run) leaves the reward-model section out. `policy_model` None evaluates the SFT model as the top model.
+    human pairs; the run's labels and PPO metrics are read when the run has them (a DPO run has no PPO monitors and
+    no reward-model section). `ctx.models` may override a role (base, sft, policy, reward_model; None = leave it
+    out: policy None evaluates the SFT model as the top model). A redelivered task finds the report finished and
+    rewrites the same card. The model folders are verified only before the evaluation: afterwards the policy folder
+    is the one being rewritten, and a worker that died between its card and its manifest must be able to finish.
     """
-    out_dir = store.stage_dir(run_id, stage)
-    if store.is_complete(run_id, stage):
+    cfg, store, run_id, stage, out_dir = ctx.cfg, ctx.store, ctx.run_id, ctx.name, ctx.out_dir
+    if ctx.constitution is None:
+        raise StoreError(f"run {run_id}: the evaluation needs the run's constitution (inputs/constitution.json)")
+    # The evaluation loads each model it needs in turn: drop the ones this worker kept for earlier shards.
+    release_cached_generator()
+    release_cached_judge()
+    complete = store.is_complete(run_id, stage)
+    models = {"base": ctx.models.get("base", cfg.policy_model)}
+    for role, key in (("sft", "sft"), ("aligned", "policy")):
+        if ctx.models.get(key, "") is not None and ctx.has_model(key):
+            models[role] = ctx.model(key, verify=not complete)
+    reward_model = ctx.model("reward_model", verify=not complete) if _has(ctx, "reward_model") else None
+    if complete:
         verify_manifest(out_dir)
         report = read_report(out_dir / REPORT_FILE)
         log.info("%s of run %s is already complete; not evaluating again", stage, run_id)
-        return stage_result(stage, report, [ANSWERS_FILE, REPORT_FILE, REPORT_HTML_FILE])
+        result = stage_result(stage, report, [ANSWERS_FILE, REPORT_FILE, REPORT_HTML_FILE])
+    else:
+        result = _evaluate(ctx, models, reward_model, data_dir, progress)
+    if "aligned" in models and not ctx.models:  # (a run's own policy: its card gets the headline)
+        add_evaluation_to_checkpoint(Path(models["aligned"]), read_report(out_dir / REPORT_FILE), result.metrics, stage)
+    return result
+
+
+def _has(ctx: StageContext, role: str) -> bool:
+    return ctx.models.get(role, "") is not None and ctx.has_model(role)
+
+
+def _evaluate(
+    ctx: StageContext, models: dict[str, str], reward_model: str | None, data_dir: Path | None, progress: bool
+) -> StageResult:
+    cfg, store, run_id, stage, out_dir = ctx.cfg, ctx.store, ctx.run_id, ctx.name, ctx.out_dir
     if data_dir is None:
         from rlaif.settings import settings
 
         data_dir = settings.data_dir
-    models = {"base": base_model}
-    if sft_model is not None:
-        models["sft"] = sft_model
-    if policy_model is not None:
-        models["aligned"] = policy_model
     if len(models) < 2:
         raise ValueError(f"run {run_id}: evaluation needs the base model and at least one of sft_model / policy_model")
-
     prompts = load_eval_prompts(store, run_id, cfg.eval, data_dir, cfg.seed)
     human_pairs: list[LabelledPair] = []
     if cfg.eval.human_pairs:
@@ -643,8 +662,9 @@ def run_evaluate(
         human_pairs = load_labelled_pairs(
             set_path(data_dir, "preference_pairs", cfg.eval.data_split, "eval.human_pairs"), limit=cfg.eval.human_pairs
         )
-    labels_path = store.stage_dir(run_id, judge_stage, create=False) / LABELS_FILE
-    labels = read_jsonl(labels_path, LabelRecord) if labels_path.is_file() else []
+    judge_stage = ctx.source("labels")
+    labels_path = store.stage_dir(run_id, judge_stage, create=False) / LABELS_FILE if judge_stage else None
+    labels = read_jsonl(labels_path, LabelRecord) if labels_path is not None and labels_path.is_file() else []
     ai_heldout: list[LabelRecord] = []
     if reward_model is not None and labels:
         from rlaif.training import split_holdout
@@ -653,6 +673,7 @@ def run_evaluate(
         _, held = split_holdout(len(labels), cfg.reward_model.eval_fraction, cfg.seed)
         ai_heldout = [labels[i] for i in held]
     history: list[dict[str, Any]] = []
+    ppo_stage = ctx.source("ppo")  # (None in a DPO run: the PPO monitors read PPO metrics)
     if ppo_stage is not None:
         ppo_dir = store.stage_dir(run_id, ppo_stage, create=False)
         history = ppo_history_with_boilerplate(ppo_dir / METRICS_FILE, ppo_dir / PPO_SAMPLES_FILE)
@@ -667,18 +688,38 @@ def run_evaluate(
         models,
         prompts,
         cfg,
-        constitution,
+        ctx.constitution,
         reward_model=reward_model,
         ai_heldout_pairs=ai_heldout,
         human_pairs=human_pairs,
         labels=labels,
         ppo_history=history,
         run_id=run_id,
-        stage_long_items=_stage_long_items(store, run_id, labels, judge_stage),
+        stage_long_items=_stage_long_items(ctx, labels, judge_stage or "judge"),
         stage_dir=out_dir,
         progress=progress,
+        check=ctx.hooks.check,
     )
     outputs = write_report(out_dir, report, samples)
     write_manifest(out_dir, extra={"stage": stage, "metrics": report_metrics(report)})
     log.info("evaluation of run %s written to %s\n%s", run_id, out_dir, headline(report))
     return stage_result(stage, report, outputs)
+
+
+def add_evaluation_to_checkpoint(folder: Path, report: EvalReport, metrics: dict[str, float], stage: str) -> None:
+    """Put the evaluation into a checkpoint folder: eval/* metrics and a pointer to the report in meta.json,
+    the headline block in the model card (README.md), then the manifest again, last. Idempotent."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise StoreError(f"{folder} has no manifest: not a finished checkpoint, cannot add the evaluation to it")
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    meta["metrics"] = {**meta.get("metrics", {}), **metrics}
+    meta["evaluation"] = {
+        "report": f"{stage}/report.json",
+        "judge_model": report.judge_model,
+        "prompts": report.prompts,
+        "created_at": report.created_at,
+    }
+    atomic_write_json(folder / META_FILE, meta)
+    atomic_write_text(folder / CARD_FILE, model_card(meta).rstrip("\n") + "\n\n" + card_headline(report))
+    write_manifest(folder, {key: value for key, value in manifest.items() if key != "files"})

@@ -21,21 +21,23 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from rlaif.config import JudgeConfig, RunConfig
+from rlaif.config import JudgeConfig
 from rlaif.constitution import Constitution, Principle, sample_principles
-from rlaif.endpoints import is_endpoint, read_usage, usage_counts
+from rlaif.endpoints import read_usage, usage_counts
 from rlaif.evaluation.judge_gate import check_labels
-from rlaif.judging.judge import JudgeRequest, as_scorer, judge_requests
+from rlaif.judging.judge import JudgeRequest, as_scorer, cached_judge, judge_requests
 from rlaif.judging.labels import ensemble
 from rlaif.judging.scoring import OptionScorer, PrefixCache
 from rlaif.records import Comparison, LabelRecord, PrincipleJudgement
 from rlaif.stages import COMPARISONS_FILE, LABELS_FILE, StageResult
-from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
+from rlaif.stages.contract import StageContext, run_sharded
+from rlaif.store import StoreError, read_jsonl, write_jsonl, write_manifest
 from rlaif.truncation import LongItems
 
 if TYPE_CHECKING:
@@ -85,7 +87,7 @@ def judge_comparisons(
         model, tokenizer, batch_size=cfg.batch_size, share_prefix=cfg.share_prefix, prefix_cache=prefix_cache
     )
     bar = tqdm(total=len(items), desc="judge", unit="pair", disable=not progress)
-    for chunk_index, start in enumerate(range(0, len(items), CHUNK_COMPARISONS)):
+    for start in range(0, len(items), CHUNK_COMPARISONS):
         chunk = items[start : start + CHUNK_COMPARISONS]
         sampled = [principles_for(c.id, selected, cfg.principles_per_label, seed) for c in chunk]
         # A principle drawn twice for one pair gives the same judgement: score it once.
@@ -113,7 +115,7 @@ def judge_comparisons(
             generator=generator,
             cot_sampling=cfg.cot_sampling,
             cot_clamp=cfg.cot_clamp,
-            seed=seed + chunk_index,
+            seed=seed,
             prefix_cache=prefix_cache,
         )
         for comparison, chosen in zip(chunk, sampled, strict=True):
@@ -204,64 +206,84 @@ def judge_generator(
     return HFGenerator.from_loaded(model, tokenizer, model_name, batch_size=batch_size)
 
 
-def run_judge(
-    cfg: RunConfig,
-    store: ArtifactStore,
-    run_id: str,
-    constitution: Constitution,
-    stage: str = "judge",
-    pairs_stage: str = "pairs",
+# --- the stage contract (rlaif/stages/contract.py) ---------------------------------------------------------------
+
+RECORD = LabelRecord
+
+
+def read_items(ctx: StageContext, start: int = 0, stop: int | None = None) -> list[Comparison]:
+    """The comparisons of this iteration's pairs stage (`start` to `stop`); the pairs stage must be finished."""
+    source = ctx.source("comparisons")
+    if source is None or not ctx.store.is_complete(ctx.run_id, source):
+        raise StoreError(f"run {ctx.run_id}: stage {source!r} has no manifest; its comparisons are not finished")
+    return read_jsonl(ctx.path("comparisons", COMPARISONS_FILE), Comparison, start, stop)
+
+
+def process(
+    ctx: StageContext,
+    items: Sequence[Comparison],
     *,
-    model: PreTrainedModel | None = None,
+    model: PreTrainedModel | OptionScorer | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     generator: Generator | None = None,
-) -> StageResult:
-    """Label `<run>/<pairs_stage>/comparisons.jsonl` into `<run>/<stage>/labels.jsonl`; manifest written last.
+) -> Iterator[LabelRecord]:
+    """Soft labels from the run's judge (loaded once per worker, or the declared endpoint) under the selected
+    principles, both orders."""
+    if not items:
+        return
+    if ctx.constitution is None:
+        raise StoreError(f"run {ctx.run_id}: the judge stage needs the run's constitution (inputs/constitution.json)")
+    cfg = ctx.cfg
+    if model is None or tokenizer is None:
+        model, tokenizer = cached_judge(cfg.judge_model, cfg.judge.dtype, stage_dir=ctx.out_dir)
+    if cfg.judge.chain_of_thought and generator is None:
+        generator = judge_generator(model, tokenizer, cfg.judge_model, cfg.generation.batch_size)
+    log.info("judging %d comparisons of run %s with %s", len(items), ctx.run_id, cfg.judge_model)
+    yield from judge_comparisons(
+        items, model, tokenizer, ctx.constitution, cfg.judge.principles, cfg.judge, cfg.seed,
+        generator=generator, progress=False,
+    )  # fmt: skip
 
-    A stage folder with a valid manifest is finished work: it is verified and returned without judging again.
-    """
-    out_dir = store.stage_dir(run_id, stage)
-    if store.is_complete(run_id, stage):
-        verify_manifest(out_dir)
-        labels = read_jsonl(out_dir / LABELS_FILE, LabelRecord)
-        log.info("%s of run %s is already complete (%d labels); not judging again", stage, run_id, len(labels))
-        return stage_result(stage, labels, len(labels), read_usage(out_dir))
-    if not store.is_complete(run_id, pairs_stage):
-        raise StoreError(f"run {run_id}: stage {pairs_stage!r} has no manifest; its comparisons are not finished")
-    source = store.path(run_id, pairs_stage, COMPARISONS_FILE)
-    if not source.is_file():
-        raise StoreError(f"run {run_id}: {source} is missing")
-    comparisons = read_jsonl(source, Comparison)
-    judge_cfg = cfg.judge
-    model_name = cfg.judge_model
-    if (model is None or tokenizer is None) and is_endpoint(model_name):
-        from rlaif.judging.endpoint import EndpointScorer
 
-        model = EndpointScorer(model_name, stage_dir=out_dir)
-        tokenizer = model.tokenizer
-    elif model is None or tokenizer is None:
-        from rlaif.modeling import load_causal_lm, load_tokenizer
-
-        model, tokenizer = load_causal_lm(model_name, dtype=judge_cfg.dtype), load_tokenizer(model_name)
-    if judge_cfg.chain_of_thought and generator is None:
-        generator = judge_generator(model, tokenizer, model_name, cfg.generation.batch_size)
-    log.info("judging %d comparisons of run %s with %s", len(comparisons), run_id, model_name)
-    labels = list(
-        judge_comparisons(
-            comparisons, model, tokenizer, constitution, judge_cfg.principles, judge_cfg, cfg.seed, generator=generator
-        )
-    )
-    write_jsonl(out_dir / LABELS_FILE, labels)
-    result = stage_result(stage, labels, len(comparisons), read_usage(out_dir))
-    gate = check_labels(result.metrics, cfg.judge.gate)
-    if not gate.passed:  # the service stops the run here when judge.gate.action is stop (rlaif/runs.py)
-        log.warning("%s", gate.message(stage))
-    result.extra["gate"] = gate.model_dump()
-    write_manifest(out_dir, extra={"stage": stage, "counts": result.counts, "metrics": result.metrics})
+def write(ctx: StageContext, records: Sequence[LabelRecord]) -> StageResult:
+    """labels.jsonl and the manifest; the quality gate over the labels goes into the result (the run state machine
+    warns or stops on it)."""
+    out_dir = ctx.out_dir
+    write_jsonl(out_dir / LABELS_FILE, records)
+    result = _with_gate(ctx, stage_result(ctx.name, records, len(records), read_usage(out_dir)))
+    write_manifest(out_dir, extra={"stage": ctx.name, "counts": result.counts, "metrics": result.metrics})
     log.info(
         "wrote %d labels to %s (flip rate %.2f)",
-        len(labels),
+        len(records),
         out_dir / LABELS_FILE,
         result.metrics.get("judge/flip_rate", 0),
     )
     return result
+
+
+def finished(ctx: StageContext) -> StageResult:
+    labels = read_jsonl(ctx.out_dir / LABELS_FILE, LabelRecord)
+    return _with_gate(ctx, stage_result(ctx.name, labels, len(labels), read_usage(ctx.out_dir)))
+
+
+def _with_gate(ctx: StageContext, result: StageResult) -> StageResult:
+    gate = check_labels(result.metrics, ctx.cfg.judge.gate)
+    if not gate.passed:
+        log.warning("%s", gate.message(ctx.name))
+    result.extra["gate"] = gate.model_dump()
+    return result
+
+
+def run_judge(
+    ctx: StageContext,
+    *,
+    model: PreTrainedModel | OptionScorer | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    generator: Generator | None = None,
+) -> StageResult:
+    """Label this iteration's `<run>/<pairs>/comparisons.jsonl` into `<run>/<stage>/labels.jsonl`; manifest last.
+
+    A stage folder with a valid manifest is finished work: it is verified and returned without judging again; an
+    interrupted run resumes with the comparisons it had not labelled.
+    """
+    return run_sharded(sys.modules[__name__], ctx, model=model, tokenizer=tokenizer, generator=generator)  # type: ignore[arg-type]

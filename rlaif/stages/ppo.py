@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -53,7 +53,7 @@ from rlaif.checkpoints import (
     save_step_state,
     save_weights,
 )
-from rlaif.config import MonitorConfig, PPOConfig, RunConfig
+from rlaif.config import MonitorConfig, PPOConfig
 from rlaif.evaluation.monitors import best_step, boilerplate, early_stop_decision
 from rlaif.generation.common import check_context, context_length, derive_seed
 from rlaif.metrics_log import MetricsLog
@@ -72,8 +72,6 @@ from rlaif.rl.sequences import (
 from rlaif.rl.types import PPOStats, Rollout
 from rlaif.scorers import ScoreFn
 from rlaif.stages import (
-    CONSTITUTION_FILE,
-    INPUTS,
     METRICS_FILE,
     MODEL_DIR,
     PROMPTS_FILE,
@@ -81,8 +79,9 @@ from rlaif.stages import (
     STEPS_DIR,
     StageResult,
 )
+from rlaif.stages.contract import StageContext, StepCallback
 from rlaif.stages.reward_model import reward_score_fn
-from rlaif.store import ArtifactStore, StoreError, read_jsonl, read_manifest
+from rlaif.store import StoreError, read_jsonl, read_manifest
 from rlaif.training import (
     IGNORE_INDEX,
     Batch,
@@ -110,8 +109,6 @@ BEST_DIR = "best"  # policy weights kept for monitor.keep_best while training (d
 # Metrics that PPO logs itself and that monitor.keep_best can pick by (eval/judge_score comes from evaluation).
 KEEP_BEST_METRICS = ("objective/scores", "objective/rlhf_reward")
 
-StepCallback = Callable[[int, dict[str, float]], None]
-
 
 def train_ppo(
     prompts: Sequence[str],
@@ -130,7 +127,7 @@ def train_ppo(
     """PPO of `policy_model` on `prompts`; writes out_dir/model (HF folder), out_dir/steps, out_dir/metrics.jsonl.
 
     `value_model` is the reward model folder the value model starts from (None: the policy with a zero head).
-    `ptx_examples` are the SFT examples of the PPO-ptx loss (needed when ppo.ptx_coef > 0). `on_step(update,
+    `ptx_examples` are the SFT examples of the PPO-ptx loss (needed when ppo.ptx_coef > 0). `on_step(update, num_updates,
     metrics)` is called after every update (and after that update's checkpoint): a worker heartbeats from it,
     and an exception raised in it stops training like a crash (resume picks up from the newest step state).
     `meta` (lineage from `checkpoint_meta`) is extended with counts and final metrics.
@@ -237,7 +234,7 @@ def train_ppo(
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
         if on_step is not None:
-            on_step(update + 1, metrics)
+            on_step(update + 1, cfg.num_updates, metrics)
         if decision.stop:
             log.warning(
                 "early stop after update %d of %d: %s", update + 1, cfg.num_updates, "; ".join(decision.reasons)
@@ -803,49 +800,33 @@ def log_samples(
 # --- stage wrapper ----------------------------------------------------------------------------------------------
 
 
-def run_ppo(
-    cfg: RunConfig,
-    store: ArtifactStore,
-    run_id: str,
-    policy_model: str,
-    reward_model: str,
-    stage: str = "ppo",
-    progress: bool = True,
-    on_step: StepCallback | None = None,
-) -> StageResult:
-    """Stage wrapper: <run>/inputs/prompts.jsonl, the SFT model and the reward model -> <run>/<stage>/model.
+def run_ppo(ctx: StageContext, progress: bool = True) -> StageResult:
+    """Stage wrapper: <run>/inputs/prompts.jsonl, the iteration's starting policy and its reward model ->
+    <run>/<stage>/model.
 
     The reward model folder gives both the score function (with its stored gain/bias normalisation) and the
     value model's initial weights (ppo.value_network = "separate"). With ppo.ptx_coef > 0 the SFT data
     (<run>/critique/sft.jsonl) feeds PPO-ptx. `cfg.eval.monitor` drives early stopping and keep-best.
     A finished stage (model folder with a manifest) is not trained again: a redelivered task returns its result.
     """
-    out_dir = store.stage_dir(run_id, stage)
-    done = read_manifest(out_dir / MODEL_DIR)
-    if done is not None:
-        log.info("%s/%s already has a complete model; skipping training", run_id, stage)
+    cfg, out_dir = ctx.cfg, ctx.out_dir
+    if read_manifest(out_dir / MODEL_DIR) is not None:
+        log.info("%s/%s already has a complete model; skipping training", ctx.run_id, ctx.name)
         remove_resume_states(out_dir, STEPS_DIR, BEST_DIR)  # (left behind if a worker died right after the save)
-        return _finished_result(stage, out_dir)
-    prompts_path = store.path(run_id, INPUTS, PROMPTS_FILE)
-    if not prompts_path.exists():
-        raise FileNotFoundError(f"{prompts_path} is missing: the run has no training prompts")
-    prompts = [item.prompt for item in read_jsonl(prompts_path, PromptItem)]
+        return _finished_result(ctx.name, out_dir)
+    prompts = [item.prompt for item in read_jsonl(ctx.path("prompts", PROMPTS_FILE), PromptItem)]
     ptx_examples = None
-    if cfg.ppo.ptx_coef > 0:
-        sft_path = store.path(run_id, "critique", SFT_DATA_FILE)
-        if not sft_path.exists():
-            raise FileNotFoundError(f"{sft_path} is missing: ppo.ptx_coef > 0 needs the SFT data of the critique stage")
-        ptx_examples = read_jsonl(sft_path, SFTExample)
-    constitution_path = store.path(run_id, INPUTS, CONSTITUTION_FILE)
-    constitution = _read_json(constitution_path) if constitution_path.exists() else None
+    if cfg.ppo.ptx_coef > 0:  # (PPO-ptx: the SFT data of the critique stage)
+        ptx_examples = read_jsonl(ctx.path("sft_data", SFT_DATA_FILE), SFTExample)
+    policy_model, reward_model = ctx.model("policy"), ctx.model("reward_model")
     meta = checkpoint_meta(
-        "ppo", policy_model, cfg, constitution, counts={"prompts_in": len(prompts)}, run_id=run_id,
-        reward_model=str(reward_model),
+        "ppo", policy_model, cfg, ctx.constitution_document(), counts={"prompts_in": len(prompts)},
+        run_id=ctx.run_id, reward_model=str(reward_model),
     )  # fmt: skip
     score_fn = reward_score_fn(reward_model)
     return train_ppo(
         prompts, policy_model, score_fn, cfg.ppo, out_dir, cfg.seed, value_model=reward_model,
-        ptx_examples=ptx_examples, meta=meta, progress=progress, on_step=on_step, monitor=cfg.eval.monitor,
+        ptx_examples=ptx_examples, meta=meta, progress=progress, on_step=ctx.hooks.on_step, monitor=cfg.eval.monitor,
     )  # fmt: skip
 
 

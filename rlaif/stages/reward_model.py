@@ -22,7 +22,6 @@ classifier, with the adapter in model/adapter/, and step states hold only what t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -42,14 +41,15 @@ from rlaif.checkpoints import (
     save_hf_checkpoint,
     save_step_state,
 )
-from rlaif.config import RewardModelConfig, RunConfig
+from rlaif.config import RewardModelConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import ModelError, disable_dropout, load_tokenizer, resolve_model
 from rlaif.records import LabelRecord
 from rlaif.rl.losses import bradley_terry_loss
-from rlaif.stages import CONSTITUTION_FILE, INPUTS, LABELS_FILE, METRICS_FILE, MODEL_DIR, STEPS_DIR, StageResult
-from rlaif.store import ArtifactStore, read_jsonl, read_manifest
+from rlaif.stages import LABELS_FILE, METRICS_FILE, MODEL_DIR, STEPS_DIR, StageResult
+from rlaif.stages.contract import StageContext, StepCallback
+from rlaif.store import read_jsonl, read_manifest
 from rlaif.training import (
     LossModule,
     autocast,
@@ -67,7 +67,6 @@ from rlaif.training import (
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, dict[str, float]], None]
 ScoreFn = Callable[[list[str], list[str]], torch.Tensor]
 
 
@@ -124,7 +123,7 @@ def train_reward_model(
 ) -> StageResult:
     """Train a reward model from `sft_model` on soft-labelled pairs; writes out_dir/model, steps, metrics.jsonl.
 
-    `on_step(step, metrics)` runs after every optimizer step (heartbeat hook; raising in it stops training like a
+    `on_step(step, total_steps, metrics)` runs after every optimizer step (heartbeat hook; raising in it stops training like a
     crash, and the next call resumes from the newest step state).
     """
     # --- setup ----------------------------------------------------------------------------------------------
@@ -201,7 +200,7 @@ def train_reward_model(
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/train']:.3f}")
         if on_step is not None:
-            on_step(step + 1, metrics)
+            on_step(step + 1, total_steps, metrics)
     bar.close()
     metrics_log.close()
 
@@ -532,37 +531,28 @@ def load_preference_pairs(path: str | Path, limit: int | None = None) -> list[Pr
 # --- stage wrapper ---------------------------------------------------------------------------------------------
 
 
-def run_reward_model(
-    cfg: RunConfig,
-    store: ArtifactStore,
-    run_id: str,
-    sft_model: str,
-    stage: str = "reward_model",
-    labels_stage: str = "judge",
-) -> StageResult:
-    """Stage wrapper: <run>/<labels_stage>/labels.jsonl + the SFT model -> <run>/<stage>/model.
+def run_reward_model(ctx: StageContext) -> StageResult:
+    """Stage wrapper: this iteration's <run>/<judge>/labels.jsonl + the SFT model (the backbone) -> <run>/<stage>/model.
 
     A finished stage (model folder with a manifest) is not trained again: a redelivered task returns its result.
     """
-    out_dir = store.stage_dir(run_id, stage)
+    out_dir = ctx.out_dir
     if read_manifest(out_dir / MODEL_DIR) is not None:
-        log.info("%s/%s already has a complete reward model; skipping training", run_id, stage)
+        log.info("%s/%s already has a complete reward model; skipping training", ctx.run_id, ctx.name)
         remove_resume_states(out_dir, STEPS_DIR)  # (left behind if a worker died right after the save)
         meta = read_meta(out_dir / MODEL_DIR)
         return StageResult(
-            stage=stage,
+            stage=ctx.name,
             outputs=[MODEL_DIR, METRICS_FILE],
             counts=meta.get("counts", {}),
             metrics=meta.get("metrics", {}),
         )
-    labels_path = store.path(run_id, labels_stage, LABELS_FILE)
-    if not labels_path.exists():
-        raise FileNotFoundError(f"{labels_path} is missing: run the {labels_stage} stage first")
-    labels = read_jsonl(labels_path, LabelRecord)
-    constitution_path = store.path(run_id, INPUTS, CONSTITUTION_FILE)
-    constitution = json.loads(constitution_path.read_text(encoding="utf-8")) if constitution_path.exists() else None
+    labels = read_jsonl(ctx.path("labels", LABELS_FILE), LabelRecord)
+    sft_model = ctx.model("base")
     meta = checkpoint_meta(
-        "reward_model", sft_model, cfg, constitution, judge_model=cfg.judge.model or cfg.policy_model,
-        counts={"labels": len(labels)}, run_id=run_id,
+        "reward_model", sft_model, ctx.cfg, ctx.constitution_document(), judge_model=ctx.cfg.judge_model,
+        counts={"labels": len(labels)}, run_id=ctx.run_id,
     )  # fmt: skip
-    return train_reward_model(labels, sft_model, cfg.reward_model, out_dir, cfg.seed, meta=meta)
+    return train_reward_model(
+        labels, sft_model, ctx.cfg.reward_model, out_dir, ctx.cfg.seed, meta=meta, on_step=ctx.hooks.on_step
+    )

@@ -4,28 +4,30 @@ RL-CAI (Bai et al. 2022, sec. 4.1, "AI Feedback"): the SL-CAI (SFT) model answer
 times; the feedback model then compares pairs of answers under a constitutional principle. With K responses a
 prompt yields all C(K, 2) pairs; pairs of identical responses carry no preference and are skipped (and logged).
 
-Pure core: `sample_responses` (items in, ResponseSets out, yielded chunk by chunk so a worker can persist progress)
-and `make_comparisons` (one ResponseSet in, its pairs out). `run_sample_pairs` reads <run>/inputs/prompts.jsonl
-and writes <run>/<stage>/responses.jsonl, comparisons.jsonl and, last, manifest.json. A re-run after an
-interruption keeps the prompts already answered in responses.jsonl and samples only the rest.
+Pure core: `sample_responses` (items in, ResponseSets out, yielded chunk by chunk, each prompt under a seed
+from its id) and `make_comparisons` (one ResponseSet in, its pairs out). The stage contract (read_items, process,
+write, finished; rlaif/stages/contract.py): <run>/inputs/prompts.jsonl -> <run>/<stage>/responses.jsonl,
+comparisons.jsonl and, last, manifest.json.
 
-    python -c "from rlaif.stages.sample_pairs import run_sample_pairs; from rlaif.config import RunConfig; \
+    python -c "from rlaif.stages.sample_pairs import run_sample_pairs; from rlaif.stages.contract import StageContext; \
 from rlaif.store import ArtifactStore; from rlaif.settings import settings; \
-print(run_sample_pairs(RunConfig(), ArtifactStore(settings.artifacts_dir), 'RUN_ID', 'smollm2-135m-instruct'))"
+print(run_sample_pairs(StageContext.of(ArtifactStore(settings.artifacts_dir), 'RUN_ID', 'pairs')))"
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 
-from rlaif.config import PairsConfig, RunConfig
-from rlaif.generation import Generator, make_generator
+from rlaif.config import PairsConfig
+from rlaif.generation import Generator, cached_generator
 from rlaif.generation.common import derive_seed
 from rlaif.records import Comparison, PromptItem, ResponseSet
-from rlaif.stages import COMPARISONS_FILE, INPUTS, PROMPTS_FILE, RESPONSES_FILE, StageResult
-from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
+from rlaif.stages import COMPARISONS_FILE, PROMPTS_FILE, RESPONSES_FILE, StageResult
+from rlaif.stages.contract import StageContext, run_sharded
+from rlaif.store import StoreError, read_jsonl, write_jsonl, write_manifest
 from rlaif.truncation import LongItems
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,8 @@ def sample_responses(
 ) -> Iterator[ResponseSet]:
     """K = cfg.responses_per_prompt responses per prompt, in input order, yielded one chunk of prompts at a time.
 
-    Each chunk is sampled under a seed derived from `seed` and the chunk's first prompt id, so re-running a
-    chunk (after a worker restart) gives the same responses.
+    Each prompt is sampled under its own seed, derived from `seed` and the prompt's id, so its responses are the
+    same whichever chunk or shard it is in (a shard resumed after a crash writes the same text).
     """
     for start in range(0, len(items), chunk_size):
         chunk = items[start : start + chunk_size]
@@ -52,7 +54,7 @@ def sample_responses(
             conversations,
             cfg.responses_per_prompt,
             cfg.sampling,
-            seed=derive_seed(seed, chunk[0].id),
+            seed=[derive_seed(seed, item.id) for item in chunk],
             progress=False,
             fit_context=True,  # a prompt too long for the context is cut (rlaif/truncation.py), not fatal
         )
@@ -87,49 +89,45 @@ def make_comparisons(responses: ResponseSet) -> list[Comparison]:
     return pairs
 
 
-def run_sample_pairs(
-    cfg: RunConfig, store: ArtifactStore, run_id: str, policy_model: str, stage: str = "pairs"
-) -> StageResult:
-    """Sample K responses per training prompt with `policy_model`, pair them, and write the stage's artifacts."""
-    from tqdm.auto import tqdm
+# --- the stage contract (rlaif/stages/contract.py) ---------------------------------------------------------------
 
-    folder = store.stage_dir(run_id, stage)
-    responses_path, comparisons_path = folder / RESPONSES_FILE, folder / COMPARISONS_FILE
-    if store.is_complete(run_id, stage):
-        verify_manifest(folder)
-        log.info("stage %s of run %s is already complete; reading its artifacts", stage, run_id)
-        comparisons = read_jsonl(comparisons_path, Comparison)
-        return stage_result(stage, policy_model, read_jsonl(responses_path, ResponseSet), comparisons)
+RECORD = ResponseSet
 
-    items = _read_prompts(store, run_id)
-    known = {item.id for item in items}
-    by_id = {
-        r.id: r for r in (read_jsonl(responses_path, ResponseSet) if responses_path.exists() else []) if r.id in known
-    }
-    todo = [item for item in items if item.id not in by_id]
-    if by_id:
-        log.info("resuming stage %s: %d of %d prompts already answered", stage, len(by_id), len(items))
 
-    if todo:
-        generator = make_generator(policy_model, cfg.generation)
-        # The stage name is part of the seed so that each RLAIF iteration samples afresh.
-        seed = derive_seed(cfg.seed, stage)
-        with tqdm(total=len(todo), desc=f"{stage}: sampling", unit="prompt") as bar:
-            for count, record in enumerate(sample_responses(todo, cfg.pairs, generator, seed), start=1):
-                by_id[record.id] = record
-                bar.update(1)
-                if count % CHUNK_SIZE == 0:
-                    # Rewritten atomically after each chunk: a restarted task resumes from here.
-                    write_jsonl(responses_path, [by_id[i.id] for i in items if i.id in by_id])
-    response_sets = [by_id[item.id] for item in items]
-    write_jsonl(responses_path, response_sets)
-    comparisons = [pair for record in response_sets for pair in make_comparisons(record)]
-    write_jsonl(comparisons_path, comparisons)
-    result = stage_result(stage, policy_model, response_sets, comparisons)
-    write_manifest(folder, {"stage": stage, "model": policy_model, "seed": cfg.seed, "counts": result.counts})
+def read_items(ctx: StageContext, start: int = 0, stop: int | None = None) -> list[PromptItem]:
+    """The run's training prompts (`start` to `stop`)."""
+    items = read_jsonl(ctx.path("prompts", PROMPTS_FILE), PromptItem, start, stop)
+    if not items and start == 0:
+        raise StoreError(f"run {ctx.run_id}: {ctx.path('prompts', PROMPTS_FILE)} holds no prompts: nothing to sample")
+    return items
+
+
+def process(
+    ctx: StageContext, items: Sequence[PromptItem], generator: Generator | None = None
+) -> Iterator[ResponseSet]:
+    """K responses per prompt from the policy at the start of this iteration (the SFT model, then the previous
+    iteration's policy)."""
+    if not items:
+        return
+    if generator is None:
+        generator = cached_generator(ctx.model("policy"), ctx.cfg.generation)
+    # The stage name is part of the seed so that each RLAIF iteration samples afresh.
+    yield from sample_responses(items, ctx.cfg.pairs, generator, derive_seed(ctx.cfg.seed, ctx.name))
+
+
+def write(ctx: StageContext, records: Sequence[ResponseSet]) -> StageResult:
+    """responses.jsonl, every pair of each prompt's responses in comparisons.jsonl, then the manifest."""
+    folder = ctx.out_dir
+    comparisons = [pair for record in records for pair in make_comparisons(record)]
+    write_jsonl(folder / RESPONSES_FILE, records)
+    write_jsonl(folder / COMPARISONS_FILE, comparisons)
+    policy = ctx.model("policy", verify=False)
+    result = stage_result(ctx.name, policy, list(records), comparisons)
+    manifest = {"stage": ctx.name, "model": policy, "seed": ctx.cfg.seed, "counts": result.counts}
+    write_manifest(folder, {**manifest, "metrics": result.metrics})
     log.info(
         "stage %s: %d prompts -> %d responses -> %d comparisons (%d identical pairs skipped)",
-        stage,
+        ctx.name,
         result.counts["prompts"],
         result.counts["responses"],
         result.counts["comparisons"],
@@ -138,14 +136,18 @@ def run_sample_pairs(
     return result
 
 
-def _read_prompts(store: ArtifactStore, run_id: str) -> list[PromptItem]:
-    path = store.run_dir(run_id) / INPUTS / PROMPTS_FILE
-    if not path.exists():
-        raise StoreError(f"{path} is missing: run {run_id} has no training prompts")
-    items = read_jsonl(path, PromptItem)
-    if not items:
-        raise StoreError(f"{path} holds no prompts: nothing to sample")
-    return items
+def finished(ctx: StageContext) -> StageResult:
+    folder = ctx.out_dir
+    comparisons = read_jsonl(folder / COMPARISONS_FILE, Comparison)
+    return stage_result(
+        ctx.name, ctx.model("policy", verify=False), read_jsonl(folder / RESPONSES_FILE, ResponseSet), comparisons
+    )
+
+
+def run_sample_pairs(ctx: StageContext, generator: Generator | None = None) -> StageResult:
+    """Sample K responses per training prompt with the iteration's policy, pair them, write the stage's artifacts;
+    an interrupted run resumes with the prompts it had not answered."""
+    return run_sharded(sys.modules[__name__], ctx, generator=generator)  # type: ignore[arg-type]
 
 
 def stage_result(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +32,20 @@ from rlaif.checkpoints import (
     save_hf_checkpoint,
     save_step_state,
 )
-from rlaif.config import RunConfig, SFTConfig
+from rlaif.config import SFTConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import disable_dropout, load_causal_lm, load_tokenizer
 from rlaif.records import SFTExample
 from rlaif.stages import (
-    CONSTITUTION_FILE,
-    INPUTS,
     METRICS_FILE,
     MODEL_DIR,
     SFT_DATA_FILE,
     STEPS_DIR,
     StageResult,
 )
-from rlaif.store import ArtifactStore, read_jsonl, read_manifest
+from rlaif.stages.contract import StageContext, StepCallback
+from rlaif.store import read_jsonl, read_manifest
 from rlaif.training import (
     LossModule,
     TokenizedExample,
@@ -70,8 +68,6 @@ from rlaif.training import (
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, dict[str, float]], None]
-
 
 def train_sft(
     examples: list[SFTExample],
@@ -86,7 +82,7 @@ def train_sft(
 ) -> StageResult:
     """Fine-tune `base_model` on `examples`; writes out_dir/model (HF folder), out_dir/steps, out_dir/metrics.jsonl.
 
-    `on_step(step, metrics)` is called after every optimizer step (and after that step's checkpoint): a worker
+    `on_step(step, total_steps, metrics)` is called after every optimizer step (and after that step's checkpoint): a worker
     heartbeats from it, and an exception raised in it stops training like a crash (resume picks up from the
     newest step state). `meta` (lineage from `checkpoint_meta`) is extended with counts and final metrics.
     """
@@ -160,7 +156,7 @@ def train_sft(
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss/train']:.3f}")
         if on_step is not None:
-            on_step(step + 1, metrics)
+            on_step(step + 1, total_steps, metrics)
     bar.close()
     metrics_log.close()
 
@@ -278,28 +274,30 @@ def _add_lora(model: torch.nn.Module, cfg: SFTConfig) -> torch.nn.Module:
     return model
 
 
-def run_sft(cfg: RunConfig, store: ArtifactStore, run_id: str, base_model: str, stage: str = "sft") -> StageResult:
-    """Stage wrapper: <run>/critique/sft.jsonl (revisions, and helpful answers mixed in) -> <run>/<stage>/model.
+def run_sft(ctx: StageContext) -> StageResult:
+    """Stage wrapper: <run>/critique/sft.jsonl (revisions, and helpful answers mixed in) + the policy model (or
+    `ctx.models["base"]`) -> <run>/<stage>/model.
 
     A finished stage (model folder with a manifest) is not trained again: a redelivered task returns its result.
     """
-    out_dir = store.stage_dir(run_id, stage)
-    done = read_manifest(out_dir / MODEL_DIR)
-    if done is not None:
-        log.info("%s/%s already has a complete model; skipping training", run_id, stage)
+    out_dir = ctx.out_dir
+    if read_manifest(out_dir / MODEL_DIR) is not None:
+        log.info("%s/%s already has a complete model; skipping training", ctx.run_id, ctx.name)
         remove_resume_states(out_dir, STEPS_DIR)  # (left behind if a worker died right after the save)
-        return _finished_result(stage, out_dir)
-    data_path = store.path(run_id, "critique", SFT_DATA_FILE)
-    if not data_path.exists():
-        raise FileNotFoundError(f"{data_path} is missing: run the critique stage first")
-    records = read_jsonl(data_path, SFTExample)
+        return _finished_result(ctx.name, out_dir)
+    records = read_jsonl(ctx.path("data", SFT_DATA_FILE), SFTExample)
     # Revisions of harmful prompts are split for the eval loss; helpful answers are mixed into training.
     examples = [e for e in records if e.kind == "harmful"]
     helpful = [e for e in records if e.kind == "helpful"]
-    constitution_path = store.path(run_id, INPUTS, CONSTITUTION_FILE)
-    constitution = _read_json(constitution_path) if constitution_path.exists() else None
-    meta = checkpoint_meta("sft", base_model, cfg, constitution, counts={"sft_records": len(examples)}, run_id=run_id)
-    return train_sft(examples, base_model, cfg.sft, out_dir, cfg.seed, meta=meta, helpful_examples=helpful)
+    base_model = ctx.models.get("base", ctx.cfg.policy_model)
+    meta = checkpoint_meta(
+        "sft", base_model, ctx.cfg, ctx.constitution_document(), counts={"sft_records": len(examples)},
+        run_id=ctx.run_id,
+    )  # fmt: skip
+    return train_sft(
+        examples, base_model, ctx.cfg.sft, out_dir, ctx.cfg.seed, meta=meta, helpful_examples=helpful,
+        on_step=ctx.hooks.on_step,
+    )  # fmt: skip
 
 
 def _finished_result(stage: str, out_dir: Path) -> StageResult:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from service_fixtures import REPO, TINY_RUN, Service, auth, error_of
 
 from rlaif.client import Client
-from rlaif.db import CheckpointRow, get_engine, new_id, session_factory
+from rlaif.service.db import CheckpointRow, get_engine, new_id, session_factory
 from rlaif.store import StoreError, sha256_file, write_manifest
 
 

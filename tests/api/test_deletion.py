@@ -23,14 +23,34 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
-from service_fixtures import KEYS, REPO, TINY_RUN, Service, ServiceFactory, auth, error_of, wait_for
+from service_fixtures import (
+    KEYS,
+    REPO,
+    TINY_RUN,
+    Service,
+    ServiceFactory,
+    auth,
+    claim_shard,
+    error_of,
+    release_shard,
+    wait_for,
+)
 from sqlalchemy import func, select
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlaif import runs
 from rlaif.client import Client
-from rlaif.db import CheckpointRow, EventRow, ItemRow, RunRow, ShardRow, StageRunRow, get_engine, session_factory
 from rlaif.pipeline import TRAINING
+from rlaif.service import execute, state
+from rlaif.service.db import (
+    CheckpointRow,
+    EventRow,
+    ItemRow,
+    RunRow,
+    ShardRow,
+    StageRunRow,
+    get_engine,
+    session_factory,
+)
 
 RUN_TIMEOUT = 600
 MINIMAL = REPO / "constitutions" / "minimal.yaml"
@@ -204,9 +224,9 @@ def test_a_run_that_has_not_stopped_is_409(api: TestClient, api_service: Service
         409, f"run {run_id} is queued: cancel it first (POST /v1/runs/{run_id}/cancel)",
     )  # fmt: skip
     # Started by the state machine, as a worker's control task would, and a shard taken by a (pretend) worker.
-    rt = runs.Runtime.from_settings(api_service.settings())
-    assert runs.advance(rt, run_id)
-    shard_id = runs._claim_shard(rt, run_id, "critique", 0, "worker-a")
+    rt = state.Runtime.from_settings(api_service.settings())
+    assert execute.advance(rt, run_id)
+    shard_id = claim_shard(rt, run_id, "critique", 0, "worker-a")
     assert shard_id is not None
     assert error_of(api.delete(f"/v1/runs/{run_id}", headers=auth()))[1].startswith(f"run {run_id} is running")
     assert api.post(f"/v1/runs/{run_id}/cancel", headers=auth()).status_code == 200
@@ -216,7 +236,7 @@ def test_a_run_that_has_not_stopped_is_409(api: TestClient, api_service: Service
     assert 1 <= int(refused.headers["Retry-After"]) <= api_service.settings().lease_ttl_s
     folder = api_service.artifacts / "runs" / run_id
     on_disk = _on_disk(folder)
-    runs._release(rt, ShardRow, ShardRow.id == shard_id, "worker-a")  # what a worker does once it has stopped
+    release_shard(rt, run_id, shard_id, "worker-a")  # what a worker does once it has stopped
     answer = api.delete(f"/v1/runs/{run_id}", headers=auth())
     assert answer.status_code == 200 and answer.json() == {"id": run_id, "bytes_freed": on_disk}
     assert on_disk > 0 and not folder.exists()

@@ -19,7 +19,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -29,6 +29,8 @@ from service_fixtures import REPO, Service, auth, error_of
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.records import LabelRecord, PrincipleJudgement
+from rlaif.stages import StageResult
+from rlaif.stages.contract import StageContext
 from rlaif.stages.evaluate import run_evaluate
 from rlaif.store import ArtifactStore, write_jsonl
 
@@ -140,7 +142,7 @@ def evaluated_run(
     ])  # fmt: skip
     aligned = _aligned_copy(tiny_model, tmp_path_factory.getbasetemp() / "aligned-tiny")
     document = json.loads((inputs / "constitution.json").read_text())
-    run_evaluate(
+    _evaluate(
         cfg,
         store,
         run_id,
@@ -298,3 +300,20 @@ def test_report_page_renders_its_plots_in_chromium(
     not_white = sum(p != b"\xff\xff\xff" for p in pixels)
     assert not_white / len(pixels) > 0.02  # text, axes and plots cover the page, not a blank screen
     assert len(set(pixels)) > 50  # plot colours, anti-aliased text: many distinct colours
+
+
+def _evaluate(
+    cfg: RunConfig,
+    store: ArtifactStore,
+    run_id: str,
+    base: str,
+    sft: str | None,
+    policy: str | None,
+    reward_model: str | None,
+    constitution: Constitution,
+    **options: Any,
+) -> StageResult:
+    """run_evaluate on the given models (a role None is left out)."""
+    models = {"base": base, "sft": sft, "policy": policy, "reward_model": reward_model}
+    ctx = StageContext.of(store, run_id, "evaluate", cfg=cfg, constitution=constitution, models=models)
+    return run_evaluate(ctx, **options)

@@ -13,10 +13,10 @@ from service_fixtures import REPO, TINY_RUN, Service, auth, error_of
 
 from rlaif.config import CONFIG_VERSION, RunConfig
 from rlaif.constitution import load_constitution
-from rlaif.db import EventRow, RunRow, get_engine, session_factory
 from rlaif.pipeline import plan
 from rlaif.prompts import load_prompts, split_holdout
 from rlaif.records import PromptItem
+from rlaif.service.db import EventRow, RunRow, get_engine, session_factory
 from rlaif.store import read_jsonl, verify_manifest
 
 PROMPTS = REPO / "examples" / "demo_prompts.jsonl"

@@ -17,7 +17,7 @@ import pytest
 from service_fixtures import Service, auth, free_port, wait_for
 from sqlalchemy import text
 
-from rlaif import db
+from rlaif.service import db
 
 KINDS = ["sqlite", "postgresql"]
 

@@ -29,6 +29,7 @@ from rlaif.judging.prompts import ANSWER_PREFIX, option_token_ids
 from rlaif.modeling import load_tokenizer
 from rlaif.records import Comparison, LabelRecord
 from rlaif.stages import COMPARISONS_FILE, LABELS_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.judge import judge_comparisons, run_judge
 from rlaif.store import ArtifactStore, read_jsonl, write_jsonl, write_manifest
 
@@ -222,7 +223,11 @@ def test_hard_labels_are_said_in_the_stage_result(
     fake.logprobs = False
     monkeypatch.setattr(settings_module.settings, "endpoints", {"fake": endpoint(fake)})
     store = _store(tmp_path)
-    result = run_judge(RunConfig(judge={"model": "endpoint:fake"}), store, "run1", minimal_constitution)
+    result = run_judge(
+        StageContext.of(
+            store, "run1", "judge", cfg=RunConfig(judge={"model": "endpoint:fake"}), constitution=minimal_constitution
+        )
+    )
     assert result.extra["soft_labels"] is False and result.extra["label_methods"] == {"hard": 3}
     # The probe asked 5 ways for the first prompt (4 without log-probs in the answer, then plainly), then the
     # other 5 prompts: 10 requests, once per scorer.
@@ -248,7 +253,7 @@ def test_a_key_in_the_settings_never_reaches_logs_results_or_files(
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
     store = _store(tmp_path)
     cfg = RunConfig(judge={"model": "endpoint:fake"})
-    result = run_judge(cfg, store, "run1", minimal_constitution)
+    result = run_judge(StageContext.of(store, "run1", "judge", cfg=cfg, constitution=minimal_constitution))
     assert all(headers.get("Authorization") == f"Bearer {SECRET}" for _, headers, _ in fake.requests[2:])
     assert result.counts["judge_requests"] == 6 and result.extra["usage"]["judge"]["retries"] == 2
     # A wrong key fails with the server's message, and still without the key.
@@ -305,29 +310,28 @@ def test_rlaif_endpoints_parses_json_or_yaml_and_checks_names() -> None:
 def test_the_service_path_caches_per_stage_and_counts_every_attempt(
     fake: FakeOpenAI, tmp_path: Path, minimal_constitution: Constitution, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A judge shard run by a worker (rlaif/executors.py), then the same shard redelivered: nothing is sent twice,
-    and the exported stage counts both attempts' requests and cache hits."""
+    """A judge shard run by a worker (the stage contract: read_items, process, write), then the same shard
+    redelivered: nothing is sent twice, and the exported stage counts both attempts' requests and cache hits."""
     from rlaif import settings as settings_module
-    from rlaif.executors import StageContext, cached_judge, export_stage, run_shard, stage_inputs
-    from rlaif.pipeline import plan
+    from rlaif.judging.judge import release_cached_judge
+    from rlaif.stages import judge as stage
 
     monkeypatch.setattr(settings_module.settings, "endpoints", {"fake": endpoint(fake)})
     store = _store(tmp_path)
     cfg = RunConfig(judge={"model": "endpoint:fake"})
-    spec = next(s for s in plan(cfg) if s.kind == "judge")
-    ctx = StageContext("run1", spec, cfg, store, minimal_constitution)
-    cached_judge.cache_clear()
-    items = stage_inputs(ctx, 0)
-    payloads = [record.model_dump() for record in run_shard(ctx, items, 0)]
+    ctx = StageContext.of(store, "run1", "judge", cfg=cfg, constitution=minimal_constitution)
+    release_cached_judge()
+    items = stage.read_items(ctx, 0, cfg.shard_size)
+    payloads = [record.model_dump() for record in stage.process(ctx, items)]
     sent = len(fake.requests)
     assert sent == 2 * len(COMPARISONS)
-    cached_judge.cache_clear()  # a redelivery lands on another worker process
-    assert [record.model_dump() for record in run_shard(ctx, items, 0)] == payloads
+    release_cached_judge()  # a redelivery lands on another worker process
+    assert [record.model_dump() for record in stage.process(ctx, items)] == payloads
     assert len(fake.requests) == sent
-    result = export_stage(ctx, payloads)
+    result = stage.write(ctx, [stage.RECORD.model_validate(p) for p in payloads])
     assert (result.counts["judge_requests"], result.counts["judge_cached"]) == (sent, sent)
     assert result.extra["label_methods"] == {"logprob_token_ids": 3} and result.extra["soft_labels"] is True
-    cached_judge.cache_clear()
+    release_cached_judge()
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from rlaif.prompts import load_prompts
 from rlaif.records import Comparison, CritiqueRecord, LabelRecord
 from rlaif.settings import settings
 from rlaif.stages import COMPARISONS_FILE, CRITIQUE_RECORDS_FILE, INPUTS, LABELS_FILE, PROMPTS_FILE, SFT_DATA_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.critique_revise import run_critique_revise
 from rlaif.stages.judge import judge_comparisons, run_judge
 from rlaif.store import ArtifactStore, read_jsonl, verify_manifest, write_jsonl, write_manifest
@@ -140,7 +141,7 @@ def test_run_judge_over_the_endpoint_counts_tokens_and_pays_nothing_twice(
     caplog.set_level(logging.DEBUG)
     store = _store(tmp_path)
     cfg = RunConfig(judge={"model": "endpoint:local", "principles_per_label": 2})
-    result = run_judge(cfg, store, "run1", harmless)
+    result = run_judge(StageContext.of(store, "run1", "judge", cfg=cfg, constitution=harmless))
     labels = read_jsonl(store.path("run1", "judge", LABELS_FILE), LabelRecord)
     assert len(labels) == 4 and all(label.method == "logprob_token_ids" for label in labels)
     assert all(0.5 < label.coverage <= 1.0 for label in labels)  # the instruct model answers in format
@@ -152,7 +153,7 @@ def test_run_judge_over_the_endpoint_counts_tokens_and_pays_nothing_twice(
     assert list(manifest["files"]) == [LABELS_FILE]  # the cache and the ledger are working state, not artifacts
     # A redelivered stage (the worker died after the requests): everything comes from the cache.
     store.path("run1", "judge", "manifest.json").unlink()
-    again = run_judge(cfg, store, "run1", harmless)
+    again = run_judge(StageContext.of(store, "run1", "judge", cfg=cfg, constitution=harmless))
     assert again.counts["judge_requests"] == sent and again.counts["judge_cached"] == sent
     assert read_jsonl(store.path("run1", "judge", LABELS_FILE), LabelRecord) == labels
     _assert_no_key(vllm_server, tmp_path, caplog.text, result.model_dump_json(), again.model_dump_json())
@@ -171,7 +172,7 @@ def test_critique_revise_through_the_endpoint_writes_valid_records(
         feedback={"model": "endpoint:local"},
         critique={"rounds": 1, "batch_size": 2, "sampling": {"temperature": 0.7, "max_new_tokens": 32}},
     )
-    result = run_critique_revise(cfg, store, "run1", harmless)
+    result = run_critique_revise(StageContext.of(store, "run1", "critique", cfg=cfg, constitution=harmless))
     records = read_jsonl(store.path("run1", "critique", CRITIQUE_RECORDS_FILE), CritiqueRecord)
     harmful, helpful = records  # (the first two demo prompts)
     assert (harmful.kind, helpful.kind) == ("harmful", "helpful")

@@ -14,6 +14,7 @@ from rlaif.generation import Completion, Conversation
 from rlaif.records import CritiqueRecord, CritiqueRound, PromptItem, SFTExample
 from rlaif.settings import settings
 from rlaif.stages import CRITIQUE_RECORDS_FILE, INPUTS, PROMPTS_FILE, SFT_DATA_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.critique_revise import (
     assemble_record,
     check_revision,
@@ -235,7 +236,9 @@ def test_run_critique_revise_writes_records_sft_and_manifest(
     store = ArtifactStore(tmp_path)
     write_jsonl(store.path("run1", INPUTS, PROMPTS_FILE), ITEMS)
     cfg = RunConfig(critique=FAST.model_dump())
-    result = run_critique_revise(cfg, store, "run1", constitution, generator=generator)
+    result = run_critique_revise(
+        StageContext.of(store, "run1", "critique", cfg=cfg, constitution=constitution), generator=generator
+    )
     records = read_jsonl(store.path("run1", "critique", CRITIQUE_RECORDS_FILE), CritiqueRecord)
     sft = read_jsonl(store.path("run1", "critique", SFT_DATA_FILE), SFTExample)
     assert [r.id for r in records] == [i.id for i in ITEMS]
@@ -249,7 +252,10 @@ def test_run_critique_revise_writes_records_sft_and_manifest(
     }
     assert set(verify_manifest(store.stage_dir("run1", "critique"))["files"]) == {CRITIQUE_RECORDS_FILE, SFT_DATA_FILE}
     with pytest.raises(StoreError, match="has no prompts"):
-        run_critique_revise(cfg, ArtifactStore(tmp_path / "empty"), "run1", constitution, generator=generator)
+        run_critique_revise(
+            StageContext.of(ArtifactStore(tmp_path / "empty"), "run1", "critique", cfg=cfg, constitution=constitution),
+            generator=generator,
+        )
 
 
 def test_critique_command_prints_every_step(tmp_path: Path, tiny_model: str) -> None:

@@ -16,6 +16,7 @@ from rlaif.modeling import load_causal_lm, load_tokenizer, prepare_model
 from rlaif.records import LabelRecord
 from rlaif.rl.losses import dpo_loss
 from rlaif.stages import CONSTITUTION_FILE, INPUTS, LABELS_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.dpo import (
     REF_LOGPS_FILE,
     RefLogps,
@@ -147,7 +148,9 @@ def test_run_dpo_records_lineage_and_trains_lora_adapters(tiny_model: str, tmp_p
     dpo = FAST.model_copy(update={"epochs": 1, "lora_rank": 4, "lora_alpha": 8})
     cfg = RunConfig(seed=3, policy_optimization="dpo", dpo=dpo)
 
-    result = run_dpo(cfg, store, "r1", tiny_model, reference_model=tiny_model)
+    result = run_dpo(
+        StageContext.of(store, "r1", "dpo", cfg=cfg, models={"policy": tiny_model, "reference": tiny_model})
+    )
     folder = store.path("r1", "dpo", "model")
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["stage"], meta["base_model"], meta["reference_model"]) == ("dpo", tiny_model, tiny_model)
@@ -166,10 +169,16 @@ def test_run_dpo_records_lineage_and_trains_lora_adapters(tiny_model: str, tmp_p
     assert changed and all("proj" in n for n in changed)  # the merged adapters moved the linear layers only
 
     weights = (folder / "model.safetensors").stat().st_mtime_ns
-    assert run_dpo(cfg, store, "r1", tiny_model).metrics == result.metrics  # redelivered: not trained again
+    assert (
+        run_dpo(StageContext.of(store, "r1", "dpo", cfg=cfg, models={"policy": tiny_model})).metrics == result.metrics
+    )  # redelivered: not trained again
     assert (folder / "model.safetensors").stat().st_mtime_ns == weights
     with pytest.raises(FileNotFoundError, match="run the judge-2 stage first"):
-        run_dpo(cfg, store, "r1", tiny_model, stage="dpo-2", labels_stage="judge-2")
+        run_dpo(
+            StageContext.of(
+                store, "r1", "dpo-2", cfg=cfg.model_copy(update={"iterations": 2}), models={"policy": tiny_model}
+            )
+        )
 
 
 def test_bad_sizes_name_the_fields() -> None:
@@ -187,7 +196,7 @@ def test_dpo_resume_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path
     class Preempted(Exception):
         """Stands in for a worker being killed mid-training."""
 
-    def crash_at_step_5(step: int, metrics: dict[str, float]) -> None:
+    def crash_at_step_5(step: int, total: int, metrics: dict[str, float]) -> None:
         if step == 5:
             raise Preempted
 

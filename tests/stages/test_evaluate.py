@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from rlaif.config import RunConfig
-from rlaif.constitution import load_constitution
+from rlaif.constitution import Constitution, load_constitution
 from rlaif.evaluation.report import EvalReport, Sample, card_headline
 from rlaif.records import LabelRecord, PrincipleJudgement, PromptItem
+from rlaif.stages import StageResult
+from rlaif.stages.contract import StageContext
 from rlaif.stages.evaluate import run_evaluate
 from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl
 
@@ -101,7 +104,7 @@ def evaluated(tiny_model: str, packaged_data: Path, tmp_path_factory: pytest.Tem
     write_jsonl(store.path("run1", "ppo", "samples.jsonl"), samples)
     constitution = load_constitution(REPO / "constitutions" / "minimal.yaml")
     started = time.perf_counter()
-    result = run_evaluate(
+    result = _evaluate(
         cfg,
         store,
         "run1",
@@ -214,7 +217,7 @@ def test_finished_stage_is_not_run_again(evaluated) -> None:
     store, cfg, result, _, constitution, models = evaluated
     path = store.stage_dir("run1", "evaluate", create=False) / "report.json"
     before = path.stat().st_mtime_ns
-    again = run_evaluate(cfg, store, "run1", models[0], models[1], models[2], models[3], constitution)
+    again = _evaluate(cfg, store, "run1", models[0], models[1], models[2], models[3], constitution)
     assert again == result and path.stat().st_mtime_ns == before
 
 
@@ -223,16 +226,16 @@ def test_missing_inputs_fail_with_the_path(tmp_path: Path, tiny_model: str) -> N
     constitution = load_constitution(REPO / "constitutions" / "minimal.yaml")
     cfg = RunConfig(policy_model=tiny_model)
     with pytest.raises(StoreError, match="eval_prompts.jsonl does not exist"):
-        run_evaluate(cfg, store, "r", tiny_model, tiny_model, tiny_model, None, constitution)
+        _evaluate(cfg, store, "r", tiny_model, tiny_model, tiny_model, None, constitution)
     with pytest.raises(ValueError, match="at least one of sft_model / policy_model"):
-        run_evaluate(cfg, store, "r", tiny_model, None, None, None, constitution)
+        _evaluate(cfg, store, "r", tiny_model, None, None, None, constitution)
     write_jsonl(store.path("r", "inputs", "eval_prompts.jsonl"), [PromptItem(id="a", prompt="Hi")])
     from rlaif.evaluation.datasets import DataError
 
     # A data folder (RLAIF_DATA_DIR) without the named set: the error names the file and the setting.
     (tmp_path / "no-sets").mkdir()
     with pytest.raises(DataError, match=r"xstest_prompts\.dev\.jsonl does not exist \(RLAIF_DATA_DIR="):
-        run_evaluate(
+        _evaluate(
             cfg.with_overrides({"eval": {"extra_sets": ["xstest"]}}),
             store,
             "r",
@@ -262,7 +265,7 @@ def test_embedded_model_against_itself(embedded_model: str, packaged_data: Path,
         }
     )
     constitution = load_constitution(REPO / "constitutions" / "minimal.yaml")
-    result = run_evaluate(
+    result = _evaluate(
         cfg,
         store,
         "r",
@@ -283,3 +286,20 @@ def test_embedded_model_against_itself(embedded_model: str, packaged_data: Path,
     assert report.refusal("harmful", "base", "judge").n == 2
     print(result.extra["headline"])
     print(json.dumps({s.prompt: [s.refused["base"], round(s.refusal_judge["base"], 3)] for s in samples}, indent=1))
+
+
+def _evaluate(
+    cfg: RunConfig,
+    store: ArtifactStore,
+    run_id: str,
+    base: str,
+    sft: str | None,
+    policy: str | None,
+    reward_model: str | None,
+    constitution: Constitution,
+    **options: Any,
+) -> StageResult:
+    """run_evaluate on the given models (a role None is left out)."""
+    models = {"base": base, "sft": sft, "policy": policy, "reward_model": reward_model}
+    ctx = StageContext.of(store, run_id, "evaluate", cfg=cfg, constitution=constitution, models=models)
+    return run_evaluate(ctx, **options)

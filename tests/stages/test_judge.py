@@ -15,6 +15,7 @@ from rlaif.judging.labels import clamp
 from rlaif.records import Comparison, LabelRecord
 from rlaif.settings import settings
 from rlaif.stages import COMPARISONS_FILE, LABELS_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.judge import judge_comparisons, principles_for, run_judge
 from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
 
@@ -145,7 +146,9 @@ def test_run_judge_writes_labels_then_manifest_and_skips_finished_work(
     model, tokenizer = tiny_lm
     store = _store_with_comparisons(tmp_path, COMPARISONS)
     cfg = RunConfig(judge={"principles_per_label": 2})
-    result = run_judge(cfg, store, "run1", constitution, model=model, tokenizer=tokenizer)
+    result = run_judge(
+        StageContext.of(store, "run1", "judge", cfg=cfg, constitution=constitution), model=model, tokenizer=tokenizer
+    )
     labels_path = store.path("run1", "judge", LABELS_FILE)
     labels = read_jsonl(labels_path, LabelRecord)
     assert [label.id for label in labels] == [c.id for c in COMPARISONS]
@@ -156,7 +159,9 @@ def test_run_judge_writes_labels_then_manifest_and_skips_finished_work(
     assert result.metrics["judge/flip_rate"] == pytest.approx(sum(j.flip for x in labels for j in x.judgements) / 6)
     # A second call finds the manifest and returns the same result without judging (the file is untouched).
     before = labels_path.stat().st_mtime_ns
-    again = run_judge(cfg, store, "run1", constitution, model=model, tokenizer=tokenizer)
+    again = run_judge(
+        StageContext.of(store, "run1", "judge", cfg=cfg, constitution=constitution), model=model, tokenizer=tokenizer
+    )
     assert again.counts == result.counts and labels_path.stat().st_mtime_ns == before
     assert json.loads((store.stage_dir("run1", "judge") / "manifest.json").read_text())["stage"] == "judge"
 
@@ -168,7 +173,11 @@ def test_run_judge_refuses_unfinished_pairs(
     store = ArtifactStore(tmp_path)
     write_jsonl(store.path("run1", "pairs", COMPARISONS_FILE), COMPARISONS)  # no manifest: still being written
     with pytest.raises(StoreError, match="stage 'pairs' has no manifest"):
-        run_judge(RunConfig(), store, "run1", constitution, model=model, tokenizer=tokenizer)
+        run_judge(
+            StageContext.of(store, "run1", "judge", cfg=RunConfig(), constitution=constitution),
+            model=model,
+            tokenizer=tokenizer,
+        )
 
 
 @pytest.mark.slow
@@ -190,7 +199,9 @@ def test_critique_then_judge_end_to_end_on_the_embedded_model(tmp_path: Path, em
         critique={"rounds": 1, "batch_size": 4, "sampling": {"temperature": 0.7, "max_new_tokens": 40}},
         judge={"principles_per_label": 2},
     )
-    critique = run_critique_revise(cfg, store, "run1", harmless)  # generator from make_generator (transformers)
+    critique = run_critique_revise(
+        StageContext.of(store, "run1", "critique", cfg=cfg, constitution=harmless)
+    )  # generator from make_generator (transformers)
     records = read_jsonl(store.path("run1", "critique", CRITIQUE_RECORDS_FILE), CritiqueRecord)
     assert critique.counts["prompts"] == 4 and len(records) == 4
     # The demo set alternates harmful and helpful prompts: harmful ones get a critique round, helpful ones an answer.
@@ -206,7 +217,7 @@ def test_critique_then_judge_end_to_end_on_the_embedded_model(tmp_path: Path, em
     ]
     write_jsonl(store.path("run1", "pairs", COMPARISONS_FILE), comparisons)
     write_manifest(store.stage_dir("run1", "pairs"))
-    result = run_judge(cfg, store, "run1", harmless)
+    result = run_judge(StageContext.of(store, "run1", "judge", cfg=cfg, constitution=harmless))
     labels = read_jsonl(store.path("run1", "judge", LABELS_FILE), LabelRecord)
     assert result.counts == {"comparisons": 4, "labels": 4, "judgements": 8, "truncated": 0}
     assert all(0.0 < label.p_a < 1.0 and len(label.judgements) == 2 for label in labels)

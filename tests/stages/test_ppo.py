@@ -25,6 +25,7 @@ from rlaif.rl.sequences import sample_responses, truncate_at_stop_token
 from rlaif.rl.types import Rollout
 from rlaif.scorers import ScoreFn, looks_harmful, refusal_scorer
 from rlaif.stages import INPUTS, PROMPTS_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.ppo import (
     ValueHead,
     _encode_prompts,
@@ -225,7 +226,7 @@ def test_early_stop_when_a_monitor_alerts_for_patience_updates(tiny_model: str, 
     cfg = _cfg(total_episodes=24, kl_estimator="k3", checkpoint_every=2)
     seen: list[int] = []
     result = train_ppo(PROMPTS, tiny_model, refusal_scorer(), cfg, tmp_path, seed=0, progress=False,
-                       on_step=lambda step, metrics: seen.append(step), monitor=monitor)  # fmt: skip
+                       on_step=lambda step, total, metrics: seen.append(step), monitor=monitor)  # fmt: skip
 
     rows = _rows(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and seen == [1, 2, 3]
@@ -381,14 +382,24 @@ def test_run_ppo_reads_the_run_and_skips_a_finished_stage(tiny_model: str, tmp_p
         store.path("r1", INPUTS, PROMPTS_FILE), [PromptItem(id=f"p{i}", prompt=p) for i, p in enumerate(PROMPTS)]
     )
     cfg = RunConfig(seed=1, ppo=_cfg(), eval=EvalConfig(monitor=MonitorConfig(keep_best="objective/rlhf_reward")))
-    result = run_ppo(cfg, store, "r1", tiny_model, str(tmp_path / "rm" / "model"), progress=False)
+    result = run_ppo(
+        StageContext.of(
+            store, "r1", "ppo", cfg=cfg, models={"policy": tiny_model, "reward_model": str(tmp_path / "rm" / "model")}
+        ),
+        progress=False,
+    )
     meta = json.loads(store.path("r1", "ppo", "model", "meta.json").read_text())
     assert meta["reward_model"] == str(tmp_path / "rm" / "model") and meta["run_config"]["ppo"]["total_episodes"] == 8
     assert meta["counts"]["prompts_in"] == 8 and meta["metrics"] == result.metrics
     assert result.extra["keep_best"]["metric"] == "objective/rlhf_reward"  # eval.monitor reached train_ppo
 
     weights = store.path("r1", "ppo", "model", "model.safetensors").stat().st_mtime_ns
-    again = run_ppo(cfg, store, "r1", tiny_model, str(tmp_path / "rm" / "model"), progress=False)
+    again = run_ppo(
+        StageContext.of(
+            store, "r1", "ppo", cfg=cfg, models={"policy": tiny_model, "reward_model": str(tmp_path / "rm" / "model")}
+        ),
+        progress=False,
+    )
     assert again.metrics == result.metrics and again.extra == result.extra  # redelivered: not trained again
     assert store.path("r1", "ppo", "model", "model.safetensors").stat().st_mtime_ns == weights
 

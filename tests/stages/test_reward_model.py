@@ -17,6 +17,7 @@ from rlaif.distributed import init_distributed
 from rlaif.records import LabelRecord
 from rlaif.rl.losses import bradley_terry_loss
 from rlaif.stages import LABELS_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.reward_model import (
     PairExample,
     _add_lora,
@@ -150,7 +151,7 @@ def test_run_reward_model_and_human_pair_evaluation(tiny_model: str, tmp_path: P
     store = ArtifactStore(tmp_path)
     write_jsonl(store.path("r1", "judge", LABELS_FILE), _labels(10))
     cfg = RunConfig(seed=2, reward_model=FAST)
-    result = run_reward_model(cfg, store, "r1", tiny_model)
+    result = run_reward_model(StageContext.of(store, "r1", "reward_model", cfg=cfg, models={"base": tiny_model}))
     assert result.metrics["reward/accuracy_eval"] == 1.0 and "loss/eval" in result.metrics
     folder = store.path("r1", "reward_model", "model")
     meta = json.loads((folder / "meta.json").read_text())
@@ -163,7 +164,7 @@ def test_run_reward_model_and_human_pair_evaluation(tiny_model: str, tmp_path: P
     report = evaluate_reward_model(folder, load_preference_pairs(packaged_data / "preference_pairs.dev.jsonl", limit=8))
     assert report["pairs"] == 8 and 0.0 <= report["accuracy"] <= 1.0 and report["loss"] > 0
     with pytest.raises(FileNotFoundError, match="run the judge stage first"):
-        run_reward_model(cfg, store, "r2", tiny_model)
+        run_reward_model(StageContext.of(store, "r2", "reward_model", cfg=cfg, models={"base": tiny_model}))
 
 
 def test_reward_model_resume_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path) -> None:
@@ -171,7 +172,7 @@ def test_reward_model_resume_matches_an_uninterrupted_run(tiny_model: str, tmp_p
     labels = _labels(12)
     train_reward_model(labels, tiny_model, cfg, tmp_path / "full", seed=4, progress=False)
 
-    def crash_at_step_4(step: int, metrics: dict[str, float]) -> None:
+    def crash_at_step_4(step: int, total: int, metrics: dict[str, float]) -> None:
         if step == 4:
             raise KeyboardInterrupt
 
@@ -204,7 +205,7 @@ def test_lora_reward_model_trains_adapter_and_head_exports_merged_and_resumes(ti
     labels = _labels(12)
     train_reward_model(labels, tiny_model, cfg, tmp_path / "full", seed=4, progress=False)
 
-    def crash_at_step_4(step: int, metrics: dict[str, float]) -> None:
+    def crash_at_step_4(step: int, total: int, metrics: dict[str, float]) -> None:
         if step == 4:
             raise KeyboardInterrupt
 

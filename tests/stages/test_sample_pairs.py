@@ -14,6 +14,7 @@ from rlaif.generation import Completion, Conversation
 from rlaif.generation.hf import HFGenerator
 from rlaif.records import Comparison, PromptItem, ResponseSet
 from rlaif.stages import COMPARISONS_FILE, INPUTS, PROMPTS_FILE, RESPONSES_FILE
+from rlaif.stages.contract import PARTIAL_FILE, StageContext
 from rlaif.stages.sample_pairs import make_comparisons, run_sample_pairs, sample_responses
 from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl
 
@@ -103,9 +104,13 @@ def tiny_config(temperature: float = 1.0) -> RunConfig:
     )
 
 
+def _ctx(store: ArtifactStore, run_id: str, cfg: RunConfig, policy: str) -> StageContext:
+    return StageContext.of(store, run_id, "pairs", cfg=cfg, models={"policy": policy})
+
+
 def test_run_sample_pairs_writes_responses_comparisons_and_manifest(tmp_path: Path, tiny_model: str) -> None:
     store, run_id = make_run(tmp_path)
-    result = run_sample_pairs(tiny_config(), store, run_id, tiny_model)
+    result = run_sample_pairs(_ctx(store, run_id, tiny_config(), tiny_model))
     folder = store.stage_dir(run_id, "pairs")
     manifest = verify_manifest(folder)
     assert set(manifest["files"]) == {RESPONSES_FILE, COMPARISONS_FILE}
@@ -130,14 +135,14 @@ def test_run_sample_pairs_writes_responses_comparisons_and_manifest(tmp_path: Pa
 
     # A finished stage is not run again: the same result, the files untouched.
     before = (folder / RESPONSES_FILE).stat().st_mtime_ns
-    assert run_sample_pairs(tiny_config(), store, run_id, tiny_model) == result
+    assert run_sample_pairs(_ctx(store, run_id, tiny_config(), tiny_model)) == result
     assert (folder / RESPONSES_FILE).stat().st_mtime_ns == before
 
 
 def test_greedy_responses_are_identical_so_every_pair_is_skipped(tmp_path: Path, tiny_model: str) -> None:
     # Greedy K = 2 gives two equal answers per prompt: 3 prompts x C(2, 2) = 3 pairs, all skipped.
     store, run_id = make_run(tmp_path)
-    result = run_sample_pairs(tiny_config(temperature=0.0), store, run_id, tiny_model)
+    result = run_sample_pairs(_ctx(store, run_id, tiny_config(temperature=0.0), tiny_model))
     assert result.counts["comparisons"] == 0
     assert result.counts["identical_pairs_skipped"] == 3
     assert (store.stage_dir(run_id, "pairs") / COMPARISONS_FILE).read_text() == ""
@@ -147,8 +152,8 @@ def test_resumes_from_partial_responses(tmp_path: Path, tiny_model: str) -> None
     store, run_id = make_run(tmp_path)
     folder = store.stage_dir(run_id, "pairs")
     earlier = ResponseSet(id="p-b", prompt=ITEMS[1].prompt, responses=["kept one", "kept two"], finished=[True, True])
-    write_jsonl(folder / RESPONSES_FILE, [earlier])  # an interrupted run answered p-b, wrote no manifest
-    result = run_sample_pairs(tiny_config(), store, run_id, tiny_model)
+    write_jsonl(folder / PARTIAL_FILE, [earlier])  # an interrupted run answered p-b, wrote no manifest
+    result = run_sample_pairs(_ctx(store, run_id, tiny_config(), tiny_model))
     responses = read_jsonl(folder / RESPONSES_FILE, ResponseSet)
     assert [r.id for r in responses] == ["p-a", "p-b", "p-c"]
     assert responses[1] == earlier  # not sampled again
@@ -165,4 +170,4 @@ def test_resumes_from_partial_responses(tmp_path: Path, tiny_model: str) -> None
 def test_missing_prompts_file_names_the_path(tmp_path: Path, tiny_model: str) -> None:
     store = ArtifactStore(tmp_path)
     with pytest.raises(StoreError, match=r"runs/run2/inputs/prompts.jsonl is missing"):
-        run_sample_pairs(tiny_config(), store, "run2", tiny_model)
+        run_sample_pairs(_ctx(store, "run2", tiny_config(), tiny_model))

@@ -15,6 +15,7 @@ from rlaif.constitution import load_constitution, resolve_constitution
 from rlaif.modeling import prepare_model
 from rlaif.records import SFTExample
 from rlaif.stages import CONSTITUTION_FILE, INPUTS, SFT_DATA_FILE
+from rlaif.stages.contract import StageContext
 from rlaif.stages.sft import run_sft, train_sft
 from rlaif.store import ArtifactStore, verify_manifest, write_jsonl
 
@@ -72,7 +73,7 @@ def test_run_sft_reads_the_run_and_records_lineage(tiny_model: str, tmp_path: Pa
     constitution = load_constitution(resolve_constitution("minimal"))
     store.path("r1", INPUTS, CONSTITUTION_FILE).write_text(constitution.model_dump_json())
 
-    result = run_sft(cfg, store, "r1", tiny_model)
+    result = run_sft(StageContext.of(store, "r1", "sft", cfg=cfg, models={"base": tiny_model}))
     assert result.counts["helpful_examples"] == 4  # round(0.5 x 8 training revisions)
     assert result.counts["train_examples"] == 12
     meta = json.loads(store.path("r1", "sft", "model", "meta.json").read_text())
@@ -81,7 +82,9 @@ def test_run_sft_reads_the_run_and_records_lineage(tiny_model: str, tmp_path: Pa
     assert meta["metrics"] == result.metrics
 
     weights = store.path("r1", "sft", "model", "model.safetensors").stat().st_mtime_ns
-    assert run_sft(cfg, store, "r1", tiny_model).metrics == result.metrics  # redelivered: not trained again
+    assert (
+        run_sft(StageContext.of(store, "r1", "sft", cfg=cfg, models={"base": tiny_model})).metrics == result.metrics
+    )  # redelivered: not trained again
     assert store.path("r1", "sft", "model", "model.safetensors").stat().st_mtime_ns == weights
 
 
@@ -104,7 +107,7 @@ def test_bad_inputs_name_the_problem(tiny_model: str, tmp_path: Path) -> None:
             _examples(4), tiny_model, FAST.model_copy(update={"batch_size": 6, "micro_batch_size": 4}), tmp_path, 0
         )
     with pytest.raises(FileNotFoundError, match="run the critique stage first"):
-        run_sft(RunConfig(), ArtifactStore(tmp_path), "r2", tiny_model)
+        run_sft(StageContext.of(ArtifactStore(tmp_path), "r2", "sft", cfg=RunConfig(), models={"base": tiny_model}))
 
 
 def test_lora_sft_trains_adapters_only_and_saves_both(tiny_model: str, tmp_path: Path) -> None:
@@ -127,7 +130,7 @@ def test_resume_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path) ->
     class Preempted(Exception):
         """Stands in for a worker being killed mid-training."""
 
-    def crash_at_step_5(step: int, metrics: dict[str, float]) -> None:
+    def crash_at_step_5(step: int, total: int, metrics: dict[str, float]) -> None:
         if step == 5:
             raise Preempted
 

@@ -116,7 +116,7 @@ def test_a_resumed_stage_rebuilds_its_event_files_without_repeating_a_step(tiny_
     class Preempted(Exception):
         """Stands in for a worker being killed mid-training."""
 
-    def crash_at_step_5(step: int, metrics: dict[str, float]) -> None:
+    def crash_at_step_5(step: int, total: int, metrics: dict[str, float]) -> None:
         if step == 5:
             raise Preempted
 

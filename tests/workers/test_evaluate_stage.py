@@ -9,17 +9,17 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from service_fixtures import make_run
+from service_fixtures import claim_stage, make_run
 from sqlalchemy import select, update
 
-from rlaif import runs
 from rlaif.checkpoints import CARD_FILE, META_FILE, model_card
 from rlaif.config import RunConfig
-from rlaif.db import StageRunRow, utcnow
 from rlaif.evaluation.report import EvalReport, WinRateEntry
 from rlaif.evaluation.stats import win_rate
-from rlaif.executors import add_evaluation_to_checkpoint
 from rlaif.pipeline import plan
+from rlaif.service import execute, state
+from rlaif.service.db import StageRunRow, utcnow
+from rlaif.stages.evaluate import add_evaluation_to_checkpoint
 from rlaif.store import atomic_write_json, atomic_write_text, read_manifest, verify_manifest, write_manifest
 
 
@@ -38,7 +38,7 @@ def test_the_plan_ends_with_one_evaluate_stage_on_the_generate_queue() -> None:
         assert sum(s.kind == "evaluate" for s in stages) == 1
 
 
-def test_evaluate_is_dispatched_after_the_last_ppo_and_swept_like_a_training_stage(rt: runs.Runtime) -> None:
+def test_evaluate_is_dispatched_after_the_last_ppo_and_swept_like_a_training_stage(rt: state.Runtime) -> None:
     run_id = make_run(rt)
     with rt.sessions.begin() as session:  # stages 1-6 done (marked by hand: nothing is trained here)
         session.execute(
@@ -46,16 +46,16 @@ def test_evaluate_is_dispatched_after_the_last_ppo_and_swept_like_a_training_sta
             .where(StageRunRow.run_id == run_id, StageRunRow.kind != "evaluate")
             .values(status="succeeded")
         )
-    assert runs.advance(rt, run_id) == [runs.Dispatch("generate.evaluate", (run_id, "evaluate"))]
-    assert runs.advance(rt, run_id) == []  # started once
-    assert runs._claim_stage(rt, run_id, "evaluate", "evaluator")
+    assert execute.advance(rt, run_id) == [state.Dispatch("generate.evaluate", (run_id, "evaluate"))]
+    assert execute.advance(rt, run_id) == []  # started once
+    assert claim_stage(rt, run_id, "evaluate", "evaluator")
     with rt.sessions.begin() as session:  # its worker died: the heartbeat goes stale
         session.execute(
             update(StageRunRow)
             .where(StageRunRow.run_id == run_id, StageRunRow.name == "evaluate")
             .values(heartbeat_at=utcnow() - timedelta(seconds=rt.lease_ttl_s + 1))
         )
-    assert runs.sweep(rt) == [runs.Dispatch("generate.evaluate", (run_id, "evaluate"))]
+    assert state.sweep(rt) == [state.Dispatch("generate.evaluate", (run_id, "evaluate"))]
     with rt.sessions() as session:
         row = session.scalars(
             select(StageRunRow).where(StageRunRow.run_id == run_id, StageRunRow.name == "evaluate")

@@ -92,12 +92,12 @@ def test_a_database_outage_is_retried_not_failed(make_service, service_tiny_mode
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from rlaif import runs
-    from rlaif.db import RunRow
+    from rlaif.service import state
+    from rlaif.service.db import RunRow
     from workers.app import create_celery
 
     service: Service = make_service("postgresql")
-    rt = runs.Runtime.from_settings(service.settings())
+    rt = state.Runtime.from_settings(service.settings())
     run_id = make_run(rt)
     service.start_worker("w1")
     database = make_url(service.db_url).database
@@ -111,7 +111,7 @@ def test_a_database_outage_is_retried_not_failed(make_service, service_tiny_mode
             {"db": database},
         )
     try:
-        create_celery(service.settings()).send_task(runs.ADVANCE, args=[run_id])
+        create_celery(service.settings()).send_task(state.ADVANCE, args=[run_id])
         retry = f"control.advance({run_id}): transient error, retry in"
         wait_for(lambda: retry in service.log("w1"), 60, "a retry of the advance")
     finally:
@@ -127,5 +127,5 @@ def test_a_database_outage_is_retried_not_failed(make_service, service_tiny_mode
     wait_for(started, 90, "the retried advance to start the run")
     with rt.sessions.begin() as session:  # enough: stop the run here
         run = session.get(RunRow, run_id)
-        assert run is not None and runs.cancel(session, run)
+        assert run is not None and state.cancel(session, run)
     assert f"run {run_id} failed" not in service.log("w1")  # retried, never failed

@@ -14,11 +14,22 @@ import threading
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import REPO, TINY_RUN, Service, auth, check_run_integrity, kill_group, make_run, wait_for
+from service_fixtures import (
+    REPO,
+    TINY_RUN,
+    Service,
+    auth,
+    check_run_integrity,
+    claim_stage,
+    kill_group,
+    make_run,
+    renew_stage,
+    wait_for,
+)
 from sqlalchemy import select
 
-from rlaif import runs
-from rlaif.db import EventRow, RunRow, ShardRow, StageRunRow
+from rlaif.service import execute, state
+from rlaif.service.db import EventRow, RunRow, ShardRow, StageRunRow
 
 pytestmark = pytest.mark.slow
 
@@ -29,19 +40,19 @@ SLOW_STAGES = {
 }
 
 
-def _state(rt: runs.Runtime, run_id: str, stage: str) -> tuple[StageRunRow, list[ShardRow]]:
+def _state(rt: state.Runtime, run_id: str, stage: str) -> tuple[StageRunRow, list[ShardRow]]:
     with rt.sessions() as session:
         row = session.scalars(select(StageRunRow).where(StageRunRow.run_id == run_id, StageRunRow.name == stage)).one()
         shards = session.scalars(select(ShardRow).where(ShardRow.stage_run_id == row.id).order_by(ShardRow.index)).all()
         return row, list(shards)
 
 
-def _messages(rt: runs.Runtime, run_id: str) -> list[str]:
+def _messages(rt: state.Runtime, run_id: str) -> list[str]:
     with rt.sessions() as session:
         return list(session.scalars(select(EventRow.message).where(EventRow.run_id == run_id).order_by(EventRow.id)))
 
 
-def _run_status(rt: runs.Runtime, run_id: str) -> str:
+def _run_status(rt: state.Runtime, run_id: str) -> str:
     with rt.sessions() as session:
         run = session.get(RunRow, run_id)
         assert run is not None
@@ -52,7 +63,7 @@ def test_killed_workers_lose_nothing(make_service, service_tiny_model: str) -> N
     from api.main import create_app
 
     service: Service = make_service("sqlite")
-    rt = runs.Runtime.from_settings(service.settings())
+    rt = state.Runtime.from_settings(service.settings())
     first = service.start_worker("w1")
     with TestClient(create_app(service.settings())) as api:
         con = api.post("/v1/constitutions", content=(REPO / "constitutions/minimal.yaml").read_bytes(), headers=auth())
@@ -104,19 +115,19 @@ def test_killed_workers_lose_nothing(make_service, service_tiny_model: str) -> N
 
 def test_a_second_delivery_waits_for_a_live_lease(make_service, service_tiny_model: str) -> None:
     service: Service = make_service("postgresql")
-    rt = runs.Runtime.from_settings(service.settings())
+    rt = state.Runtime.from_settings(service.settings())
     run_id = make_run(rt, {"critique": {"sampling": {"max_new_tokens": 4}}})
     # Bring the run to a running SFT stage in this process, then hold its lease as another (live) worker.
-    pending = runs.advance(rt, run_id)
+    pending = execute.advance(rt, run_id)
     for dispatch in pending:
-        pending += runs.run_shard(rt, *dispatch.args, owner="test") if dispatch.task != runs.ADVANCE else []
-    assert runs.advance(rt, run_id) == [runs.Dispatch("train.sft", (run_id, "sft"))]
-    assert runs._claim_stage(rt, run_id, "sft", "live-elsewhere")
+        pending += execute.run_shard(rt, *dispatch.args, owner="test") if dispatch.task != state.ADVANCE else []
+    assert execute.advance(rt, run_id) == [state.Dispatch("train.sft", (run_id, "sft"))]
+    assert claim_stage(rt, run_id, "sft", "live-elsewhere")
     stop = threading.Event()
 
     def heartbeat() -> None:
         while not stop.wait(0.5):
-            runs._renew_stage(rt, run_id, "sft", "live-elsewhere")
+            renew_stage(rt, run_id, "sft", "live-elsewhere")
 
     beating = threading.Thread(target=heartbeat, daemon=True)
     beating.start()
@@ -143,12 +154,12 @@ def test_a_second_delivery_waits_for_a_live_lease(make_service, service_tiny_mod
 def test_a_broker_restart_loses_messages_but_not_the_run(make_service, redis_server, service_tiny_model: str) -> None:
     """Redis restarts without persistence mid-stage: queued shards are gone; the control sweep re-enqueues them."""
     service: Service = make_service("sqlite", visibility_timeout_s=10)
-    rt = runs.Runtime.from_settings(service.settings())
+    rt = state.Runtime.from_settings(service.settings())
     run_id = make_run(rt, {"critique": {"batch_size": 1, "sampling": {"max_new_tokens": 16}}})
     from workers.app import create_celery
 
     service.start_worker("w1", beat=True)
-    create_celery(service.settings()).send_task(runs.ADVANCE, args=[run_id])
+    create_celery(service.settings()).send_task(state.ADVANCE, args=[run_id])
     wait_for(lambda: _state(rt, run_id, "critique")[0].done >= 1, 120, "the first critique item", interval=0.05)
     redis_server.restart()  # shard 1's message, queued behind shard 0, is lost with everything else
     wait_for(lambda: _run_status(rt, run_id) in ("succeeded", "failed"), 240, "the run to finish")

@@ -1,4 +1,4 @@
-"""Resuming a failed or cancelled run (`rlaif.runs.resume`, POST /v1/runs/{id}/resume) from its last stage and step.
+"""Resuming a failed or cancelled run (`rlaif.state.resume`, POST /v1/runs/{id}/resume) from its last stage and step.
 
 - State machine: a run failed mid-shard resumes only its unfinished shards (finished items kept); a cancelled
   training stage is re-dispatched and later stages start afresh; running or finished runs are refused; a
@@ -16,48 +16,59 @@ from collections import Counter
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import REPO, TINY_RUN, Service, auth, check_run_integrity, error_of, make_run, wait_for
+from service_fixtures import (
+    REPO,
+    TINY_RUN,
+    Service,
+    auth,
+    check_run_integrity,
+    error_of,
+    make_run,
+    release_shard,
+    renew_shard,
+    wait_for,
+)
 from sqlalchemy import select, update
 
-from rlaif import runs
 from rlaif.client import TERMINAL
-from rlaif.db import RunRow, ShardRow, StageRunRow
+from rlaif.service import execute, state
+from rlaif.service.db import RunRow, ShardRow, StageRunRow
 
 
-def _stage(rt: runs.Runtime, run_id: str, name: str) -> StageRunRow:
+def _stage(rt: state.Runtime, run_id: str, name: str) -> StageRunRow:
     with rt.sessions() as session:
         return session.scalars(select(StageRunRow).where(StageRunRow.run_id == run_id, StageRunRow.name == name)).one()
 
 
-def _resume(rt: runs.Runtime, run_id: str) -> list[runs.Dispatch]:
+def _resume(rt: state.Runtime, run_id: str) -> list[state.Dispatch]:
     with rt.sessions.begin() as session:
         run = session.get(RunRow, run_id)
         assert run is not None
-        return runs.resume(session, run, rt.lease_ttl_s)
+        return state.resume(session, run, rt.lease_ttl_s)
 
 
-def test_a_run_failed_mid_shard_resumes_its_unfinished_shards(rt: runs.Runtime) -> None:
+def test_a_run_failed_mid_shard_resumes_its_unfinished_shards(rt: state.Runtime) -> None:
     run_id = make_run(rt, {"critique": {"sampling": {"max_new_tokens": 2}}})  # 6 training prompts, shards of 3
-    shard_tasks = runs.advance(rt, run_id)
+    shard_tasks = execute.advance(rt, run_id)
     assert [d.args[2] for d in shard_tasks] == [0, 1]
-    runs.run_shard(rt, run_id, "critique", 0, owner="w1")  # shard 0 finishes
-    runs.fail(rt, run_id, "critique", "OSError: [Errno 28] No space left on device")  # shard 1 never did
-    with pytest.raises(runs.ResumeRefused, match="only failed or cancelled runs"), rt.sessions.begin() as session:
+    execute.run_shard(rt, run_id, "critique", 0, owner="w1")  # shard 0 finishes
+    state.fail(rt, run_id, "critique", "OSError: [Errno 28] No space left on device")  # shard 1 never did
+    with pytest.raises(state.ResumeRefused, match="only failed or cancelled runs"), rt.sessions.begin() as session:
         running = make_run(rt)
-        runs.resume(session, session.get(RunRow, running), rt.lease_ttl_s)  # type: ignore[arg-type]
+        state.resume(session, session.get(RunRow, running), rt.lease_ttl_s)  # type: ignore[arg-type]
 
-    assert _resume(rt, run_id) == [runs.Dispatch("generate.critique_shard", (run_id, "critique", 1))]
+    assert _resume(rt, run_id) == [state.Dispatch("generate.critique_shard", (run_id, "critique", 1))]
     with rt.sessions() as session:
         run = session.get(RunRow, run_id)
         assert run is not None and (run.status, run.error, run.finished_at) == ("running", None, None)
     stage = _stage(rt, run_id, "critique")
     assert (stage.status, stage.error, stage.done, stage.shards_done) == ("running", None, 3, 1)
-    assert runs.run_shard(rt, run_id, "critique", 1, owner="w2") == [runs.Dispatch(runs.ADVANCE, (run_id,))]
-    assert runs.advance(rt, run_id) == [runs.Dispatch("train.sft", (run_id, "sft"))]  # exported, SFT next
+    assert execute.run_shard(rt, run_id, "critique", 1, owner="w2") == [state.Dispatch(state.ADVANCE, (run_id,))]
+    assert execute.advance(rt, run_id) == [state.Dispatch("train.sft", (run_id, "sft"))]  # exported, SFT next
     assert (_stage(rt, run_id, "critique").status, _stage(rt, run_id, "critique").done) == ("succeeded", 6)
 
 
-def test_a_cancelled_training_stage_is_redispatched_and_later_stages_start_afresh(rt: runs.Runtime) -> None:
+def test_a_cancelled_training_stage_is_redispatched_and_later_stages_start_afresh(rt: state.Runtime) -> None:
     run_id = make_run(rt)
     with rt.sessions.begin() as session:  # critique done by hand; SFT running, its worker stopped by the cancel
         session.execute(
@@ -65,10 +76,10 @@ def test_a_cancelled_training_stage_is_redispatched_and_later_stages_start_afres
             .where(StageRunRow.run_id == run_id, StageRunRow.name == "critique")
             .values(status="succeeded")
         )
-    assert runs.advance(rt, run_id) == [runs.Dispatch("train.sft", (run_id, "sft"))]
+    assert execute.advance(rt, run_id) == [state.Dispatch("train.sft", (run_id, "sft"))]
     with rt.sessions.begin() as session:
-        assert runs.cancel(session, session.get(RunRow, run_id))  # type: ignore[arg-type]
-    assert _resume(rt, run_id) == [runs.Dispatch("train.sft", (run_id, "sft"))]
+        assert state.cancel(session, session.get(RunRow, run_id))  # type: ignore[arg-type]
+    assert _resume(rt, run_id) == [state.Dispatch("train.sft", (run_id, "sft"))]
     statuses = {name: _stage(rt, run_id, name).status for name in ("critique", "sft", "pairs", "ppo", "evaluate")}
     assert statuses == {
         "critique": "succeeded",
@@ -77,30 +88,30 @@ def test_a_cancelled_training_stage_is_redispatched_and_later_stages_start_afres
         "ppo": "pending",
         "evaluate": "pending",
     }
-    with pytest.raises(runs.ResumeRefused, match="is running"):
+    with pytest.raises(state.ResumeRefused, match="is running"):
         _resume(rt, run_id)
 
 
-def test_a_worker_still_holding_a_lease_makes_the_resume_wait(rt: runs.Runtime) -> None:
+def test_a_worker_still_holding_a_lease_makes_the_resume_wait(rt: state.Runtime) -> None:
     run_id = make_run(rt)
-    runs.advance(rt, run_id)
+    execute.advance(rt, run_id)
     with rt.sessions.begin() as session:  # shard 0 is being worked on when the run is cancelled
         row = session.scalars(select(StageRunRow).where(StageRunRow.run_id == run_id)).first()
         assert row is not None
         session.execute(
             update(ShardRow).where(ShardRow.stage_run_id == row.id, ShardRow.index == 0).values(lease_owner="w1")
         )
-    assert runs._renew_shard(rt, run_id, _shard_id(rt, run_id, 0), "w1") == "ok"
+    assert renew_shard(rt, run_id, _shard_id(rt, run_id, 0), "w1") == "ok"
     with rt.sessions.begin() as session:
-        runs.cancel(session, session.get(RunRow, run_id))  # type: ignore[arg-type]
-    with pytest.raises(runs.ResumeRefused, match=r"a worker is still stopping \(stage critique shard 0\)") as refused:
+        state.cancel(session, session.get(RunRow, run_id))  # type: ignore[arg-type]
+    with pytest.raises(state.ResumeRefused, match=r"a worker is still stopping \(stage critique shard 0\)") as refused:
         _resume(rt, run_id)
     assert refused.value.retry_after is not None and 1 <= refused.value.retry_after <= rt.lease_ttl_s
-    runs._release(rt, ShardRow, ShardRow.id == _shard_id(rt, run_id, 0), "w1")  # what a stopping worker does
+    release_shard(rt, run_id, _shard_id(rt, run_id, 0), "w1")  # what a stopping worker does
     assert len(_resume(rt, run_id)) == 2  # both shards again; shard 0's stored items will be skipped
 
 
-def _shard_id(rt: runs.Runtime, run_id: str, index: int) -> int:
+def _shard_id(rt: state.Runtime, run_id: str, index: int) -> int:
     with rt.sessions() as session:
         stage = session.scalars(
             select(StageRunRow).where(StageRunRow.run_id == run_id, StageRunRow.name == "critique")

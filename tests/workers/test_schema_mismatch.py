@@ -18,28 +18,29 @@ import sqlalchemy.exc
 from service_fixtures import Service, make_run, wait_for
 from sqlalchemy import text
 
-from rlaif import config, runs
-from rlaif.db import RunRow, is_schema_mismatch, schema_mismatch_reason
+from rlaif import config
+from rlaif.service import execute, state
+from rlaif.service.db import RunRow, is_schema_mismatch, schema_mismatch_reason
 
 
-def _drop_column(rt: runs.Runtime) -> None:
+def _drop_column(rt: state.Runtime) -> None:
     """What a database migrated by a newer rlaif (or not yet by this one) looks like to this code."""
     with rt.sessions.begin() as session:
         session.execute(text("ALTER TABLE stage_runs DROP COLUMN requeued_at"))
 
 
-def _run(rt: runs.Runtime, run_id: str) -> tuple[str, str | None]:
+def _run(rt: state.Runtime, run_id: str) -> tuple[str, str | None]:
     with rt.sessions() as session:
         run = session.get(RunRow, run_id)
         assert run is not None
         return run.status, run.error
 
 
-def test_a_missing_column_is_a_schema_mismatch_and_a_locked_file_is_not(rt: runs.Runtime) -> None:
+def test_a_missing_column_is_a_schema_mismatch_and_a_locked_file_is_not(rt: state.Runtime) -> None:
     run_id = make_run(rt)
     _drop_column(rt)
     with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
-        runs.fail(rt, run_id, None, "anything")  # reads stage_runs, so it fails on the missing column too
+        state.fail(rt, run_id, None, "anything")  # reads stage_runs, so it fails on the missing column too
     assert is_schema_mismatch(caught.value)
     assert "requeued_at" in schema_mismatch_reason(caught.value)
     assert "rlaif db upgrade" in schema_mismatch_reason(caught.value)
@@ -48,14 +49,14 @@ def test_a_missing_column_is_a_schema_mismatch_and_a_locked_file_is_not(rt: runs
 
 
 def test_recording_a_failure_on_a_mismatched_schema_still_fails_the_run(
-    rt: runs.Runtime, monkeypatch: pytest.MonkeyPatch
+    rt: state.Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from workers import policy
 
     run_id = make_run(rt)
     _drop_column(rt)
     monkeypatch.setattr(policy, "runtime", lambda: rt)
-    policy.record_failure(run_id, "critique", "the reason")  # runs.fail raises inside; this does not
+    policy.record_failure(run_id, "critique", "the reason")  # state.fail raises inside; this does not
     assert _run(rt, run_id) == ("failed", "the reason")
     policy.record_failure(run_id, "critique", "again")  # a run that already failed keeps its reason
     assert _run(rt, run_id) == ("failed", "the reason")
@@ -64,15 +65,15 @@ def test_recording_a_failure_on_a_mismatched_schema_still_fails_the_run(
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_worker_fails_a_run_fast_on_a_missing_column(kind: str, make_service: Callable[..., Service]) -> None:
-    """The run used to stay "running" forever: the task retried the OperationalError, then runs.fail raised it."""
+    """The run used to stay "running" forever: the task retried the OperationalError, then state.fail raised it."""
     from workers.app import create_celery
 
     service = make_service(kind)
-    rt = runs.Runtime.from_settings(service.settings())
+    rt = state.Runtime.from_settings(service.settings())
     run_id = make_run(rt)
     service.start_worker("w1", queues="control")
     _drop_column(rt)  # (after the worker's start check, which looks at the revision only)
-    create_celery(service.settings()).send_task(runs.ADVANCE, args=[run_id])
+    create_celery(service.settings()).send_task(state.ADVANCE, args=[run_id])
     wait_for(lambda: _run(rt, run_id)[0] == "failed", 60, "the run to fail")
     _, error = _run(rt, run_id)
     assert error is not None and "requeued_at" in error and "rlaif db upgrade" in error, error
@@ -82,14 +83,14 @@ def test_a_worker_fails_a_run_fast_on_a_missing_column(kind: str, make_service: 
 # ---------------------------------------------------------------- stored configs carry a version
 
 
-def _store_config(rt: runs.Runtime, run_id: str, edit: Callable[[dict], dict]) -> None:
+def _store_config(rt: state.Runtime, run_id: str, edit: Callable[[dict], dict]) -> None:
     with rt.sessions.begin() as session:
         row = session.get(RunRow, run_id)
         assert row is not None
         row.config_json = json.dumps(edit(json.loads(row.config_json)))
 
 
-def test_a_run_stores_its_config_with_its_version(rt: runs.Runtime) -> None:
+def test_a_run_stores_its_config_with_its_version(rt: state.Runtime) -> None:
     run_id = make_run(rt)
     with rt.sessions() as session:
         row = session.get(RunRow, run_id)
@@ -98,14 +99,14 @@ def test_a_run_stores_its_config_with_its_version(rt: runs.Runtime) -> None:
     assert json.loads(pinned)["config_version"] == config.CONFIG_VERSION
 
 
-def test_workers_read_a_config_stored_before_versions(rt: runs.Runtime) -> None:
+def test_workers_read_a_config_stored_before_versions(rt: state.Runtime) -> None:
     run_id = make_run(rt, {"seed": 11})
     _store_config(rt, run_id, lambda raw: {k: v for k, v in raw.items() if k != "config_version"})  # version 0
-    ctx = runs.stage_context(rt, run_id, "critique")
+    ctx = execute.stage_context(rt, run_id, "critique")
     assert (ctx.cfg.config_version, ctx.cfg.seed) == (config.CONFIG_VERSION, 11)
 
 
-def test_workers_read_a_config_stored_under_a_renamed_field(rt: runs.Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_read_a_config_stored_under_a_renamed_field(rt: state.Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     """Had version 1 renamed ppo.old_kl to ppo.kl_coef, the step 0 -> 1 would be that rename: a run stored under
     the old name (and no version) still runs, with its value."""
     run_id = make_run(rt, {"ppo": {"kl_coef": 0.25}})
@@ -116,7 +117,7 @@ def test_workers_read_a_config_stored_under_a_renamed_field(rt: runs.Runtime, mo
 
     _store_config(rt, run_id, as_stored_by_version_0)
     with pytest.raises(ValueError, match="old_kl"):
-        runs.stage_context(rt, run_id, "critique")  # (extra="forbid": without the step it cannot be read)
+        execute.stage_context(rt, run_id, "critique")  # (extra="forbid": without the step it cannot be read)
     monkeypatch.setitem(config.CONFIG_STEPS, 0, config.rename_field("ppo.old_kl", "ppo.kl_coef"))
-    ctx = runs.stage_context(rt, run_id, "critique")
+    ctx = execute.stage_context(rt, run_id, "critique")
     assert (ctx.cfg.config_version, ctx.cfg.ppo.kl_coef) == (config.CONFIG_VERSION, 0.25)

@@ -7,11 +7,11 @@ an API key carry its `owner`. Time stamps are stored as naive UTC and read back 
 Idempotency lives here: an item is `UNIQUE(run_id, stage, item_id)` and written with "insert, ignore if present",
 so a redelivered shard never duplicates work; a shard is `UNIQUE(stage_run_id, index)`.
 
-The schema changes only through Alembic revisions (rlaif/migrations, style guide 23). The API and the workers
+The schema changes only through Alembic revisions (rlaif/service/migrations, style guide 23). The API and the workers
 check the revision at start (`prepare_schema`): an empty database gets the schema, one at another revision
 than the newest is refused with the command that fixes it.
 
-    rlaif db upgrade        # or: python -c "from rlaif.db import upgrade; print(upgrade('sqlite:///rlaif.db'))"
+    rlaif db upgrade        # or: python -c "from rlaif.service.db import upgrade; print(upgrade('sqlite:///rlaif.service.db'))"
     rlaif db current
 """
 
@@ -91,7 +91,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column; use rlaif.db.utcnow()")
+            raise ValueError("naive datetime given to a UTC column; use rlaif.service.db.utcnow()")
         return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -310,7 +310,7 @@ def get_engine(url: str | None = None) -> Engine:
     return _ENGINES[key]
 
 
-# ---------------------------------------------------------------- schema revisions (Alembic, rlaif/migrations)
+# ---------------------------------------------------------------- schema revisions (Alembic, rlaif/service/migrations)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 UPGRADE_COMMAND = "rlaif db upgrade"
@@ -368,7 +368,7 @@ def schema_mismatch_reason(exc: BaseException) -> str:
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    """The Alembic configuration of rlaif/migrations (no alembic.ini), bound to `connection` for env.py."""
+    """The Alembic configuration of rlaif/service/migrations (no alembic.ini), bound to `connection` for env.py."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection

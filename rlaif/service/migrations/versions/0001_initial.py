@@ -1,7 +1,7 @@
-"""The schema as the code before migrations made it with `create_all`: eight tables of rlaif/db.py.
+"""The schema as the code before migrations made it with `create_all`: eight tables of rlaif/service/db.py.
 
 A database that code made (tables, no alembic_version) is recognised as this revision and stamped
-(rlaif/db.py PRE_MIGRATION_TABLES). Types are the database's own: UTCDateTime is a DateTime (naive UTC), and
+(rlaif/service/db.py PRE_MIGRATION_TABLES). Types are the database's own: UTCDateTime is a DateTime (naive UTC), and
 JSON's none_as_null only changes what Python writes.
 
 Revision ID: 0001

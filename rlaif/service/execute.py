@@ -1,0 +1,323 @@
+"""Runs claimed work through the stage contract (rlaif/stages/contract.py): shards, single-task stages, exports.
+
+- `run_shard(rt, run_id, stage, index, owner)`: claim the shard's lease, read the shard's slice of the stage's
+  items (`read_items`), skip the ones already stored, run `process` on the rest and store each record once
+  (UNIQUE(run, stage, item_id)); the last shard to finish flips the stage to `completing` and asks for an advance.
+- `advance(rt, run_id)`: the state machine's next step (rlaif/service/state.py) carried out: start a stage (a
+  sharded one counted with `read_items`), or export one whose shards are done with the stage's own `write` over
+  the stored records; repeated until a stage is running or the run has ended.
+- `run_training(rt, run_id, stage, owner)`: a single-task stage (training, or the evaluation) under the stage's
+  lease: its `run_<stage>(ctx)` resumes from its newest step checkpoint (or finds its work done); a finished model
+  folder is registered as a checkpoint (the evaluation instead refreshes the final policy's checkpoint, whose card
+  it rewrote).
+
+Stops are cooperative: the heartbeat thread (rlaif/service/claims.py) only records why the work must stop, and
+the core raises `StageStopped` at its next check (between two records of a shard, two optimizer steps of a
+training stage). Training progress comes from the core's `on_step` hook, buffered and written as metrics events
+on each heartbeat, with the total the core itself computed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from rlaif.constitution import Constitution
+from rlaif.pipeline import StageSpec, spec_of, upstream
+from rlaif.service import claims
+from rlaif.service.claims import Heartbeat, Unit
+from rlaif.service.db import (
+    COMPLETING,
+    DONE,
+    RUNNING,
+    SUCCEEDED,
+    CheckpointRow,
+    EventRow,
+    ItemRow,
+    RunRow,
+    ShardRow,
+    StageRunRow,
+    insert_ignore,
+    new_id,
+    utcnow,
+)
+from rlaif.service.state import (
+    ADVANCE,
+    Dispatch,
+    Runtime,
+    add_event,
+    add_long_items_event,
+    fail,
+    finished_item_ids,
+    finished_items,
+    next_step,
+    run_config,
+    stage_exported,
+    stage_row,
+    start_stage,
+)
+from rlaif.stages import CONSTITUTION_FILE, INPUTS, MODEL_DIR, StageResult
+from rlaif.stages.contract import ShardedStage, StageContext, StageHooks, StageStopped
+from rlaif.store import StoreError, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def stage_module(spec: StageSpec) -> Any:
+    """The stage's module, named by the closed stage table (rlaif/pipeline.py), never by user input."""
+    return importlib.import_module(f"rlaif.stages.{spec.definition.module}")
+
+
+def stage_context(rt: Runtime, run_id: str, stage: str, hooks: StageHooks | None = None) -> StageContext:
+    """The run's frozen config (from its row, upgraded from the version it was stored with) and its pinned
+    constitution (style guide 6), for one stage."""
+    cfg = run_config(rt, run_id)
+    constitution_path = rt.store.stage_dir(run_id, INPUTS, create=False) / CONSTITUTION_FILE
+    constitution = Constitution.model_validate_json(constitution_path.read_text(encoding="utf-8"))
+    return StageContext(
+        run_id=run_id,
+        spec=spec_of(cfg, stage),
+        cfg=cfg,
+        store=rt.store,
+        constitution=constitution,
+        hooks=hooks or StageHooks(),
+    )
+
+
+# ---------------------------------------------------------------- advancing
+
+
+def advance(rt: Runtime, run_id: str) -> list[Dispatch]:
+    """Export finished sharded stages, then start the next pending stage or finish the run."""
+    while True:
+        step = next_step(rt, run_id)
+        if step.action == "none" or step.stage is None:
+            return []
+        ctx = stage_context(rt, run_id, step.stage)
+        if step.action == "start":
+            n_items = len(stage_module(ctx.spec).read_items(ctx)) if ctx.spec.sharded else None
+            return start_stage(rt, run_id, step.stage, n_items)
+        export_stage(rt, ctx)
+
+
+def export_stage(rt: Runtime, ctx: StageContext) -> None:
+    """The stage's own `write` over its stored records (in item order, as `run_<stage>` writes them), then the
+    stage is marked succeeded; a judge gate that says stop fails the run before any policy trains on the labels."""
+    stage: ShardedStage = stage_module(ctx.spec)
+    order = [item.id for item in stage.read_items(ctx)]
+    by_id = {
+        payload["id"]: stage.RECORD.model_validate(payload) for payload in finished_items(rt, ctx.run_id, ctx.name)
+    }
+    missing = [item_id for item_id in order if item_id not in by_id]
+    if missing:
+        raise StoreError(f"run {ctx.run_id}: stage {ctx.name} is completing but {len(missing)} items have no record")
+    result = stage.write(ctx, [by_id[item_id] for item_id in order])
+    gate = stage_exported(rt, ctx.run_id, ctx.name, result.model_copy(update={"stage": ctx.name}))
+    log.info("run %s: stage %s exported %d items", ctx.run_id, ctx.name, len(order))
+    if gate is not None and gate.stops:  # the next stage (reward model or DPO) fails, naming the gate
+        fail(rt, ctx.run_id, None, gate.message(ctx.name))
+
+
+# ---------------------------------------------------------------- shards
+
+
+def run_shard(rt: Runtime, run_id: str, stage: str, index: int, owner: str) -> list[Dispatch]:
+    """Process one shard of a sharded stage (see the module docstring)."""
+    unit = Unit(run_id, stage, index)
+    shard_id = claims.claim(rt.sessions, unit, owner, rt.lease_ttl_s)
+    if shard_id is None:
+        return []
+    with _heartbeat(rt, unit, shard_id, owner) as hooks:
+        ctx = stage_context(rt, run_id, stage, hooks)
+        module = stage_module(ctx.spec)
+        shard_size = ctx.cfg.shard_size
+        items = module.read_items(ctx, index * shard_size, (index + 1) * shard_size)
+        finished = finished_item_ids(rt, run_id, stage, [item.id for item in items])
+        todo = [item for item in items if item.id not in finished]
+        log.info("run %s: %s shard %d: %d items, %d already done", run_id, stage, index, len(items), len(finished))
+        try:
+            for record in module.process(ctx, todo):
+                _record_item(rt, run_id, stage, record)
+                hooks.check()
+        except StageStopped as exc:
+            log.warning("run %s: %s shard %d stopped: %s", run_id, stage, index, exc.reason)
+            claims.release(rt.sessions, unit, shard_id, owner)
+            return []
+    return [Dispatch(ADVANCE, (run_id,))] if _finish_shard(rt, run_id, stage, index) else []
+
+
+def _record_item(rt: Runtime, run_id: str, stage: str, record: BaseModel) -> bool:
+    """Write one output record once; True when it was new."""
+    with rt.sessions.begin() as session:
+        row = {"run_id": run_id, "stage": stage, "item_id": record.id, "payload": record.model_dump(mode="json")}  # type: ignore[attr-defined]
+        inserted = insert_ignore(session, ItemRow, [row], unique=["run_id", "stage", "item_id"])
+        if inserted:
+            session.execute(
+                update(StageRunRow)
+                .where(StageRunRow.run_id == run_id, StageRunRow.name == stage)
+                .values(done=StageRunRow.done + inserted)
+            )
+        return bool(inserted)
+
+
+def _finish_shard(rt: Runtime, run_id: str, stage: str, index: int) -> bool:
+    """Mark the shard done; True when it was the last one (the stage is now `completing`)."""
+    with rt.sessions.begin() as session:
+        row = stage_row(session, run_id, stage, lock=True)  # serialises the last finishers
+        finished = session.execute(
+            update(ShardRow)
+            .where(ShardRow.stage_run_id == row.id, ShardRow.index == index, ShardRow.status != DONE)
+            .values(status=DONE, finished_at=utcnow(), lease_owner=None)
+        ).rowcount
+        if not finished:
+            return False
+        row.shards_done += 1
+        add_event(session, run_id, f"shard {index} done ({row.shards_done}/{row.shards_total})", stage=stage)
+        if row.shards_done < row.shards_total or row.status != RUNNING:
+            return False
+        row.status = COMPLETING
+        return True
+
+
+# ---------------------------------------------------------------- single-task stages
+
+
+def run_training(rt: Runtime, run_id: str, stage: str, owner: str) -> list[Dispatch]:
+    """Run one single-task stage (training or evaluate) under a lease (see the module docstring)."""
+    unit = Unit(run_id, stage)
+    stage_id = claims.claim(rt.sessions, unit, owner, rt.lease_ttl_s)
+    if stage_id is None:
+        return []
+    progress = _Progress(rt, run_id, stage)
+    with _heartbeat(rt, unit, stage_id, owner, on_tick=progress.flush) as hooks:
+        hooks.on_progress = progress.add
+        ctx = stage_context(rt, run_id, stage, hooks)
+        try:
+            result: StageResult = getattr(stage_module(ctx.spec), ctx.spec.definition.run)(ctx)
+        except StageStopped as exc:
+            log.warning("run %s: stage %s stopped: %s", run_id, stage, exc.reason)
+            claims.release(rt.sessions, unit, stage_id, owner)
+            return []
+    progress.flush()
+    return [Dispatch(ADVANCE, (run_id,))] if _finish_training(rt, run_id, stage, owner, result) else []
+
+
+class _Progress:
+    """Training steps reported by the core's on_step hook, written as metrics events (and the stage's done/total)
+    on each heartbeat. Steps a previous worker already recorded are skipped: a resumed core repeats the steps
+    after its last checkpoint."""
+
+    def __init__(self, rt: Runtime, run_id: str, stage: str) -> None:
+        self.rt, self.run_id, self.stage = rt, run_id, stage
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, dict[str, float]]] = []
+        self._total: int | None = None
+        with rt.sessions() as session:
+            query = select(func.max(EventRow.step)).where(
+                EventRow.run_id == run_id, EventRow.stage == stage, EventRow.kind == "metrics"
+            )
+            self._last_step = session.scalar(query) or 0
+
+    def add(self, step: int, total: int | None, metrics: dict[str, float]) -> None:
+        with self._lock:
+            self._total = total
+            if step > self._last_step:
+                self._pending.append((step, dict(metrics)))
+                self._last_step = step
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, total = self._pending, self._total
+            self._pending = []
+        if not pending and total is None:
+            return
+        try:
+            with self.rt.sessions.begin() as session:
+                for step, metrics in pending:
+                    add_event(session, self.run_id, "", stage=self.stage, kind="metrics", step=step, data=metrics)
+                values: dict[str, Any] = {"total": total}
+                if pending:
+                    values["done"] = pending[-1][0]
+                session.execute(
+                    update(StageRunRow)
+                    .where(StageRunRow.run_id == self.run_id, StageRunRow.name == self.stage)
+                    .values(**values)
+                )
+        except Exception:
+            with self._lock:  # the database was unreachable: write these steps next time
+                self._pending = pending + self._pending
+            raise
+
+
+def _finish_training(rt: Runtime, run_id: str, stage: str, owner: str, result: StageResult) -> bool:
+    model_dir = rt.store.stage_dir(run_id, stage) / MODEL_DIR
+    manifest = read_manifest(model_dir)
+    cfg = run_config(rt, run_id)
+    spec = spec_of(cfg, stage)
+    # A stage that writes no model but reads the final policy (the evaluation) rewrote that policy's card.
+    reads_policy = "policy" in spec.definition.reads and MODEL_DIR not in spec.definition.writes
+    rewritten = upstream(cfg, spec, "policy") if reads_policy else None
+    with rt.sessions.begin() as session:
+        run = session.get(RunRow, run_id)
+        row = stage_row(session, run_id, stage, lock=True)
+        if run is None or row.status != RUNNING or row.lease_owner != owner:
+            return False  # cancelled meanwhile, or another worker owns it now
+        now = utcnow()
+        row.status, row.finished_at, row.lease_owner = SUCCEEDED, now, None
+        row.result = result.model_dump(mode="json")
+        if row.total is None and "prompts" in result.counts:  # evaluate: no steps, show the prompts it answered
+            row.total = result.counts["prompts"]
+        if row.total is not None:
+            row.done = row.total
+        if rewritten is not None:
+            _refresh_checkpoint(rt, session, run_id, rewritten, result.metrics)
+        if manifest is not None:
+            step = int(result.counts.get("steps", result.counts.get("updates", row.done)))
+            session.add(
+                CheckpointRow(
+                    id=new_id("ckpt"),
+                    run_id=run_id,
+                    owner=run.owner,
+                    stage=stage,
+                    step=step,
+                    path=model_dir.relative_to(rt.store.root).as_posix(),
+                    metrics=result.metrics,
+                    files=manifest["files"],
+                )
+            )
+        add_event(session, run_id, f"stage {stage} succeeded", stage=stage, data=result.metrics or None)
+        add_long_items_event(session, run_id, stage, result)
+    log.info("run %s: stage %s succeeded", run_id, stage)
+    return True
+
+
+def _refresh_checkpoint(rt: Runtime, session: Session, run_id: str, stage: str, metrics: dict[str, float]) -> None:
+    """A checkpoint's row after its folder was rewritten (the evaluate stage's model card): files from the new
+    manifest, so downloads verify; the evaluation's metrics next to the stage's own."""
+    for row in session.scalars(
+        select(CheckpointRow).where(CheckpointRow.run_id == run_id, CheckpointRow.stage == stage)
+    ):
+        manifest = read_manifest(rt.store.artifact(row.path))
+        if manifest is None:
+            raise StoreError(f"checkpoint {row.id} ({row.path}) has lost its manifest")
+        row.files = manifest["files"]
+        row.metrics = {**row.metrics, **metrics}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _heartbeat(rt: Runtime, unit: Unit, row_id: int, owner: str, on_tick: Any = None) -> Iterator[StageHooks]:
+    """A heartbeat on the unit's lease for the body, and the hooks whose stop check reads it."""
+    heartbeat = Heartbeat(lambda: claims.renew(rt.sessions, unit, row_id, owner), rt.heartbeat_s, on_tick)
+    with heartbeat:
+        yield StageHooks(should_stop=lambda: heartbeat.stop_reason)
