@@ -83,6 +83,21 @@ def test_same_seed_same_samples_other_seed_other_samples(generator: HFGenerator)
     assert first != other
 
 
+def test_a_sampled_item_is_the_same_whichever_items_share_its_call(generator: HFGenerator) -> None:
+    """Per-item seeds (rlaif/generation/hf.py _RowSampler): an item's samples depend on its conversation and seed,
+    not on its batch, its position or its neighbours, so a shard resumed after a crash writes the same text."""
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=6)
+    seeds = [11, 22, 33, 44, 55]
+    together = generator.generate(PROMPTS, 2, sampling, seed=seeds, progress=False)
+    reversed_order = generator.generate(PROMPTS[::-1], 2, sampling, seed=seeds[::-1], progress=False)[::-1]
+    for index in range(len(PROMPTS)):
+        [alone] = generator.generate([PROMPTS[index]], 2, sampling, seed=[seeds[index]], progress=False)
+        assert [c.token_ids for c in together[index]] == [c.token_ids for c in alone]
+        assert [c.token_ids for c in reversed_order[index]] == [c.token_ids for c in alone]
+    with pytest.raises(ValueError, match="2 seeds for 5 conversations"):
+        generator.generate(PROMPTS, 1, sampling, seed=[1, 2], progress=False)
+
+
 def test_logprobs_match_a_separate_forward_pass(generator: HFGenerator) -> None:
     temperature = 0.7
     sampling = SamplingConfig(temperature=temperature, top_p=0.9, max_new_tokens=6)

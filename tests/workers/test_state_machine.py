@@ -1,4 +1,4 @@
-"""The run state machine (rlaif/runs.py) without Celery: leases, shard bookkeeping, idempotent items, sweep, failure.
+"""The run state machine (rlaif/service/state.py, execute.py, claims.py) without Celery: leases, shard bookkeeping, idempotent items, sweep, failure.
 
 These drive the same functions the Celery tasks call, with two "workers" being two owner names.
 """
