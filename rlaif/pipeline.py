@@ -7,7 +7,7 @@ a run built from it (pure: no database, no Celery, no torch).
                        evaluate                                           (base vs SFT vs the last policy)
 
 With `policy_optimization: dpo` the reward model and PPO of each iteration are one DPO stage on the labels
-(the SFT model stays the reference in every iteration; `OPTIMIZATION_STAGES`):
+(the SFT model stays the reference in every iteration; `ITERATION_STAGES`):
 
     critique -> sft -> pairs -> judge -> dpo -> pairs-2 -> judge-2 -> dpo-2 -> ... -> evaluate
 
@@ -101,11 +101,11 @@ SHARDED: frozenset[StageKind] = frozenset(kind for kind, stage in STAGES.items()
 TRAINING: frozenset[StageKind] = frozenset(kind for kind, stage in STAGES.items() if MODEL_DIR in stage.writes)
 SINGLE_TASK: frozenset[StageKind] = frozenset(STAGES) - SHARDED
 EVALUATE_STAGE = "evaluate"  # the folder of the report (api/routes/reports.py reads <run>/evaluate/report.json)
-# The stages that turn an iteration's labels into its policy, per RunConfig.policy_optimization; the model of the
-# last one is the iteration's policy.
-OPTIMIZATION_STAGES: dict[str, tuple[StageKind, ...]] = {
-    "ppo": ("reward_model", "ppo"),
-    "dpo": ("dpo",),
+# The stages of one RLAIF iteration, per RunConfig.policy_optimization; the model of the last one is the
+# iteration's policy.
+ITERATION_STAGES: dict[str, tuple[StageKind, ...]] = {
+    "ppo": ("pairs", "judge", "reward_model", "ppo"),
+    "dpo": ("pairs", "judge", "dpo"),
 }
 ALIASES = {
     "policy": "the final aligned policy (the last PPO or DPO stage)",
@@ -147,8 +147,7 @@ def plan(cfg: RunConfig) -> list[StageSpec]:
     """The ordered stages of a run with this config."""
     stages = [_spec("critique"), _spec("sft")]
     for iteration in range(1, cfg.iterations + 1):
-        stages += [_spec("pairs", iteration), _spec("judge", iteration)]
-        stages += [_spec(kind, iteration) for kind in OPTIMIZATION_STAGES[cfg.policy_optimization]]
+        stages += [_spec(kind, iteration) for kind in ITERATION_STAGES[cfg.policy_optimization]]
     # Stage 7 compares the models of the last iteration; its name stays "evaluate" whatever the iteration count.
     stages.append(StageSpec(EVALUATE_STAGE, "evaluate", cfg.iterations, STAGES["evaluate"].task))
     return stages
@@ -183,7 +182,7 @@ def upstream(cfg: RunConfig, spec: StageSpec, role: str) -> str | None:
 
 def policy_kind(cfg: RunConfig) -> StageKind:
     """The kind of stage that trains the policy of each iteration: "ppo" or "dpo"."""
-    return OPTIMIZATION_STAGES[cfg.policy_optimization][-1]
+    return ITERATION_STAGES[cfg.policy_optimization][-1]
 
 
 def policy_stage(cfg: RunConfig, iteration: int) -> str:
