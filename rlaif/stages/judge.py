@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
@@ -186,6 +187,21 @@ def stage_result(
         metrics=label_metrics(labels),
         extra=extra,
     )
+
+
+def load_judge(
+    model_name: str, dtype: str, stage_dir: Path | None = None
+) -> tuple[PreTrainedModel | OptionScorer, PreTrainedTokenizerBase]:
+    """(model, tokenizer) of the judge `model_name`: a causal LM loaded in process, or for `endpoint:<name>` an
+    EndpointScorer and its tokenizer, whose responses are cached and usage recorded in `stage_dir`."""
+    if is_endpoint(model_name):
+        from rlaif.judging.endpoint import EndpointScorer
+
+        scorer = EndpointScorer(model_name, stage_dir=stage_dir)
+        return scorer, scorer.tokenizer
+    from rlaif.modeling import load_causal_lm, load_tokenizer
+
+    return load_causal_lm(model_name, dtype=dtype), load_tokenizer(model_name)
 
 
 def judge_generator(
