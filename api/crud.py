@@ -34,6 +34,7 @@ from rlaif.service.db import (
     SHIPPED_OWNER,
     CheckpointRow,
     ConstitutionRow,
+    PreferenceSetRow,
     PromptSetRow,
     RunRow,
     StageRunRow,
@@ -43,7 +44,7 @@ from rlaif.service.db import (
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", PromptSetRow, RunRow, CheckpointRow)
+R = TypeVar("R", PromptSetRow, PreferenceSetRow, RunRow, CheckpointRow)
 
 # (path, mtime_ns, size) -> parsed constitution, so a listing re-parses only files that changed; and the
 # (database, file version) pairs already registered, so a listing writes only when a file changed.
@@ -133,6 +134,10 @@ def _get_owned(session: Session, model: type[R], what: str, owner: str, ident: s
 
 def get_prompt_set(session: Session, owner: str, ident: str) -> PromptSetRow:
     return _get_owned(session, PromptSetRow, "prompt set", owner, ident)
+
+
+def get_preference_set(session: Session, owner: str, ident: str) -> PreferenceSetRow:
+    return _get_owned(session, PreferenceSetRow, "preference set", owner, ident)
 
 
 def get_run(session: Session, owner: str, ident: str) -> RunRow:
@@ -228,6 +233,7 @@ def run_summary(row: RunRow, stored: StoredConfig | None = None) -> RunSummary:
         status=row.status,  # type: ignore[arg-type]
         constitution_id=row.constitution_id,
         prompt_set_id=row.prompt_set_id,
+        preference_set_id=row.preference_set_id,
         policy_model=cfg.policy_model if cfg else None,
         iterations=cfg.iterations if cfg else None,
         policy_optimization=cfg.policy_optimization if cfg else None,
@@ -280,8 +286,8 @@ SHOWN_RUNS = 20  # run ids named in a 409's detail (its errors list every one)
 
 
 def refuse_if_used(session: Session, what: str, ident: str, column: Any) -> None:
-    """409 naming the runs whose `column` (RunRow.prompt_set_id, RunRow.constitution_id) is `ident`: a run keeps
-    the inputs it was started from, so they go only after the runs (DELETE /v1/runs/{id})."""
+    """409 naming the runs whose `column` (RunRow.prompt_set_id, .preference_set_id, .constitution_id) is `ident`: a
+    run keeps the inputs it was started from, so they go only after the runs (DELETE /v1/runs/{id})."""
     users = list(session.scalars(select(RunRow.id).where(column == ident).order_by(RunRow.created_at, RunRow.id)))
     if not users:
         return

@@ -12,7 +12,7 @@ from api.docs import install_docs
 from api.errors import declare_error_bodies, install_handlers
 from api.headers import SecurityHeaders
 from api.limits import RequestLimits
-from api.routes import checkpoints, constitutions, health, prompt_sets, reports, runs, usage
+from api.routes import checkpoints, constitutions, health, preference_sets, prompt_sets, reports, runs, usage
 from api.schemas import ErrorPublic
 from rlaif import __version__
 from rlaif.service.db import SchemaError, get_engine, session_factory
@@ -52,7 +52,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             429: {"model": ErrorPublic, "description": "Rate limit exceeded (with Retry-After)."},
         },
     )
-    for module in (constitutions, prompt_sets, runs, checkpoints, usage):
+    for module in (constitutions, prompt_sets, preference_sets, runs, checkpoints, usage):
         v1.include_router(module.router)
     v1.include_router(reports.router)
     app.include_router(v1)

@@ -28,7 +28,7 @@ from api.crud import stored_config
 from api.errors import ApiError
 from api.schemas import BudgetFigures, QuotaLimits, UsagePublic
 from rlaif.budget import Cost, RunBudget, estimate_budget
-from rlaif.service.db import QUEUED, RUNNING, TERMINAL, ConstitutionRow, PromptSetRow, RunRow, utcnow
+from rlaif.service.db import QUEUED, RUNNING, TERMINAL, ConstitutionRow, PreferenceSetRow, PromptSetRow, RunRow, utcnow
 from rlaif.settings import Settings
 from rlaif.store import ArtifactStore
 
@@ -57,12 +57,13 @@ def active_runs(session: Session, owner: str) -> int:
 
 
 def stored_bytes(session: Session, store: ArtifactStore, owner: str) -> tuple[int, int]:
-    """(bytes of the key's run folders, bytes of its prompt sets and constitutions as stored JSON)."""
+    """(bytes of the key's run folders, bytes of its prompt sets, preference sets and constitutions as stored JSON)."""
     run_ids = session.scalars(select(RunRow.id).where(RunRow.owner == owner))
     run_bytes = sum(store.run_bytes(run_id) for run_id in run_ids)
     upload_bytes = 0
     for column, owner_column in (
         (PromptSetRow.items, PromptSetRow.owner),
+        (PreferenceSetRow.items, PreferenceSetRow.owner),
         (ConstitutionRow.document, ConstitutionRow.owner),
     ):
         query = select(func.coalesce(func.sum(func.length(cast(column, Text))), 0)).where(owner_column == owner)

@@ -119,6 +119,31 @@ class PromptSetsPublic(BaseModel):
     count: int
 
 
+# ---------------------------------------------------------------- preference sets
+
+
+class PreferencePairPublic(BaseModel):
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class PreferenceSetPublic(_Public):
+    id: str
+    name: str
+    count: int = Field(description="Pairs kept after de-duplication.")
+    duplicates: int = Field(description="Pairs dropped as duplicates of earlier ones (the same three texts).")
+    sha256: str
+    created_at: datetime
+    preview: list[PreferencePairPublic] = Field(default_factory=list, description="The first pairs of the set.")
+
+
+class PreferenceSetsPublic(BaseModel):
+    data: list[PreferenceSetPublic] = Field(description="The sets, newest first (without previews).")
+    count: int
+
+
 # ---------------------------------------------------------------- runs
 
 
@@ -140,6 +165,11 @@ class RunCreate(BaseModel):
 
     constitution_id: str = Field(description="A constitution version id (GET /v1/constitutions).")
     prompt_set_id: str = Field(description="A prompt set id (POST /v1/prompt-sets).")
+    preference_set_id: str | None = Field(
+        default=None,
+        description="A preference set id (POST /v1/preference-sets): human comparisons the reward model trains on "
+        "beside the AI labels (reward_model.human_mix); pinned into the run when it is created. null = none.",
+    )
     principles: PrincipleSelection = Field(default_factory=PrincipleSelection)
     policy_model: str | None = Field(default=None, description="Base policy model (registry name or server folder).")
     judge_model: str | None = Field(
@@ -198,6 +228,7 @@ class RunSummary(BaseModel):
     status: RunStatus
     constitution_id: str
     prompt_set_id: str
+    preference_set_id: str | None = Field(default=None, description="The run's preference set, if it names one.")
     policy_model: str | None = Field(description="null when the stored config cannot be read (config_error).")
     iterations: int | None = Field(description="null when the stored config cannot be read (config_error).")
     policy_optimization: str | None = Field(

@@ -97,6 +97,13 @@ class CritiqueConfig(_Section):
         le=1024,
         description="Prompts critiqued together: each step of a round is one batched generate call.",
     )
+    judge_filter: bool | None = Field(
+        default=None,
+        description="Keep a revision for SFT only when the judge (judge.model) prefers it to the first answer in both "
+        "orders, under the principle it was revised for (rlaif/judging/revision_filter.py; dropped records are "
+        "flagged judge:prefers-initial or judge:split-orders); null = on when the judge is another model than the "
+        "policy (the policy judging its own revisions is mostly position bias).",
+    )
 
 
 class SFTConfig(_Section):
@@ -121,6 +128,14 @@ class SFTConfig(_Section):
         description="Plain helpful answers (the critique stage's answers to the prompt set's `kind: helpful` prompts) "
         "mixed into the training data, as a fraction of the revision examples (0.5 = one helpful example per two "
         "revisions; 0 = none); null = every helpful answer there is (Bai et al. sec. 3.1 'to retain helpfulness').",
+    )
+    min_revision_survival: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="Warn (log and the stage result's extra.warnings) when fewer than this fraction of the critiqued "
+        "(harmful) prompts kept a revision for SFT after the quality checks and the judge filter: the feedback model "
+        "or the judge is too weak for the data to be worth training on.",
     )
     lora_rank: int = Field(default=0, ge=0, le=256, description="LoRA rank via peft; 0 = full fine-tuning.")
     lora_alpha: int = Field(default=32, ge=1, le=4096, description="LoRA alpha (scale = alpha / rank).")
@@ -283,6 +298,15 @@ class RewardModelConfig(_Section):
         "and users load), the adapter kept in model/adapter/.",
     )
     lora_alpha: int = Field(default=32, ge=1, le=4096, description="LoRA alpha (scale = alpha / rank).")
+    human_mix: float | None = Field(
+        default=None,
+        ge=0,
+        le=4,
+        description="Human-labelled pairs (the run's preference set, <run>/inputs/human_pairs.jsonl: chosen beats "
+        "rejected, a hard label p = 1) mixed into training beside the AI soft labels, as a fraction of the AI training "
+        "pairs (0.5 = one human pair per two AI pairs, a seeded sample; 0 = none); null = every human pair there is. "
+        "The hybrid preference model of Bai et al. 2022 sec. 4.1: human helpfulness, AI harmlessness comparisons.",
+    )
 
 
 class PPOConfig(_Section):
@@ -655,6 +679,14 @@ class RunConfig(_Section):
     def judge_model(self) -> str:
         """The model that judges pairs (stage 4 and the evaluation): judge.model, else the policy."""
         return self.judge.model or self.policy_model
+
+    @property
+    def judge_filters_revisions(self) -> bool:
+        """Whether the judge filters stage 1's revisions: critique.judge_filter, else on when the judge is not the
+        policy (a policy judging its own revisions adds little but its position bias)."""
+        if self.critique.judge_filter is not None:
+            return self.critique.judge_filter
+        return self.judge_model != self.policy_model
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A new config with nested overrides applied ({"ppo": {"kl_coef": 0.1}}); validated again as a whole."""

@@ -47,6 +47,24 @@ class CritiqueRecord(_Record):
     flags: list[str] = Field(
         default_factory=list, description="Quality-check findings (empty, unchanged, meta-text...)."
     )
+    revision_judgement: PrincipleJudgement | None = Field(
+        default=None,
+        description="The judge filter's verdict (critique.judge_filter): response_a = the final revision, response_b = "
+        "the first answer, under the principle the revision was written for; p_a and p_a_swapped are P(revision "
+        "better) in each order. null: not judged (filter off, a helpful prompt, or already dropped).",
+    )
+
+
+class PreferenceItem(_Record):
+    """One human-labelled comparison of a preference set (POST /v1/preference-sets): `chosen` beats `rejected`.
+
+    A run naming the set pins its items in <run>/inputs/human_pairs.jsonl; the reward model trains on them as hard
+    labels (p = 1 for chosen) beside the AI soft labels (reward_model.human_mix)."""
+
+    id: str = Field(description="Stable id (given, or derived from the hash of prompt, chosen and rejected).")
+    prompt: str = Field(description="The user's message.")
+    chosen: str = Field(description="The preferred response.")
+    rejected: str = Field(description="The dispreferred response.")
 
 
 class SFTExample(_Record):
@@ -122,3 +140,6 @@ class LabelRecord(_Record):
     method: str | None = Field(
         default=None, description="How the judgements' options were read (see PrincipleJudgement)."
     )
+
+
+CritiqueRecord.model_rebuild()  # (its revision_judgement names PrincipleJudgement, defined after it)

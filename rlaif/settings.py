@@ -34,7 +34,7 @@ class Settings(BaseSettings):
         default=None, description="Datasets and checkpoints (default: <home>/artifacts)."
     )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of the run store (default: sqlite:///<home>/rlaif.service.db)."
+        default=None, description="SQLAlchemy URL of the run store (default: sqlite:///<home>/rlaif.db)."
     )
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
     result_backend: str | None = Field(default=None, description="Celery result backend (default: the broker URL).")
@@ -207,7 +207,7 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'rlaif.service.db'}"
+        return self.database_url or f"sqlite:///{self.home / 'rlaif.db'}"
 
 
 settings = Settings()

@@ -84,7 +84,7 @@ def v1_routes(app: Any) -> list[tuple[str, str]]:
     for path, item in app.openapi()["paths"].items():
         if path.startswith("/v1/"):
             filled = path.replace("{path}", "config.json")
-            for name in ("run_id", "checkpoint_id", "constitution_id", "prompt_set_id"):
+            for name in ("run_id", "checkpoint_id", "constitution_id", "prompt_set_id", "preference_set_id"):
                 filled = filled.replace("{" + name + "}", "x-0000000000000000")
             out += [(method.upper(), filled) for method in item]
     return out

@@ -14,7 +14,15 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from api import quotas
-from api.crud import checkpoint_public, get_constitution, get_prompt_set, get_run, run_public, run_summary
+from api.crud import (
+    checkpoint_public,
+    get_constitution,
+    get_preference_set,
+    get_prompt_set,
+    get_run,
+    run_public,
+    run_summary,
+)
 from api.deps import CeleryDep, OwnerDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, pydantic_problems
 from api.schemas import (
@@ -35,6 +43,7 @@ from rlaif.config import DERIVED_FIELDS, RunConfig
 from rlaif.constitution import Constitution
 from rlaif.endpoints import endpoint_name
 from rlaif.modeling import HUB_ID, REGISTRY
+from rlaif.preference_sets import pin_preference_set
 from rlaif.service import state
 from rlaif.service.db import CheckpointRow, EventRow, RunRow, StageRunRow
 from workers.app import send_all
@@ -147,9 +156,13 @@ def create_run(
     body: RunCreate, session: SessionDep, store: StoreDep, owner: OwnerDep, celery: CeleryDep, settings: SettingsDep
 ) -> RunPublic:
     """Validate, check the run's estimated budget and the key's quotas (GET /v1/usage), pin the inputs
-    (<run>/inputs/: train and held-out prompts, constitution, config) and start the run."""
+    (<run>/inputs/: train and held-out prompts, constitution, config, the preference set's human pairs) and start
+    the run."""
     constitution_row = get_constitution(session, owner, body.constitution_id)
     prompt_set = get_prompt_set(session, owner, body.prompt_set_id)
+    preference_set = (
+        None if body.preference_set_id is None else get_preference_set(session, owner, body.preference_set_id)
+    )
     cfg = build_config(body)
     constitution = Constitution.model_validate(constitution_row.document)
     problems = []
@@ -174,6 +187,9 @@ def create_run(
             problem := model_problem(model, field, settings.model_root_paths(), settings.endpoints.keys())
         ):
             problems.append(problem)
+    if preference_set is not None and cfg.policy_optimization == "dpo":
+        # (a set the run would never read: DPO trains on the AI labels directly, with no reward model)
+        problems.append("preference_set_id: human pairs train the reward model, and a dpo run has none")
     if problems:
         raise _unprocessable("invalid run", problems)
     try:
@@ -188,6 +204,10 @@ def create_run(
         )
     except ValueError as exc:
         raise _unprocessable("invalid run", [str(exc)]) from None
+    if preference_set is not None:
+        # Pinned like the prompts: the run trains on the pairs as they are now, whatever happens to the set.
+        run.preference_set_id = preference_set.id
+        pin_preference_set(store, run.id, preference_set.id, preference_set.items)
     session.commit()
     try:
         send_all(celery, [state.Dispatch(state.ADVANCE, (run.id,))])

@@ -7,6 +7,7 @@ One module per job:
 - `labels.py`   the arithmetic: two-option normalisation, both-order averaging, flips, clamping, ensembling
 - `judge.py`    `judge_pair` (one pair, both orders, one forward pass) and `judge_requests` (many pairs)
 - `audit.py`    agreement with human labels, position-flip rate and calibration (`rlaif judge-eval`)
+- `revision_filter.py`  SL-CAI revisions kept only when the judge prefers them to the first answer in both orders
 
 The stage that labels a run's comparisons is `rlaif/stages/judge.py`.
 """

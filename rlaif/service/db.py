@@ -135,6 +135,21 @@ class PromptSetRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class PreferenceSetRow(Base):
+    """Human comparisons {prompt, chosen, rejected} (rlaif/preference_sets.py) for the hybrid preference model."""
+
+    __tablename__ = "preference_sets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    sha256: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer)
+    duplicates: Mapped[int] = mapped_column(Integer, doc="Pairs dropped as duplicates at upload.")
+    items: Mapped[list[Any]] = mapped_column(doc="[{id, prompt, chosen, rejected}, ...] in upload order.")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class RunRow(Base):
     __tablename__ = "runs"
 
@@ -144,6 +159,9 @@ class RunRow(Base):
     constitution_id: Mapped[str] = mapped_column(ForeignKey("constitutions.id"))
     constitution_sha256: Mapped[str] = mapped_column(String(64))
     prompt_set_id: Mapped[str] = mapped_column(ForeignKey("prompt_sets.id"))
+    preference_set_id: Mapped[str | None] = mapped_column(
+        ForeignKey("preference_sets.id"), default=None, doc="Human pairs the reward model also trains on (or none)."
+    )
     config_json: Mapped[str] = mapped_column(
         Text, doc="RunConfig as JSON, with its config_version; read back with rlaif.config.stored_run_config."
     )

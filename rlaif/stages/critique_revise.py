@@ -17,6 +17,11 @@ is one and it differs from the first answer. Prompts of kind `helpful` are only 
 answers join the SFT data as kind "helpful" (sft.helpful_mix). A prompt or history that does not fit the model's context is cut by the
 rule of rlaif/truncation.py (flag `truncated-to-fit`; the stage result's `long_items` lists the ids).
 
+Then, when the run has the judge filter (critique.judge_filter; on by default when the judge is not the policy),
+`judge_filter` keeps a revision only when the judge prefers it to the first answer in both orders under the
+principle it was revised for (rlaif/judging/revision_filter.py; flags `judge:prefers-initial`,
+`judge:split-orders`). The stage result counts what was kept and dropped, and why (`extra.dropped`).
+
     rlaif critique --constitution harmless --prompts examples/demo_prompts.jsonl --limit 3
     python -c "from rlaif.stages.critique_revise import run_critique_revise; help(run_critique_revise)"
 """
@@ -28,21 +33,30 @@ import random
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from tqdm.auto import tqdm
 
-from rlaif.config import CritiqueConfig
+from rlaif.config import CritiqueConfig, RunConfig
 from rlaif.constitution import Constitution, CritiqueExample, Principle, sample_principles
 from rlaif.endpoints import read_usage, usage_counts
 from rlaif.generation import Completion, Conversation, Generator, cached_generator
 from rlaif.generation.common import derive_seed
+from rlaif.judging.judge import cached_judge
+from rlaif.judging.revision_filter import PREFERS_INITIAL, SPLIT_ORDERS, filter_revisions, needs_judging
 from rlaif.prompts import normalise
 from rlaif.records import CritiqueRecord, CritiqueRound, PromptItem, SFTExample
 from rlaif.stages import CRITIQUE_RECORDS_FILE, PROMPTS_FILE, SFT_DATA_FILE, StageResult
 from rlaif.stages.contract import StageContext, run_sharded
+from rlaif.stages.judge import judge_generator
 from rlaif.store import StoreError, read_jsonl, write_jsonl, write_manifest
 from rlaif.truncation import LongItems
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from rlaif.judging.scoring import OptionScorer
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +393,39 @@ def _answer_helpful(
     return records
 
 
+def judge_filter(
+    cfg: RunConfig,
+    records: Sequence[CritiqueRecord],
+    constitution: Constitution,
+    stage_dir: Path | None = None,
+    *,
+    judge: tuple[PreTrainedModel | OptionScorer, PreTrainedTokenizerBase] | None = None,
+) -> list[CritiqueRecord]:
+    """The records after the run's judge filter (rlaif/judging/revision_filter.py) when it has one
+    (`cfg.judge_filters_revisions`), else as they are. The judge is `judge` (a worker's loaded (model, tokenizer))
+    or cfg.judge_model loaded here; an endpoint judge caches its responses and records its usage in `stage_dir`, so
+    its requests and tokens join the stage result as judge_*. Nothing is loaded when no record needs judging."""
+    if not cfg.judge_filters_revisions or not any(needs_judging(r) for r in records):
+        return list(records)
+    model, tokenizer = (
+        judge if judge is not None else cached_judge(cfg.judge_model, cfg.judge.dtype, stage_dir=stage_dir)
+    )
+    generator = None
+    if cfg.judge.chain_of_thought:
+        generator = judge_generator(model, tokenizer, cfg.judge_model, cfg.generation.batch_size)
+    return filter_revisions(records, model, tokenizer, constitution, cfg.judge, cfg.seed, generator=generator)
+
+
+# The flags that take a record out of the SFT data, each the reason it is not there.
+DROPPING = ("no-valid-revision", "unchanged-from-initial", "answer:empty", PREFERS_INITIAL, SPLIT_ORDERS)
+_PER_STEP = re.compile(r"^(?:round\d+|answer):")  # "round2:meta", "answer:empty": counted by what they found
+
+
+def drop_reason(record: CritiqueRecord) -> str:
+    """Why a record that is not kept is not in the SFT data: the last flag that dropped it."""
+    return next((flag for flag in reversed(record.flags) if flag in DROPPING), "unknown")
+
+
 def to_sft_examples(records: Iterable[CritiqueRecord]) -> list[SFTExample]:
     """(prompt, final revision) of every kept record; helpful prompts' plain answers as kind "helpful"."""
     return [SFTExample(id=r.id, prompt=r.prompt, response=r.final_revision, kind=r.kind) for r in records if r.kept]
@@ -388,11 +435,22 @@ def stage_result(records: Sequence[CritiqueRecord], n_sft: int, usage: dict[str,
     """The stage's counts, metrics and extras; `usage` is the endpoint usage read from the stage folder (a
     feedback.model endpoint: its requests and tokens join the counts as feedback_*)."""
     flag_counts: dict[str, int] = {}
+    dropped: dict[str, int] = {}
     for record in records:
         for flag in record.flags:
-            kind = flag.split(":", 1)[-1]
+            # A step's findings by what they found ("meta"); the judge filter's whole ("judge:split-orders").
+            kind = _PER_STEP.sub("", flag)
             flag_counts[kind] = flag_counts.get(kind, 0) + 1
+        if not record.kept:
+            reason = drop_reason(record)
+            dropped[reason] = dropped.get(reason, 0) + 1
     long_items = LongItems.of([r.id for r in records if any(f.endswith(TRUNCATED) for f in r.flags)])
+    judged = [r for r in records if r.revision_judgement is not None]
+    judge_counts: dict[str, int] = {}
+    metrics = {"critique/kept_fraction": n_sft / len(records)} if records else {}
+    if judged:
+        judge_counts = {"judged": len(judged), "judge_dropped": sum(not r.kept for r in judged)}
+        metrics["critique/judge_kept_fraction"] = sum(r.kept for r in judged) / len(judged)
     return StageResult(
         stage=STAGE,
         outputs=[f"{STAGE}/{CRITIQUE_RECORDS_FILE}", f"{STAGE}/{SFT_DATA_FILE}"],
@@ -402,10 +460,16 @@ def stage_result(records: Sequence[CritiqueRecord], n_sft: int, usage: dict[str,
             "dropped": len(records) - n_sft,
             "helpful_answers": sum(r.kind == "helpful" and r.kept for r in records),
             "truncated": long_items.truncated,
+            **judge_counts,
             **usage_counts(usage or {}),
         },
-        metrics={"critique/kept_fraction": n_sft / len(records)} if records else {},
-        extra={"flags": flag_counts, "long_items": long_items.model_dump(), **({"usage": usage} if usage else {})},
+        metrics=metrics,
+        extra={
+            "flags": flag_counts,
+            "dropped": dropped,
+            "long_items": long_items.model_dump(),
+            **({"usage": usage} if usage else {}),
+        },
     )
 
 
@@ -437,9 +501,17 @@ def process(
     if generator is None:
         generator = cached_generator(cfg.feedback_model, cfg.generation, stage_dir=ctx.out_dir)
     log.info("critique-revise: %d prompts, %d rounds, model %s", len(items), cfg.critique.rounds, generator.model_name)
-    yield from critique_revise(
+    records = critique_revise(
         items, ctx.constitution, cfg.critique.principles, cfg.critique, generator, cfg.seed, progress=False
     )
+    # Batch by batch through the judge filter (a revision kept only when the judge prefers it in both orders).
+    batch: list[CritiqueRecord] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == cfg.critique.batch_size:
+            yield from judge_filter(cfg, batch, ctx.constitution, ctx.out_dir)
+            batch = []
+    yield from judge_filter(cfg, batch, ctx.constitution, ctx.out_dir)
 
 
 def write(ctx: StageContext, records: Sequence[CritiqueRecord]) -> StageResult:

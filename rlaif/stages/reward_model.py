@@ -45,7 +45,8 @@ from rlaif.config import RewardModelConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import ModelError, disable_dropout, load_tokenizer, resolve_model
-from rlaif.records import LabelRecord
+from rlaif.preference_sets import read_human_pairs
+from rlaif.records import LabelRecord, PreferenceItem
 from rlaif.rl.losses import bradley_terry_loss
 from rlaif.stages import LABELS_FILE, METRICS_FILE, MODEL_DIR, STEPS_DIR, StageResult
 from rlaif.stages.contract import StageContext, StepCallback
@@ -60,6 +61,7 @@ from rlaif.training import (
     plan_batches,
     rank_micro_batches,
     seed_everything,
+    seeded_permutation,
     split_holdout,
     tokenize_chat,
     use_packed_attention,
@@ -120,11 +122,14 @@ def train_reward_model(
     meta: dict[str, Any] | None = None,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    human_pairs: Sequence[PreferenceItem | PreferencePair] | None = None,
 ) -> StageResult:
     """Train a reward model from `sft_model` on soft-labelled pairs; writes out_dir/model, steps, metrics.jsonl.
 
     `on_step(step, total_steps, metrics)` runs after every optimizer step (heartbeat hook; raising in it stops training like a
-    crash, and the next call resumes from the newest step state).
+    crash, and the next call resumes from the newest step state). `human_pairs` (the run's preference set,
+    `rlaif.preference_sets.read_human_pairs`) join the training data as hard labels, p = 1 for `chosen`, as many as
+    reward_model.human_mix says: the hybrid preference model of Bai et al. 2022 sec. 4.1.
     """
     # --- setup ----------------------------------------------------------------------------------------------
     info = init_distributed()
@@ -134,7 +139,9 @@ def train_reward_model(
     tokenizer = reward_tokenizer(sft_model)
 
     train_idx, eval_idx = split_holdout(len(labels), cfg.eval_fraction, seed)
+    mixed = _human_mix(human_pairs, len(train_idx), cfg, seed)
     train_data = [tokenize_pair(tokenizer, labels[i], cfg.max_length) for i in train_idx]
+    train_data += [tokenize_human_pair(tokenizer, pair, cfg.max_length) for pair in mixed]
     eval_data = [tokenize_pair(tokenizer, labels[i], cfg.max_length) for i in eval_idx]
     plan = plan_batches(len(train_data), cfg.batch_size, cfg.micro_batch_size, info.world_size, "reward_model")
     total_steps = plan.steps_per_epoch * cfg.epochs
@@ -153,9 +160,9 @@ def train_reward_model(
     loss_module = wrap_ddp(LossModule(model, pair_loss_sum), info)
     amp = autocast_dtype(cfg.dtype, info.device)
     log.info(
-        "reward model from %s on %d pairs (%d held out): %d steps of %d pairs, %d micro-batches of %d per rank x %d "
-        "ranks, start at step %d, autocast %s",
-        sft_model, len(train_data), len(eval_data), total_steps, plan.batch_size, plan.accumulation,
+        "reward model from %s on %d pairs (%d human, %d held out): %d steps of %d pairs, %d micro-batches of %d per "
+        "rank x %d ranks, start at step %d, autocast %s",
+        sft_model, len(train_data), len(mixed), len(eval_data), total_steps, plan.batch_size, plan.accumulation,
         cfg.micro_batch_size, info.world_size, start_step, amp,
     )  # fmt: skip
 
@@ -207,12 +214,15 @@ def train_reward_model(
     # --- normalise and save ---------------------------------------------------------------------------------
     model.eval()
     model.set_attn_implementation(attention)
+    # Normalised over the AI-labelled (policy-sampled) responses only: PPO scores the policy's samples, and human
+    # responses, written elsewhere, would shift the mean away from what PPO sees.
     responses = sorted({(labels[i].prompt, r) for i in train_idx for r in (labels[i].response_a, labels[i].response_b)})
     mean, std = reward_moments(model, tokenizer, responses, cfg.max_length, cfg.micro_batch_size * 2, info)
     gain, bias = 1.0 / std, -mean / std
     model.config.reward_gain, model.config.reward_bias = gain, bias
     counts = {
         "train_pairs": len(train_data),
+        "human_pairs": len(mixed),
         "eval_pairs": len(eval_data),
         "normalisation_responses": len(responses),
         "steps": total_steps,
@@ -231,6 +241,23 @@ def train_reward_model(
         stage="reward_model", outputs=[MODEL_DIR, METRICS_FILE], counts=counts, metrics=final,
         extra={"reward_gain": gain, "reward_bias": bias},
     )  # fmt: skip
+
+
+def _human_mix(
+    pairs: Sequence[PreferenceItem | PreferencePair] | None, n_train: int, cfg: RewardModelConfig, seed: int
+) -> list[PreferenceItem | PreferencePair]:
+    """The human pairs mixed into training: all of them when reward_model.human_mix is null, else
+    round(human_mix x n_train) of them, a seeded sample kept in file order."""
+    pairs = list(pairs or [])
+    if cfg.human_mix is None:
+        return pairs
+    if cfg.human_mix <= 0 or not pairs:
+        return []
+    wanted = round(cfg.human_mix * n_train)
+    if wanted > len(pairs):
+        log.warning("reward_model.human_mix wants %d human pairs, only %d exist: using all", wanted, len(pairs))
+    order = seeded_permutation(len(pairs), seed, 3)[:wanted]
+    return [pairs[i] for i in sorted(order)]
 
 
 def _train_step(
@@ -349,6 +376,16 @@ def tokenize_pair(tokenizer: Any, label: LabelRecord, max_length: int) -> PairEx
         tokenize_chat(tokenizer, label.prompt, label.response_a, max_length).input_ids,
         tokenize_chat(tokenizer, label.prompt, label.response_b, max_length).input_ids,
         label.p_a,
+    )
+
+
+def tokenize_human_pair(tokenizer: Any, pair: PreferenceItem | PreferencePair, max_length: int) -> PairExample:
+    """A human comparison as a hard label: side a is `chosen`, p = 1 (the loss is then -log s(r_chosen - r_rejected),
+    the plain Bradley-Terry loss of a human preference)."""
+    return PairExample(
+        tokenize_chat(tokenizer, pair.prompt, pair.chosen, max_length).input_ids,
+        tokenize_chat(tokenizer, pair.prompt, pair.rejected, max_length).input_ids,
+        1.0,
     )
 
 
@@ -493,17 +530,17 @@ def reward_score_fn(
 
 
 def evaluate_reward_model(
-    path: str | Path, pairs: Sequence[PreferencePair | LabelRecord], batch_size: int = 8
+    path: str | Path, pairs: Sequence[PreferencePair | PreferenceItem | LabelRecord], batch_size: int = 8
 ) -> dict[str, float]:
     """Accuracy and soft BT loss (on raw rewards) of a trained reward model on labelled pairs.
 
-    Human pairs (PreferencePair) count as p = 1 for `chosen`; LabelRecords keep their soft p_a.
+    Human pairs (PreferencePair, PreferenceItem) count as p = 1 for `chosen`; LabelRecords keep their soft p_a.
     """
     rm = load_reward_model(path)
     sides: list[tuple[str, str]] = []
     labels: list[float] = []
     for pair in pairs:
-        if isinstance(pair, PreferencePair):
+        if isinstance(pair, PreferencePair | PreferenceItem):
             sides += [(pair.prompt, pair.chosen), (pair.prompt, pair.rejected)]
             labels.append(1.0)
         else:
@@ -554,5 +591,12 @@ def run_reward_model(ctx: StageContext) -> StageResult:
         counts={"labels": len(labels)}, run_id=ctx.run_id,
     )  # fmt: skip
     return train_reward_model(
-        labels, sft_model, ctx.cfg.reward_model, out_dir, ctx.cfg.seed, meta=meta, on_step=ctx.hooks.on_step
+        labels,
+        sft_model,
+        ctx.cfg.reward_model,
+        out_dir,
+        ctx.cfg.seed,
+        meta=meta,
+        on_step=ctx.hooks.on_step,
+        human_pairs=read_human_pairs(ctx.store, ctx.run_id),  # the run's preference set, pinned at creation
     )

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -36,8 +36,9 @@ from rlaif.config import SFTConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import disable_dropout, load_causal_lm, load_tokenizer
-from rlaif.records import SFTExample
+from rlaif.records import CritiqueRecord, SFTExample
 from rlaif.stages import (
+    CRITIQUE_RECORDS_FILE,
     METRICS_FILE,
     MODEL_DIR,
     SFT_DATA_FILE,
@@ -45,7 +46,7 @@ from rlaif.stages import (
     StageResult,
 )
 from rlaif.stages.contract import StageContext, StepCallback
-from rlaif.store import read_jsonl, read_manifest
+from rlaif.store import ArtifactStore, read_jsonl, read_manifest
 from rlaif.training import (
     LossModule,
     TokenizedExample,
@@ -79,12 +80,15 @@ def train_sft(
     helpful_examples: list[SFTExample] | None = None,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    critiqued: int | None = None,
 ) -> StageResult:
     """Fine-tune `base_model` on `examples`; writes out_dir/model (HF folder), out_dir/steps, out_dir/metrics.jsonl.
 
     `on_step(step, total_steps, metrics)` is called after every optimizer step (and after that step's checkpoint): a worker
     heartbeats from it, and an exception raised in it stops training like a crash (resume picks up from the
     newest step state). `meta` (lineage from `checkpoint_meta`) is extended with counts and final metrics.
+    `critiqued` is how many harmful prompts stage 1 critiqued (`count_critiqued`): with it, the share whose revision
+    survived into `examples` is checked against sft.min_revision_survival (a warning in the result's extra).
     """
     # --- setup ----------------------------------------------------------------------------------------------
     info = init_distributed()
@@ -92,6 +96,9 @@ def train_sft(
     out_dir = Path(out_dir)
     steps_dir = out_dir / STEPS_DIR
     tokenizer = load_tokenizer(base_model)
+    survival = revision_survival(len(examples), critiqued, cfg.min_revision_survival)
+    if survival.warning and info.is_main:
+        log.warning("%s", survival.warning)
 
     train_idx, eval_idx = split_holdout(len(examples), cfg.eval_fraction, seed)
     train_examples = [examples[i] for i in train_idx] + _helpful_mix(helpful_examples, len(train_idx), cfg, seed)
@@ -169,8 +176,10 @@ def train_sft(
         "steps": total_steps,
     }
     final = {k: v for k, v in metrics.items() if k.startswith("loss/")}
+    extra = survival.extra()
     if info.is_main:
         full_meta = {**(meta or {}), "counts": {**(meta or {}).get("counts", {}), **counts}, "metrics": final}
+        full_meta.update(extra)  # (so a finished stage read back from its model folder still says so)
         full_meta.setdefault("stage", "sft")
         full_meta.setdefault("base_model", base_model)
         model.eval()
@@ -178,7 +187,52 @@ def train_sft(
         save_hf_checkpoint(model, tokenizer, out_dir / MODEL_DIR, full_meta)
         remove_resume_states(out_dir, STEPS_DIR)  # the finished model supersedes the resume states
     barrier(info)
-    return StageResult(stage="sft", outputs=[MODEL_DIR, METRICS_FILE], counts=counts, metrics=final)
+    return StageResult(stage="sft", outputs=[MODEL_DIR, METRICS_FILE], counts=counts, metrics=final, extra=extra)
+
+
+class RevisionSurvival(NamedTuple):
+    """How many of the critiqued prompts kept a revision for SFT, and the warning when too few did."""
+
+    kept: int
+    critiqued: int | None
+    warning: str | None
+
+    @property
+    def fraction(self) -> float | None:
+        return self.kept / self.critiqued if self.critiqued else None
+
+    def extra(self) -> dict[str, Any]:
+        """The StageResult extra: {"revision_survival", "warnings"}; {} when the critiqued count is unknown."""
+        if self.critiqued is None:
+            return {}
+        return {
+            "revision_survival": {"kept": self.kept, "critiqued": self.critiqued, "fraction": self.fraction},
+            "warnings": [self.warning] if self.warning else [],
+        }
+
+
+def revision_survival(kept: int, critiqued: int | None, minimum: float) -> RevisionSurvival:
+    """`kept` revisions of `critiqued` harmful prompts against sft.min_revision_survival. Too few means stage 1's
+    feedback model (or its judge filter) threw most revisions away: SFT then trains on little, and on what a weak
+    model happened to get right, so the run says so where people look (the stage's event and the report)."""
+    if not critiqued or kept / critiqued >= minimum:
+        return RevisionSurvival(kept, critiqued, None)
+    return RevisionSurvival(
+        kept,
+        critiqued,
+        f"only {kept} of {critiqued} critiqued prompts ({kept / critiqued:.0%}) kept a revision for SFT, below "
+        f"sft.min_revision_survival {minimum:.0%}: see the critique stage's extra.dropped for why; a stronger "
+        "feedback.model gives more usable revisions",
+    )
+
+
+def count_critiqued(store: ArtifactStore, run_id: str, stage: str = "critique") -> int | None:
+    """Harmful prompts in the run's stage 1 records.jsonl (the prompts it critiqued, `train_sft(critiqued=...)`);
+    None when the file is not there."""
+    path = store.stage_dir(run_id, stage, create=False) / CRITIQUE_RECORDS_FILE
+    if not path.is_file():
+        return None
+    return sum(record.kind == "harmful" for record in read_jsonl(path, CritiqueRecord))
 
 
 def _train_step(
@@ -296,7 +350,7 @@ def run_sft(ctx: StageContext) -> StageResult:
     )  # fmt: skip
     return train_sft(
         examples, base_model, ctx.cfg.sft, out_dir, ctx.cfg.seed, meta=meta, helpful_examples=helpful,
-        on_step=ctx.hooks.on_step,
+        on_step=ctx.hooks.on_step, critiqued=count_critiqued(ctx.store, ctx.run_id, ctx.source("data") or "critique"),
     )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """Tenants are kept apart on every route: a second key cannot read, cancel, resume, delete or download the first
-key's constitutions, prompt sets, runs, reports or checkpoints, nor start a run on them; lists do not show them.
+key's constitutions, prompt sets, preference sets, runs, reports or checkpoints, nor start a run on them; lists do
+not show them.
 
 The test walks the app's own OpenAPI paths, so a route added later fails here until it is classified.
 
@@ -22,6 +23,8 @@ OWNED = {  # another owner's id in the path: 404, exactly as for an id that does
     ("GET", "/v1/constitutions/{constitution_id}/diff"),
     ("GET", "/v1/prompt-sets/{prompt_set_id}"),
     ("DELETE", "/v1/prompt-sets/{prompt_set_id}"),
+    ("GET", "/v1/preference-sets/{preference_set_id}"),
+    ("DELETE", "/v1/preference-sets/{preference_set_id}"),
     ("GET", "/v1/runs/{run_id}"),
     ("DELETE", "/v1/runs/{run_id}"),
     ("GET", "/v1/runs/{run_id}/events"),
@@ -35,8 +38,18 @@ OWNED = {  # another owner's id in the path: 404, exactly as for an id that does
     ("GET", "/v1/checkpoints/{checkpoint_id}/download"),
     ("GET", "/v1/checkpoints/{checkpoint_id}/files/{path}"),
 }
-LISTS = {("GET", "/v1/runs"), ("GET", "/v1/constitutions"), ("GET", "/v1/prompt-sets")}  # 200 without them
-CREATES = {("POST", "/v1/constitutions"), ("POST", "/v1/prompt-sets"), ("POST", "/v1/runs")}
+LISTS = {  # 200 without them
+    ("GET", "/v1/runs"),
+    ("GET", "/v1/constitutions"),
+    ("GET", "/v1/prompt-sets"),
+    ("GET", "/v1/preference-sets"),
+}
+CREATES = {
+    ("POST", "/v1/constitutions"),
+    ("POST", "/v1/prompt-sets"),
+    ("POST", "/v1/preference-sets"),
+    ("POST", "/v1/runs"),
+}
 # A body that is valid, so that what answers is the route (a request without one is a 422 before it runs).
 BODIES = {("PATCH", "/v1/constitutions/{constitution_id}"): {"changes": [{"op": "remove", "id": "helpful"}]}}
 OWN_FIGURES = {("GET", "/v1/usage")}  # 200 with the caller's own figures, counting nothing of another key's
@@ -47,12 +60,20 @@ def alices(api: TestClient, api_service: Service) -> dict[str, str]:
     """A constitution, prompt set, run and registered checkpoint of alice's."""
     con = api.post("/v1/constitutions", content=(REPO / "constitutions" / "minimal.yaml").read_bytes(), headers=auth())
     prompts = api.post("/v1/prompt-sets", json=["tenancy one?", "tenancy two?", "tenancy three?"], headers=auth())
-    request = {"constitution_id": con.json()["id"], "prompt_set_id": prompts.json()["id"], "config": TINY_RUN}
+    pairs = b'{"prompt": "tenancy?", "chosen": "Gladly.", "rejected": "No."}\n'
+    preferences = api.post("/v1/preference-sets", content=pairs, headers=auth())
+    request = {
+        "constitution_id": con.json()["id"],
+        "prompt_set_id": prompts.json()["id"],
+        "preference_set_id": preferences.json()["id"],
+        "config": TINY_RUN,
+    }
     run = api.post("/v1/runs", json=request, headers=auth()).json()
     checkpoint_id = register_checkpoint(api_service, run["id"])
     return {
         "constitution_id": con.json()["id"],
         "prompt_set_id": prompts.json()["id"],
+        "preference_set_id": preferences.json()["id"],
         "run_id": run["id"],
         "checkpoint_id": checkpoint_id,
         "path": "config.json",

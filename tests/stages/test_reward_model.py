@@ -14,13 +14,14 @@ from transformers import AutoModelForSequenceClassification
 
 from rlaif.config import RewardModelConfig, RunConfig
 from rlaif.distributed import init_distributed
-from rlaif.records import LabelRecord
+from rlaif.records import LabelRecord, PreferenceItem
 from rlaif.rl.losses import bradley_terry_loss
 from rlaif.stages import LABELS_FILE
 from rlaif.stages.contract import StageContext
 from rlaif.stages.reward_model import (
     PairExample,
     _add_lora,
+    _human_mix,
     evaluate_reward_model,
     load_preference_pairs,
     load_reward_backbone,
@@ -124,7 +125,13 @@ def test_train_normalises_and_saves_a_loadable_reward_model(tiny_model: str, tmp
     result = train_reward_model(
         labels, tiny_model, FAST.model_copy(update={"eval_fraction": 0.0}), tmp_path, seed=0, progress=False
     )
-    assert result.counts == {"train_pairs": 10, "eval_pairs": 0, "normalisation_responses": 20, "steps": 6}
+    assert result.counts == {
+        "train_pairs": 10,
+        "human_pairs": 0,
+        "eval_pairs": 0,
+        "normalisation_responses": 20,
+        "steps": 6,
+    }
 
     folder = tmp_path / "model"
     verify_manifest(folder)
@@ -165,6 +172,41 @@ def test_run_reward_model_and_human_pair_evaluation(tiny_model: str, tmp_path: P
     assert report["pairs"] == 8 and 0.0 <= report["accuracy"] <= 1.0 and report["loss"] > 0
     with pytest.raises(FileNotFoundError, match="run the judge stage first"):
         run_reward_model(StageContext.of(store, "r2", "reward_model", cfg=cfg, models={"base": tiny_model}))
+
+
+HUMAN = [
+    # Human helpfulness comparisons, unlike anything the AI labels hold: a recipe beats a brush-off.
+    PreferenceItem(id=f"hp{i}", prompt=f"Dinner idea {i}?", chosen="Pasta with garlic and lemon.", rejected="Dunno.")
+    for i in range(4)
+]
+
+
+def test_human_pairs_train_beside_the_ai_labels(tiny_model: str, tmp_path: Path) -> None:
+    cfg = FAST.model_copy(update={"eval_fraction": 0.0, "epochs": 3})
+    result = train_reward_model(_labels(6), tiny_model, cfg, tmp_path, seed=0, progress=False, human_pairs=HUMAN)
+    # 6 AI pairs + 4 human pairs = 10 training pairs, batch 4 -> 3 steps per epoch (the last one wraps), 3 epochs.
+    assert result.counts == {
+        "train_pairs": 10,
+        "human_pairs": 4,
+        "eval_pairs": 0,
+        "normalisation_responses": 12,  # (the AI pairs' responses only: what PPO's samples resemble)
+        "steps": 9,
+    }
+    meta = json.loads((tmp_path / "model" / "meta.json").read_text())
+    assert meta["counts"]["human_pairs"] == 4
+    # Trained on them as hard labels (p = 1 for chosen): the reward now ranks each human pair's chosen first.
+    assert evaluate_reward_model(tmp_path / "model", HUMAN)["accuracy"] == 1.0
+
+
+def test_human_mix_takes_every_human_pair_by_default_or_a_seeded_fraction(caplog: pytest.LogCaptureFixture) -> None:
+    pairs = [HUMAN[0].model_copy(update={"id": f"hp{i}"}) for i in range(10)]
+    assert _human_mix(pairs, 6, RewardModelConfig(), 0) == pairs  # human_mix null: all of them
+    assert _human_mix(pairs, 6, RewardModelConfig(human_mix=0), 0) == []
+    assert _human_mix(None, 6, RewardModelConfig(human_mix=0.5), 0) == []
+    half = _human_mix(pairs, 6, RewardModelConfig(human_mix=0.5), 0)  # round(0.5 x 6) = 3, in file order
+    assert len(half) == 3 and half == sorted(half, key=lambda p: pairs.index(p))
+    assert half == _human_mix(pairs, 6, RewardModelConfig(human_mix=0.5), 0)  # seeded: the same every time
+    assert _human_mix(pairs, 6, RewardModelConfig(human_mix=4), 0) == pairs and "only 10 exist" in caplog.text
 
 
 def test_reward_model_resume_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ from transformers import AutoModelForCausalLM
 from rlaif.config import RunConfig, SFTConfig
 from rlaif.constitution import load_constitution, resolve_constitution
 from rlaif.modeling import prepare_model
-from rlaif.records import SFTExample
-from rlaif.stages import CONSTITUTION_FILE, INPUTS, SFT_DATA_FILE
+from rlaif.records import CritiqueRecord, SFTExample
+from rlaif.stages import CONSTITUTION_FILE, CRITIQUE_RECORDS_FILE, INPUTS, SFT_DATA_FILE
 from rlaif.stages.contract import StageContext
-from rlaif.stages.sft import run_sft, train_sft
+from rlaif.stages.sft import count_critiqued, revision_survival, run_sft, train_sft
 from rlaif.store import ArtifactStore, verify_manifest, write_jsonl
 
 
@@ -99,6 +99,42 @@ def test_helpful_mix_takes_all_helpful_answers_by_default_or_a_fraction(caplog: 
     with caplog.at_level("WARNING"):  # a prompt set without helpful prompts trains on revisions alone
         assert _helpful_mix([], 8, FAST.model_copy(update={"helpful_mix": 0.5}), seed=0) == []
     assert "no helpful examples" in caplog.text
+
+
+def test_too_few_surviving_revisions_warn_in_the_result(
+    tiny_model: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 4 revisions of 20 critiqued prompts survived: 20 % < the default sft.min_revision_survival of 30 %.
+    cfg = FAST.model_copy(update={"epochs": 1, "eval_fraction": 0.0})
+    low = train_sft(_examples(4), tiny_model, cfg, tmp_path / "low", seed=0, progress=False, critiqued=20)
+    [warning] = low.extra["warnings"]
+    assert warning.startswith("only 4 of 20 critiqued prompts (20%) kept a revision for SFT, below ")
+    assert "sft.min_revision_survival 30%" in warning and warning in caplog.text
+    assert low.extra["revision_survival"] == {"kept": 4, "critiqued": 20, "fraction": 0.2}
+    meta = json.loads((tmp_path / "low" / "model" / "meta.json").read_text())
+    assert meta["warnings"] == [warning]  # (what a finished stage reads back)
+    # 4 of 10 (40 %) is enough; without the count (a caller that does not know it) nothing is checked.
+    assert revision_survival(4, 10, cfg.min_revision_survival).warning is None
+    assert revision_survival(4, None, cfg.min_revision_survival).extra() == {}
+    assert revision_survival(0, 0, cfg.min_revision_survival).warning is None  # (no harmful prompts at all)
+    strict = revision_survival(4, 10, 0.5)
+    assert (
+        strict.fraction == 0.4
+        and strict.warning is not None
+        and "below sft.min_revision_survival 50%" in strict.warning
+    )
+
+
+def test_count_critiqued_reads_the_harmful_records(tmp_path: Path) -> None:
+    records = [
+        CritiqueRecord(id=f"r{i}", prompt="p?", kind=kind, initial_response="a", rounds=[], final_revision="a",
+                       kept=i % 2 == 0)
+        for i, kind in enumerate(["harmful", "harmful", "helpful", "harmful"])
+    ]  # fmt: skip
+    store = ArtifactStore(tmp_path)
+    write_jsonl(store.path("r1", "critique", CRITIQUE_RECORDS_FILE), records)
+    assert count_critiqued(store, "r1") == 3
+    assert count_critiqued(store, "r2") is None  # (no critique stage)
 
 
 def test_bad_inputs_name_the_problem(tiny_model: str, tmp_path: Path) -> None:
