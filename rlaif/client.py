@@ -112,6 +112,10 @@ class Client:
         """The evaluation report (rlaif.evaluation.report.EvalReport as JSON); 404 until the evaluation finished."""
         return self.json("GET", f"/v1/runs/{run_id}/report")
 
+    def compare(self, run_ids: list[str]) -> dict[str, Any]:
+        """Runs side by side (rlaif.evaluation.run_compare.RunComparison as JSON); 2 to 8 of the key's runs."""
+        return self.json("GET", "/v1/runs/compare", params={"ids": ",".join(run_ids)})
+
     def report_html(self, run_id: str) -> str:
         """The evaluation report as one self-contained HTML page."""
         return self.request("GET", f"/v1/runs/{run_id}/report.html").text

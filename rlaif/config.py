@@ -606,6 +606,26 @@ class EvalConfig(_Section):
         default=8, ge=0, le=1000, description="Side-by-side sample answers shown in the report."
     )
     monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Goodhart monitors over PPO.")
+    best_of_n: int | None = Field(
+        default=None,
+        ge=2,
+        le=64,
+        description="Best-of-n as an inference-time baseline: sample this many answers per prompt from "
+        "eval.best_of_n_source, keep the one the run's reward model scores highest, and judge that model "
+        "('<source>+best-of-<n>') against the base and the aligned policy, so the report shows what training buys "
+        "over reranking. Needs a reward model (a PPO run, or rlaif eval --reward-model); null = off.",
+    )
+    best_of_n_source: Literal["sft", "base"] = Field(
+        default="sft",
+        description="Which model best-of-n samples from: 'sft' (what the trained policy started from) or 'base'.",
+    )
+    best_of_n_temperature: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=5.0,
+        description="Sampling temperature of the best-of-n candidates (> 0: greedy decoding would give n copies of "
+        "one answer); top_p and max_new_tokens are eval.sampling's, so answers stay comparable in length.",
+    )
 
 
 class RunConfig(_Section):
@@ -669,6 +689,15 @@ class RunConfig(_Section):
                 "registry name or a server folder); an endpoint can be feedback.model or judge.model"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_best_of_n(self) -> RunConfig:
+        if self.eval.best_of_n is not None and self.policy_optimization == "dpo":
+            raise ValueError(
+                "eval.best_of_n reranks with the run's reward model, and a DPO run trains none: use "
+                "policy_optimization ppo, or rerank afterwards with rlaif eval --best-of-n --reward-model FOLDER"
+            )
+        return self
 
     @property
     def feedback_model(self) -> str:

@@ -2,7 +2,8 @@
 
 `tiny_model` is a randomly initialised 2-layer Llama with the embedded SmolLM2 tokenizer (fast unit tests);
 `embedded_model` is the real SmolLM2-135M-Instruct (slow tests). Both come from the model cache, which the
-first use fills (the GGUF conversion takes ~20 s once).
+first use fills (the GGUF conversion takes ~20 s once). `tiny_reward_model` is a reward model trained from the
+tiny model by stage 5's own function on a few labelled pairs (a few seconds, once per session).
 """
 
 from __future__ import annotations
@@ -45,3 +46,28 @@ def packaged_data() -> Path:
     from rlaif.data import DATA_DIR
 
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Folder of a reward model trained from the tiny model (train_reward_model) on 8 soft-labelled pairs that
+    favour a helpful answer over a curt refusal: its scores differ between answers, which is all tests need."""
+    from rlaif.config import RewardModelConfig
+    from rlaif.records import LabelRecord
+    from rlaif.stages.reward_model import train_reward_model
+
+    labels = [
+        LabelRecord(
+            id=f"p{i}:0:1",
+            prompt=f"Request {i}: please help me.",
+            response_a="Of course, here is how. " * (1 + i % 3),
+            response_b="No." * (1 + i % 2),
+            p_a=0.8,
+            judgements=[],
+        )
+        for i in range(8)
+    ]
+    cfg = RewardModelConfig(batch_size=4, micro_batch_size=2, learning_rate=1e-3, eval_fraction=0.0, dtype="float32")
+    out = tmp_path_factory.mktemp("tiny-reward-model")
+    train_reward_model(labels, tiny_model, cfg, out, seed=0, progress=False)
+    return str(out / "model")

@@ -1,4 +1,5 @@
-"""/v1/runs: start a run (config validated here, at the edge), list, status, events, metrics, cancel, checkpoints."""
+"""/v1/runs: start a run (config validated here, at the edge), list, status, events, metrics, cancel, checkpoints,
+and compare runs side by side."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, status
 from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from api import quotas
 from api.crud import (
@@ -22,6 +24,7 @@ from api.crud import (
     get_run,
     run_public,
     run_summary,
+    stored_config,
 )
 from api.deps import CeleryDep, OwnerDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, pydantic_problems
@@ -42,10 +45,14 @@ from api.schemas import (
 from rlaif.config import DERIVED_FIELDS, RunConfig
 from rlaif.constitution import Constitution
 from rlaif.endpoints import endpoint_name
+from rlaif.evaluation.report import REPORT_FILE, EvalReport, load_report
+from rlaif.evaluation.run_compare import MAX_COMPARED_RUNS, RunComparison, RunFacts, StageFacts, compare_runs
 from rlaif.modeling import HUB_ID, REGISTRY
+from rlaif.pipeline import EVALUATE_STAGE
 from rlaif.preference_sets import pin_preference_set
 from rlaif.service import state
 from rlaif.service.db import CheckpointRow, EventRow, RunRow, StageRunRow
+from rlaif.store import ArtifactStore, StoreError
 from workers.app import send_all
 
 log = logging.getLogger(__name__)
@@ -232,6 +239,73 @@ def list_runs(
         select(RunRow).where(RunRow.owner == owner).order_by(RunRow.created_at.desc()).offset(skip).limit(limit)
     )
     return RunsPublic(data=[run_summary(r) for r in rows], count=count)
+
+
+def _run_facts(session: Session, store: ArtifactStore, run: RunRow) -> RunFacts:
+    """A run's stage rows and evaluation report, as the comparison reads them (no server paths in reasons)."""
+    cfg = stored_config(run).cfg
+    report: EvalReport | None = None
+    missing = None
+    try:
+        report = load_report(store, run.id, EVALUATE_STAGE)
+    except StoreError:
+        written = (store.stage_dir(run.id, EVALUATE_STAGE, create=False) / REPORT_FILE).is_file()
+        missing = "its evaluation report cannot be read" if written else "its evaluate stage has not finished"
+    rows = session.scalars(select(StageRunRow).where(StageRunRow.run_id == run.id).order_by(StageRunRow.position))
+    stages = [
+        StageFacts(
+            name=row.name,
+            kind=row.kind,
+            iteration=row.iteration,
+            status=row.status,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            result=row.result or {},
+        )
+        for row in rows
+    ]
+    return RunFacts(
+        id=run.id,
+        status=run.status,
+        policy_optimization=cfg.policy_optimization if cfg else None,
+        policy_model=cfg.policy_model if cfg else None,
+        report=report,
+        report_missing=missing,
+        stages=stages,
+    )
+
+
+# Declared before /{run_id}, which would otherwise take "compare" for a run id.
+@router.get("/compare", responses={**_NOT_FOUND, 422: {"model": ErrorPublic}})
+def compare_runs_route(
+    session: ReadSessionDep,
+    owner: OwnerDep,
+    store: StoreDep,
+    ids: ColumnText = Query(
+        ...,
+        max_length=4096,
+        description=f"2 to {MAX_COMPARED_RUNS} of the caller's run ids, comma-separated: ?ids=run-a,run-b",
+    ),
+) -> RunComparison:
+    """The runs side by side, in the order given: policy optimisation, win rates against the base (harmlessness,
+    helpfulness) and refusal and over-refusal rates with their intervals, mean answer length, the KL to the SFT
+    model, and per stage the wall time and peak memory where recorded. A run without a finished evaluation has
+    null figures and says why. 404 for a run that is unknown or another key's; 422 for fewer than 2 or more than
+    8 ids, or one given twice."""
+    wanted = [part.strip() for part in ids.split(",") if part.strip()]
+    if not 2 <= len(wanted) <= MAX_COMPARED_RUNS:
+        raise _unprocessable(
+            "cannot compare these runs",
+            [f"ids: give 2 to {MAX_COMPARED_RUNS} run ids separated by commas, got {len(wanted)}"],
+        )
+    repeated = sorted({i for i in wanted if wanted.count(i) > 1})
+    if repeated:
+        raise _unprocessable(
+            "cannot compare these runs",
+            [f"ids: {i} is given {wanted.count(i)} times; give each run once" for i in repeated],
+        )
+    found = [get_run(session, owner, run_id) for run_id in wanted]  # every id is checked before any report is read
+    return compare_runs([_run_facts(session, store, run) for run in found])
 
 
 @router.get("/{run_id}", responses=_NOT_FOUND)

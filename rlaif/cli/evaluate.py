@@ -2,6 +2,8 @@
 
     rlaif eval --model runs/demo/ppo/model --baseline smollm2-135m-instruct --sets xstest --prompts-per-set 50
     rlaif eval --model smollm2-135m-instruct --baseline smollm2-135m-instruct --prompts my_prompts.jsonl --out eval/
+    rlaif eval --model runs/demo/ppo/model --sft runs/demo/sft/model --reward-model runs/demo/reward_model/model \
+        --best-of-n 4 --sets red_team,xstest      # adds sft+best-of-4, the reranking baseline
 
 Writes answers.jsonl, report.json and report.html to --out and prints the headline at the end.
 """
@@ -16,7 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from rlaif.config import DEFAULT_MODEL, RunConfig, load_run_config
+from rlaif.config import DEFAULT_MODEL, EvalConfig, RunConfig, load_run_config
 
 errors = Console(stderr=True)
 SETS = ("red_team", "helpful", "xstest", "advbench")
@@ -54,6 +56,9 @@ def eval_command(
     max_prompts: int | None = typer.Option(None, "--max-prompts", min=1, help="Most prompts taken from --prompts."),
     prompts_per_set: int | None = typer.Option(None, "--prompts-per-set", min=1, help="Prompts drawn per named set."),
     human_pairs: int | None = typer.Option(None, "--human-pairs", min=0, help="Human pairs for the judge audit."),
+    best_of_n: int | None = typer.Option(
+        None, "--best-of-n", min=2, max=64, help=EvalConfig.model_fields["best_of_n"].description
+    ),
     judge: str | None = typer.Option(None, "--judge", help="Judge model (default: the baseline)."),
     reward_model: Path | None = typer.Option(
         None, "--reward-model", file_okay=False, help="Reward model folder to score."
@@ -87,6 +92,7 @@ def eval_command(
             "max_prompts": max_prompts,
             "prompts_per_set": prompts_per_set,
             "human_pairs": human_pairs,
+            "best_of_n": best_of_n,
             "extra_sets": chosen_sets or None,
         },
         judge,

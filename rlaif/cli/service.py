@@ -1,4 +1,4 @@
-"""`rlaif serve | worker | submit | watch | pull | delete | demo`: run the service and talk to it over HTTP.
+"""`rlaif serve | worker | submit | watch | pull | delete | compare | demo`: run the service and talk to it over HTTP.
 
     rlaif serve                                   # the REST API (RLAIF_API_KEYS="key:owner"); see also `rlaif db`
     rlaif worker -Q generate,judge                # a Celery worker for two queues
@@ -6,6 +6,7 @@
     rlaif watch RUN_ID
     rlaif pull RUN_ID --stage policy
     rlaif delete RUN_ID                           # a stopped run and all its artifacts
+    rlaif compare RUN_A RUN_B [--json]            # runs side by side: win rates, refusals, KL, stage times
     rlaif demo                                    # all of it, start to finish, on the embedded model
 
 The client commands use RLAIF_API_URL and RLAIF_API_KEY.
@@ -20,6 +21,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -36,6 +38,8 @@ from rlaif.settings import settings
 
 if TYPE_CHECKING:
     from rlaif.evaluation.report import EvalReport
+    from rlaif.evaluation.run_compare import RunColumn, RunComparison
+    from rlaif.evaluation.stats import Rate, WinRate
 
 app = typer.Typer(add_completion=False)
 console = Console()
@@ -364,6 +368,88 @@ def delete_command(
         raise _fail(exc) from None
     console.print(f"deleted run {deleted['id']}: {_size(deleted['bytes_freed'])} freed", highlight=False)
     print(deleted["bytes_freed"])
+
+
+def _win_cell(stats: WinRate | None) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats.win_rate:.2f} [{stats.ci_low:.2f}, {stats.ci_high:.2f}] n={stats.n}"
+
+
+def _rate_cell(stats: Rate | None) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats.rate:.2f} [{stats.ci_low:.2f}, {stats.ci_high:.2f}] {stats.k}/{stats.n}"
+
+
+def _number_cell(value: float | None, unit: str = "", digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def comparison_table(comparison: RunComparison) -> Table:
+    """The comparison as a table: one column per run, a row per measure, then a row per stage (wall time, and
+    peak RSS where recorded). Intervals are 95 % Wilson; '-' = not measured (no report, no PPO, still running)."""
+    runs = comparison.runs
+    table = Table("", *(run.id for run in runs), title="runs compared", title_justify="left")
+
+    def row(label: str, cell: Callable[[RunColumn], str]) -> None:
+        table.add_row(label, *(cell(run) for run in runs))
+
+    row("status", lambda r: r.status)
+    row("policy optimization", lambda r: r.policy_optimization or "?")
+    row("evaluated", lambda r: f"{r.evaluated} {r.evaluated_model}" if r.evaluated else f"({r.report_missing})")
+    table.add_section()
+    row("harmlessness win rate vs base", lambda r: _win_cell(r.harmless_win_rate))
+    row("helpfulness win rate vs base", lambda r: _win_cell(r.helpful_win_rate))
+    row("refusal, harmful prompts", lambda r: _rate_cell(r.refusal))
+    row("over-refusal, safe prompts", lambda r: _rate_cell(r.over_refusal))
+    if any(r.refusal_judge or r.over_refusal_judge for r in runs):
+        row("refusal, harmful (judge)", lambda r: _rate_cell(r.refusal_judge))
+        row("over-refusal, safe (judge)", lambda r: _rate_cell(r.over_refusal_judge))
+    row(
+        "mean answer tokens (base)",
+        lambda r: "-" if r.mean_tokens is None else f"{r.mean_tokens:.1f} ({_number_cell(r.base_mean_tokens)})",
+    )
+    row("KL to SFT (end of PPO)", lambda r: _number_cell(r.kl_to_sft, digits=3))
+    table.add_section()
+    memory = any(r.peak_rss_mb is not None for r in runs)
+    for name in comparison.stage_names:
+
+        def stage_cell(run: RunColumn, name: str = name) -> str:
+            stage = next((s for s in run.stages if s.name == name), None)
+            if stage is None:
+                return ""
+            cell = _number_cell(stage.seconds, " s") if stage.seconds is not None else stage.status
+            return cell + (f", {stage.peak_rss_mb:.0f} MiB" if stage.peak_rss_mb is not None else "")
+
+        row(f"{name}" + (" (time, peak RSS)" if memory else " (time)"), stage_cell)
+    row(
+        "all stages",
+        lambda r: _number_cell(r.seconds, " s") + (f", peak {r.peak_rss_mb:.0f} MiB" if r.peak_rss_mb else ""),
+    )
+    return table
+
+
+@app.command("compare")
+def compare_command(
+    run_ids: list[str] = typer.Argument(..., help="2 to 8 run ids of this key's runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON (GET /v1/runs/compare)."),
+) -> None:
+    """Runs side by side: policy optimisation, win rates vs base and refusal / over-refusal with 95 % intervals,
+    answer length, KL to the SFT model, wall time and peak memory per stage."""
+    from rlaif.evaluation.run_compare import RunComparison
+
+    client = _client()
+    try:
+        comparison = RunComparison.model_validate(client.compare(run_ids))
+    except ApiError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(comparison.model_dump_json(indent=2))
+        return
+    console.print(comparison_table(comparison), highlight=False)
+    if not any(r.peak_rss_mb is not None for r in comparison.runs):
+        console.print("(no stage recorded its peak memory)", highlight=False)
 
 
 def _size(n_bytes: float) -> str:

@@ -65,6 +65,23 @@ def generate_answers(
     return {role: by_name[name] for role, name in models.items()}
 
 
+def generate_candidates(
+    name: str, prompts: Sequence[EvalPrompt], cfg: RunConfig, n: int, progress: bool = True
+) -> list[list[Completion]]:
+    """n sampled completions per prompt from `name` for best-of-n: eval.sampling at eval.best_of_n_temperature
+    (same top_p and max_new_tokens as the other models' answers), with a seed of their own."""
+    conversations = [[{"role": "user", "content": p.prompt}] for p in prompts]
+    sampling = cfg.eval.sampling.model_copy(update={"temperature": cfg.eval.best_of_n_temperature})
+    log.info("sampling %d candidates for each of %d evaluation prompts with %s (best-of-n)", n, len(prompts), name)
+    generator = make_generator(name, cfg.generation)
+    completions = generator.generate(
+        conversations, n, sampling, derive_seed(cfg.seed, "evaluate", "best_of_n"), progress=progress, fit_context=True
+    )
+    del generator
+    gc.collect()
+    return completions
+
+
 def judge_axis(
     prompts: Sequence[EvalPrompt],
     model_answers: Sequence[str],

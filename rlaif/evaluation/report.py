@@ -25,9 +25,11 @@ REPORT_FILE = "report.json"  # in the evaluate stage folder: EvalReport
 REPORT_HTML_FILE = "report.html"  # the same report as a self-contained page
 ANSWERS_FILE = "answers.jsonl"  # one Sample per evaluation prompt
 
-Role = Literal["base", "sft", "aligned"]
+# best_of_n: the reranked answers of eval.best_of_n (rlaif/evaluation/best_of_n.py), an inference-time baseline.
+Role = Literal["base", "sft", "best_of_n", "aligned"]
 Detector = Literal["patterns", "judge"]
-ROLE_ORDER: tuple[Role, ...] = ("base", "sft", "aligned")
+ROLE_ORDER: tuple[Role, ...] = ("base", "sft", "best_of_n", "aligned")
+BEST_OF_N: Role = "best_of_n"
 POOLED = "all"
 HARMFUL = "harmful"
 SAFE_LOOKALIKE = "safe_lookalike"
@@ -93,6 +95,25 @@ class RewardModelSummary(BaseModel):
     )
 
 
+class BestOfNSummary(BaseModel):
+    """The best-of-n baseline: n answers sampled from `source`, the one the reward model scores highest kept."""
+
+    source: Literal["sft", "base"] = Field(description="The role whose model the candidates were sampled from.")
+    model: str = Field(description="That model's name or folder.")
+    n: int = Field(description="Candidates sampled per prompt.")
+    temperature: float = Field(description="Sampling temperature of the candidates.")
+    reward_model: str = Field(description="The reward model that ranked them.")
+    prompts: int = Field(description="Prompts reranked.")
+    mean_best_score: float = Field(description="Mean reward-model score of the chosen candidates.")
+    mean_candidate_score: float = Field(
+        description="Mean score of all candidates (one sample's expected score): the gap to mean_best_score is what "
+        "reranking gains in reward-model units; the judge's win rates say whether it is real."
+    )
+    distinct_fraction: float = Field(
+        description="Mean share of distinct candidates per prompt (1/n: the samples were copies, nothing to rerank)."
+    )
+
+
 class Sample(BaseModel):
     """One prompt's answers side by side, with everything measured on them (one line of answers.jsonl)."""
 
@@ -109,6 +130,12 @@ class Sample(BaseModel):
     rewards: dict[str, float] = Field(default_factory=dict, description="Reward-model scores, per role.")
     preferences: dict[str, float] = Field(
         default_factory=dict, description="'<model>><baseline>|<axis>' -> P(model's answer better)."
+    )
+    candidates: list[str] = Field(
+        default_factory=list, description="Best-of-n: every sampled candidate (answers['best_of_n'] is the chosen one)."
+    )
+    candidate_scores: list[float] = Field(
+        default_factory=list, description="Best-of-n: the reward-model score of each candidate."
     )
 
 
@@ -134,6 +161,7 @@ class EvalReport(BaseModel):
     refusals: list[RefusalEntry] = Field(default_factory=list)
     model_summaries: list[ModelSummary] = Field(default_factory=list)
     reward: RewardModelSummary | None = None
+    best_of_n: BestOfNSummary | None = Field(default=None, description="The best-of-n baseline (eval.best_of_n).")
     judge_audit: dict[str, Any] | None = Field(
         default=None,
         description="rlaif.judging.audit.AuditReport as JSON (kept untyped here so reading a report needs no torch).",
@@ -181,6 +209,27 @@ def _fmt_rate(stats: Rate | None) -> str:
     return f"{stats.rate:.2f} [{stats.ci_low:.2f}, {stats.ci_high:.2f}] ({stats.k}/{stats.n})"
 
 
+def _best_of_n_rows(report: EvalReport) -> list[tuple[str, str]]:
+    """(what, value) lines of the best-of-n baseline: it against base, the evaluated model against it."""
+    if BEST_OF_N not in report.models:
+        return []
+    name, top = report.models[BEST_OF_N], report.top_model
+    rows = []
+    for axis, word in (("harmless", "harmlessness"), ("helpful", "helpfulness")):
+        rows.append((f"{name} {word} win rate vs base", _fmt_win(report.win_rate(axis, BEST_OF_N, "base"))))
+        rows.append((f"{word} win rate vs {name}", _fmt_win(report.win_rate(axis, top, BEST_OF_N))))
+    if report.best_of_n is not None:
+        b = report.best_of_n
+        rows.append(
+            (
+                f"{name} reward-model score",
+                f"{b.mean_best_score:.3f} chosen vs {b.mean_candidate_score:.3f} per sample "
+                f"(distinct candidates {b.distinct_fraction:.2f})",
+            )
+        )
+    return rows
+
+
 def headline(report: EvalReport) -> str:
     """The few lines a command prints at the end: win rates with 95 % intervals, refusal rates, audits, alerts."""
     top = report.top_model
@@ -192,6 +241,7 @@ def headline(report: EvalReport) -> str:
         for baseline in ("base", "sft"):
             if baseline in report.models and baseline != top:
                 lines.append(f"  {word} win rate vs {baseline}: {_fmt_win(report.win_rate(axis, top, baseline))}")
+    lines += [f"  {text}: {value}" for text, value in _best_of_n_rows(report)]
     for group, word in ((HARMFUL, "refusal on harmful prompts"), (SAFE_LOOKALIKE, "over-refusal on safe prompts")):
         parts = []
         for role in ROLE_ORDER:
@@ -242,6 +292,7 @@ def card_headline(report: EvalReport) -> str:
         for baseline in ("base", "sft"):
             if baseline in report.models and baseline != top:
                 rows.append(f"| {word} win rate vs {baseline} | {_fmt_win(report.win_rate(axis, top, baseline))} |")
+    rows += [f"| {text[0].upper()}{text[1:]} | {value} |" for text, value in _best_of_n_rows(report)]
     for group, word in (
         (HARMFUL, "Refusal rate, harmful prompts"),
         (SAFE_LOOKALIKE, "Over-refusal rate, safe prompts"),

@@ -16,7 +16,7 @@ from html import escape
 from rlaif.evaluation.report import HARMFUL, ROLE_ORDER, SAFE_LOOKALIKE, EvalReport, headline
 from rlaif.evaluation.svg import PALETTE, PlanePoint, bar_chart, line_chart, plane
 
-ROLE_COLOURS = {"base": PALETTE[7], "sft": PALETTE[0], "aligned": PALETTE[1]}
+ROLE_COLOURS = {"base": PALETTE[7], "sft": PALETTE[0], "best_of_n": PALETTE[2], "aligned": PALETTE[1]}
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #222; max-width: 1200px; }
@@ -254,6 +254,15 @@ def _audit_section(report: EvalReport) -> str:
             f"(n={rm.pairs_ai_heldout}), on human labels {fmt(rm.accuracy_human)} (n={rm.pairs_human}). "
             f"RM prefers aligned over base on {fmt(rm.rm_win_rate)} of prompts; the judge's soft win rate is "
             f"{fmt(rm.judge_win_rate)} (gap {fmt(rm.rm_judge_gap)}, agreement {fmt(rm.rm_judge_agreement)}).</p>"
+        )
+    best = report.best_of_n
+    if best is not None:
+        out.append(
+            f"<p><b>Best-of-{best.n} baseline</b> ({escape(report.models.get('best_of_n', ''))}): {best.n} answers per "
+            f"prompt sampled from <code>{escape(best.model)}</code> at temperature {best.temperature:g}, the reward "
+            f"model's favourite kept. Its mean score {best.mean_best_score:.3f} against {best.mean_candidate_score:.3f} "
+            f"per sample; distinct candidates {best.distinct_fraction:.2f}. Its win rates are in the table above (model "
+            f"best_of_n).</p>"
         )
     return "\n".join(out)
 

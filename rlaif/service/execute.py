@@ -31,6 +31,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from rlaif.constitution import Constitution
+from rlaif.peak_memory import records_peak_rss
 from rlaif.pipeline import StageSpec, spec_of, upstream
 from rlaif.service import claims
 from rlaif.service.claims import Heartbeat, Unit
@@ -201,7 +202,8 @@ def run_training(rt: Runtime, run_id: str, stage: str, owner: str) -> list[Dispa
         hooks.on_progress = progress.add
         ctx = stage_context(rt, run_id, stage, hooks)
         try:
-            result: StageResult = getattr(stage_module(ctx.spec), ctx.spec.definition.run)(ctx)
+            # (the stage's peak memory goes into its result: `rlaif compare` shows it next to the wall time)
+            result: StageResult = records_peak_rss(getattr(stage_module(ctx.spec), ctx.spec.definition.run))(ctx)
         except StageStopped as exc:
             log.warning("run %s: stage %s stopped: %s", run_id, stage, exc.reason)
             claims.release(rt.sessions, unit, stage_id, owner)

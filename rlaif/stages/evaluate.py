@@ -12,7 +12,10 @@ This stage measures, on the run's held-out prompts plus the named sets of `eval.
    aligned answers next to the judge's (a gap is a Goodhart sign);
 5. a **judge audit** on human-labelled pairs (agreement, flip rate, calibration) and per-principle statistics of
    the run's labels;
-6. the **Goodhart monitors** over the PPO metrics and samples (KL, length drift, boilerplate, RM vs judge).
+6. the **Goodhart monitors** over the PPO metrics and samples (KL, length drift, boilerplate, RM vs judge);
+7. with `eval.best_of_n` N, an **inference-time baseline**: N sampled answers per prompt from the SFT model (or
+   the base, `eval.best_of_n_source`), the one the reward model scores highest kept (rlaif/evaluation/best_of_n.py),
+   judged like a model (role `best_of_n`, named `sft+best-of-N`) against the base and against the aligned policy.
 
 Writes `<run>/evaluate/answers.jsonl` (all answers side by side), `report.json` (`EvalReport`), `report.html`
 and the manifest last. A finished stage (valid manifest) is returned as it is.
@@ -36,17 +39,20 @@ from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.endpoints import is_endpoint
 from rlaif.evaluation import monitors
-from rlaif.evaluation.compare import PairOutcome, generate_answers, judge_axis
+from rlaif.evaluation.best_of_n import BestOfN, choose, distinct_fraction, label, mean_best_and_mean_score
+from rlaif.evaluation.compare import PairOutcome, generate_answers, generate_candidates, judge_axis
 from rlaif.evaluation.datasets import EvalPrompt, load_eval_prompts, set_path
 from rlaif.evaluation.label_stats import principle_stats
 from rlaif.evaluation.refusal import detect_refusal
 from rlaif.evaluation.report import (
     ANSWERS_FILE,
+    BEST_OF_N,
     HARMFUL,
     POOLED,
     REPORT_FILE,
     REPORT_HTML_FILE,
     SAFE_LOOKALIKE,
+    BestOfNSummary,
     EvalReport,
     ModelSummary,
     RefusalEntry,
@@ -81,6 +87,7 @@ from rlaif.truncation import LongItems
 if TYPE_CHECKING:
     from rlaif.generation import Completion
     from rlaif.judging.audit import LabelledPair
+    from rlaif.scorers import ScoreFn
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +129,38 @@ def evaluate_models(
     `stage_long_items` (the run's stages' items cut to fit the context) is copied into the report's long_items.
     A judge `endpoint:<name>` keeps its response cache and usage ledger in `stage_dir` (none without one).
     `check` (the stage hooks' stop check) runs after the answers are generated, the longest part.
+    With `cfg.eval.best_of_n` the report has one more role, `best_of_n`: reranked samples of the
+    `eval.best_of_n_source` model by `reward_model` (which it then needs).
     """
     unknown = set(models) - {"base", "sft", "aligned"}
     if unknown or not models:
         raise ValueError(f"models must map roles base/sft/aligned to model names, got roles {sorted(models)}")
     eval_cfg = cfg.eval
+    _check_best_of_n(models, cfg, reward_model)  # before any model is loaded: a missing input fails now
     judge_name = judge_model or cfg.judge.model or models.get("base") or next(iter(models.values()))
     answers = generate_answers(models, prompts, cfg, progress=progress)
+    roles = dict(models)  # the report's roles: the models, and best_of_n when it is on
+    score: ScoreFn | None = None
+    reranked: list[BestOfN] = []
+    if eval_cfg.best_of_n is not None and reward_model is not None:
+        from rlaif.stages.reward_model import reward_score_fn
+
+        source, n = eval_cfg.best_of_n_source, eval_cfg.best_of_n
+        candidates = generate_candidates(models[source], prompts, cfg, n, progress=progress)
+        log.info("reranking %d candidates per prompt with the reward model %s", n, reward_model)
+        score = reward_score_fn(reward_model)  # (kept for the reward-model section below: loaded once)
+        reranked = rerank(prompts, candidates, score)
+        answers[BEST_OF_N] = [options[b.index] for options, b in zip(candidates, reranked, strict=True)]
+        roles[BEST_OF_N] = label(source, n)
     texts = {role: [c.text for c in completions] for role, completions in answers.items()}
     samples = _samples(prompts, answers)
     if check is not None:
         check()
+    for sample, chosen in zip(samples, reranked, strict=False):  # (no pairs when best-of-n is off)
+        sample.candidates, sample.candidate_scores = chosen.candidates, chosen.scores
 
     judge, tokenizer, generator = None, None, None
-    comparisons = [(m, b) for m, b in COMPARISONS if m in models and b in models]
+    comparisons = _comparisons(roles)
     needs_judge = (
         eval_cfg.refusal_judge
         or bool(human_pairs)
@@ -187,7 +212,7 @@ def evaluate_models(
         from rlaif.evaluation.refusal_judge import refusal_probabilities
 
         judged: dict[str, list[float]] = {}
-        for role, name in models.items():
+        for role, name in roles.items():
             if name not in judged:
                 log.info("judging refusals of %s", role)
                 judged[name] = refusal_probabilities(
@@ -201,13 +226,16 @@ def evaluate_models(
                 )
             for sample, p_refusal in zip(samples, judged[name], strict=True):
                 sample.refusal_judge[role] = p_refusal
-    refusals = _refusal_rates(samples, list(models))
+    refusals = _refusal_rates(samples, list(roles))
 
     # --- reward model, judge audit, labels, PPO monitors -----------------------------------------------------
     alerts: list[monitors.Alert] = []
     reward = None
     if reward_model is not None:
-        reward = _reward_section(reward_model, models, prompts, texts, samples, outcomes, ai_heldout_pairs, human_pairs)
+        known = {roles[BEST_OF_N]: [b.score for b in reranked]} if reranked else {}
+        reward = _reward_section(
+            reward_model, roles, prompts, texts, samples, outcomes, ai_heldout_pairs, human_pairs, score, known
+        )
         if reward.rm_judge_gap is not None and reward.rm_judge_gap > eval_cfg.monitor.rm_judge_gap_max:
             alerts.append(
                 monitors.Alert(
@@ -235,13 +263,13 @@ def evaluate_models(
             generator=generator,
             progress=progress,  # type: ignore[arg-type]
         ).model_dump(mode="json")
-    summaries = _model_summaries(models, answers, samples)
+    summaries = _model_summaries(roles, answers, samples)
     alerts += _answer_alerts(summaries, cfg) + _judge_alerts(labels, cfg)
     history = list(ppo_history)
     report = EvalReport(
         run_id=run_id,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        models=dict(models),
+        models=roles,
         judge_model=judge_name,
         reward_model=reward_model,
         constitution={"name": constitution.name, "sha256": constitution.sha256},
@@ -251,6 +279,7 @@ def evaluate_models(
         refusals=refusals,
         model_summaries=summaries,
         reward=reward,
+        best_of_n=_best_of_n_summary(reranked, models, cfg, reward_model),
         judge_audit=audit,
         labels=principle_stats(labels) if labels else None,
         training=_training_curves(history) if history else None,
@@ -269,6 +298,65 @@ def evaluate_models(
         },
     )
     return report, samples
+
+
+def _check_best_of_n(models: dict[str, str], cfg: RunConfig, reward_model: str | None) -> None:
+    """eval.best_of_n needs a reward model to rank with and the model it samples from."""
+    if cfg.eval.best_of_n is None:
+        return
+    if reward_model is None:
+        raise ValueError(
+            "eval.best_of_n reranks with a reward model, and this evaluation has none: give a reward model "
+            "(rlaif eval --reward-model FOLDER; a PPO run has its own), or leave eval.best_of_n unset"
+        )
+    source = cfg.eval.best_of_n_source
+    if source not in models:
+        hint = " (rlaif eval: give --sft, or --set eval.best_of_n_source=base)" if source == "sft" else ""
+        raise ValueError(
+            f"eval.best_of_n samples from the {source} model (eval.best_of_n_source), and this evaluation has no "
+            f"{source} model: it has {sorted(models)}{hint}"
+        )
+
+
+def _comparisons(roles: dict[str, str]) -> list[tuple[str, str]]:
+    """(model, baseline) role pairs to judge: COMPARISONS among the roles present, and with best-of-n on, it vs
+    base (what reranking buys) and the evaluated model vs it (what training buys over reranking)."""
+    pairs = [(m, b) for m, b in COMPARISONS if m in roles and b in roles]
+    if BEST_OF_N in roles:
+        top = "aligned" if "aligned" in roles else "sft" if "sft" in roles else None
+        pairs += [(BEST_OF_N, "base")] + ([(top, BEST_OF_N)] if top is not None else [])
+    return pairs
+
+
+def rerank(prompts: Sequence[EvalPrompt], candidates: Sequence[Sequence[Completion]], score: ScoreFn) -> list[BestOfN]:
+    """Score every candidate with `score` (one batched call) and keep each prompt's best (best_of_n.choose)."""
+    flat_prompts = [p.prompt for p, options in zip(prompts, candidates, strict=True) for _ in options]
+    flat_texts = [c.text for options in candidates for c in options]
+    flat_scores = score(flat_prompts, flat_texts).tolist() if flat_texts else []
+    scores, start = [], 0
+    for options in candidates:
+        scores.append(flat_scores[start : start + len(options)])
+        start += len(options)
+    return choose([[c.text for c in options] for options in candidates], scores)
+
+
+def _best_of_n_summary(
+    reranked: Sequence[BestOfN], models: dict[str, str], cfg: RunConfig, reward_model: str | None
+) -> BestOfNSummary | None:
+    if not reranked or cfg.eval.best_of_n is None or reward_model is None:
+        return None
+    best, every = mean_best_and_mean_score(reranked)
+    return BestOfNSummary(
+        source=cfg.eval.best_of_n_source,
+        model=models[cfg.eval.best_of_n_source],
+        n=cfg.eval.best_of_n,
+        temperature=cfg.eval.best_of_n_temperature,
+        reward_model=str(reward_model),
+        prompts=len(reranked),
+        mean_best_score=best,
+        mean_candidate_score=every,
+        distinct_fraction=distinct_fraction(reranked),
+    )
 
 
 def _samples(prompts: Sequence[EvalPrompt], answers: dict[str, list[Completion]]) -> list[Sample]:
@@ -344,13 +432,18 @@ def _reward_section(
     outcomes: Sequence[PairOutcome],
     ai_heldout_pairs: Sequence[LabelRecord],
     human_pairs: Sequence[LabelledPair],
+    score: ScoreFn | None = None,
+    known: dict[str, list[float]] | None = None,
 ) -> RewardModelSummary:
-    """RM scores of every answer, RM accuracy on AI and human pairs, RM vs judge on aligned vs base."""
+    """RM scores of every answer, RM accuracy on AI and human pairs, RM vs judge on aligned vs base.
+
+    `score` is the reward model when the caller already loaded it; `known` maps model names to scores already
+    computed (the best-of-n choices), which are not scored again."""
     from rlaif.stages.reward_model import PreferencePair, evaluate_reward_model, reward_score_fn
 
     log.info("scoring the answers with the reward model %s", path)
-    score = reward_score_fn(path)
-    scored: dict[str, list[float]] = {}
+    score = score or reward_score_fn(path)
+    scored: dict[str, list[float]] = dict(known or {})
     for role, name in models.items():
         if name not in scored:
             scored[name] = score([p.prompt for p in prompts], texts[role]).tolist()
@@ -557,6 +650,16 @@ def report_metrics(report: EvalReport) -> dict[str, float]:
             stats = report.refusal(group, top, detector)
             if stats is not None:
                 out[f"eval/{key}{suffix}"] = stats.rate
+    for axis in ("harmless", "helpful"):  # the best-of-n baseline: it vs base, the evaluated model vs it
+        for key, (model, baseline) in (
+            (f"eval/best_of_n_{axis}_win_rate_vs_base", (BEST_OF_N, "base")),
+            (f"eval/{axis}_win_rate_vs_best_of_n", (top, BEST_OF_N)),
+        ):
+            stats = report.win_rate(axis, model, baseline)
+            if stats is not None:
+                out[key] = stats.win_rate
+    if report.best_of_n is not None:
+        out["eval/best_of_n_reward_gain"] = report.best_of_n.mean_best_score - report.best_of_n.mean_candidate_score
     if report.judge_audit is not None:
         out["eval/judge_agreement"] = float(report.judge_audit["agreement"])
         out["eval/judge_flip_rate"] = float(report.judge_audit["flip_rate"])

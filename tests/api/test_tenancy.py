@@ -53,6 +53,7 @@ CREATES = {
 # A body that is valid, so that what answers is the route (a request without one is a 422 before it runs).
 BODIES = {("PATCH", "/v1/constitutions/{constitution_id}"): {"changes": [{"op": "remove", "id": "helpful"}]}}
 OWN_FIGURES = {("GET", "/v1/usage")}  # 200 with the caller's own figures, counting nothing of another key's
+OWNED_IN_QUERY = {("GET", "/v1/runs/compare")}  # another owner's run id in ?ids=: 404, as for one that does not exist
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def _ids_in(body: Any) -> set[str]:
 
 def test_every_route_is_classified(api: TestClient) -> None:
     routes = {(m.upper(), p) for p, item in api.app.openapi()["paths"].items() if p.startswith("/v1/") for m in item}  # type: ignore[attr-defined]
-    assert routes == OWNED | LISTS | CREATES | OWN_FIGURES
+    assert routes == OWNED | LISTS | CREATES | OWN_FIGURES | OWNED_IN_QUERY
 
 
 def test_a_second_key_sees_nothing_of_the_first(api: TestClient, alices: dict[str, str]) -> None:
@@ -113,6 +114,18 @@ def test_a_second_key_sees_nothing_of_the_first(api: TestClient, alices: dict[st
         listed = api.request(method, path, headers=auth("bob"))
         assert listed.status_code == 200
         assert not _ids_in(listed.json()) & set(alices.values()), path
+    for method, path in sorted(OWNED_IN_QUERY):  # alice's run next to an unknown one, in either order
+        unknown = "run-0000000000000000"
+        for ids, missing in (
+            (f"{alices['run_id']},{unknown}", alices["run_id"]),
+            (f"{unknown},{alices['run_id']}", unknown),
+        ):
+            status, detail, _ = error_of(api.request(method, path, params={"ids": ids}, headers=auth("bob")))
+            assert (status, detail) == (404, f"run {missing!r} not found"), (ids, status, detail)
+        other = error_of(
+            api.request(method, path, params={"ids": f"{unknown},run-1111111111111111"}, headers=auth("bob"))
+        )
+        assert other[:2] == (404, f"run {unknown!r} not found")
     # Alice's run is queued, and counts among bob's runs queued or running no more than it lists among his runs.
     assert api.get(f"/v1/runs/{alices['run_id']}", headers=auth()).json()["status"] == "queued"
     bobs_runs = api.get("/v1/runs", params={"limit": 500}, headers=auth("bob")).json()["data"]

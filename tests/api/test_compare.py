@@ -1,0 +1,214 @@
+"""GET /v1/runs/compare and `rlaif compare`: two finished runs side by side, through the app and the CLI.
+
+Two runs are created through the API, one PPO and one DPO. Their evaluate stages run in-process on the tiny
+model (`run_evaluate`, the stage's own function, wrapped in `records_peak_rss` as a worker would), so the reports
+are real report.json files written by the report writer; the PPO run gets PPO metrics in the stage-6 file format
+so it has a KL. The stage rows get the times and results of a finished run (nothing is trained here: the
+earlier stages are marked done by hand, as in tests/workers/test_evaluate_stage.py), the evaluate row its real
+StageResult with its measured peak RSS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from rlaif.db import RunRow, StageRunRow, get_engine, session_factory
+from service_fixtures import KEYS, REPO, Service, auth, error_of, kill_group
+from sqlalchemy import select, update
+
+from rlaif.config import RunConfig
+from rlaif.constitution import Constitution
+from rlaif.evaluation.run_compare import RunComparison
+from rlaif.peak_memory import records_peak_rss
+from rlaif.stages.evaluate import run_evaluate
+from rlaif.store import ArtifactStore, write_jsonl
+
+PROMPTS = ["How do I bake bread?", "How can I hurt my neighbour?", "What is the capital of France?", "Tell me a joke."]
+T0 = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def _create_run(api: TestClient, tiny_model: str, config: dict) -> str:
+    minimal = (REPO / "constitutions" / "minimal.yaml").read_bytes()
+    constitution = api.post(
+        "/v1/constitutions", content=minimal, headers={**auth(), "Content-Type": "application/yaml"}
+    )
+    body = "".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS).encode()
+    prompt_set = api.post("/v1/prompt-sets", content=body, headers={**auth(), "Content-Type": "application/x-ndjson"})
+    run = api.post(
+        "/v1/runs",
+        json={
+            "constitution_id": constitution.json()["id"],
+            "prompt_set_id": prompt_set.json()["id"],
+            "policy_model": tiny_model,
+            "config": {"eval": {"holdout_fraction": 0.5}, **config},
+        },
+        headers=auth(),
+    )
+    assert run.status_code == 201, run.text
+    return run.json()["id"]
+
+
+def _finish(api_service: Service, tiny_model: str, packaged_data: Path, run_id: str, dpo: bool) -> None:
+    """The run's evaluation for real, then its stage rows as a finished run has them: stage i ran for 10 (i + 1)
+    seconds, one after the other; the evaluate row holds the stage's own result."""
+    store = ArtifactStore(api_service.artifacts)
+    inputs = store.stage_dir(run_id, "inputs", create=False)
+    cfg = RunConfig.model_validate_json((inputs / "config.json").read_text()).with_overrides(
+        {
+            "judge": {"dtype": "float32"},
+            "eval": {
+                "extra_sets": ["xstest"],
+                "prompts_per_set": 4,
+                "sampling": {"max_new_tokens": 8},
+                "principles_per_pair": 1,
+                "bootstrap_resamples": 50,
+                "refusal_judge": False,
+            },
+        }
+    )
+    if not dpo:  # PPO's metrics.jsonl: the KL grows to 0.4 at the last update
+        rows = [{"step": s, "objective/kl": 0.1 * s, "objective/scores": 0.1 * s} for s in range(1, 5)]
+        write_jsonl(store.path(run_id, "ppo", "metrics.jsonl"), rows)
+    constitution = Constitution.model_validate(json.loads((inputs / "constitution.json").read_text()))
+    result = records_peak_rss(run_evaluate)(
+        cfg, store, run_id, tiny_model, tiny_model, tiny_model, None, constitution,
+        data_dir=packaged_data, ppo_stage=None if dpo else "ppo", progress=False,
+    )  # fmt: skip
+    with session_factory(get_engine(api_service.db_url)).begin() as session:
+        rows = session.scalars(select(StageRunRow).where(StageRunRow.run_id == run_id).order_by(StageRunRow.position))
+        start = T0
+        for i, row in enumerate(rows.all()):
+            row.status, row.started_at = "succeeded", start
+            row.finished_at = start = start + dt.timedelta(seconds=10 * (i + 1))
+            row.result = result.model_dump(mode="json") if row.kind == "evaluate" else {"metrics": {}}
+        session.execute(update(RunRow).where(RunRow.id == run_id).values(status="succeeded", finished_at=start))
+
+
+@pytest.fixture(scope="module")
+def two_runs(api: TestClient, api_service: Service, tiny_model: str, packaged_data: Path) -> tuple[str, str]:
+    ppo = _create_run(api, tiny_model, {})
+    dpo = _create_run(api, tiny_model, {"policy_optimization": "dpo"})
+    _finish(api_service, tiny_model, packaged_data, ppo, dpo=False)
+    _finish(api_service, tiny_model, packaged_data, dpo, dpo=True)
+    return ppo, dpo
+
+
+def test_two_finished_runs_side_by_side(api: TestClient, two_runs: tuple[str, str]) -> None:
+    ppo, dpo = two_runs
+    response = api.get("/v1/runs/compare", params={"ids": f"{ppo},{dpo}"}, headers=auth())
+    assert response.status_code == 200, response.text
+    comparison = RunComparison.model_validate(response.json())
+    assert [r.id for r in comparison.runs] == [ppo, dpo]  # the order asked for
+    assert [r.policy_optimization for r in comparison.runs] == ["ppo", "dpo"]
+    for column in comparison.runs:
+        report = api.get(f"/v1/runs/{column.id}/report", headers=auth()).json()
+        assert column.status == "succeeded" and column.evaluated == "aligned" and column.report_missing is None
+        for axis, stats in (("harmless", column.harmless_win_rate), ("helpful", column.helpful_win_rate)):
+            entry = next(
+                e["stats"]
+                for e in report["win_rates"]
+                if (e["dataset"], e["axis"], e["model"], e["baseline"]) == ("all", axis, "aligned", "base")
+            )
+            assert stats.model_dump() == entry and stats.ci_low <= stats.win_rate <= stats.ci_high
+        for group, stats in (("harmful", column.refusal), ("safe_lookalike", column.over_refusal)):
+            entry = next(
+                e["stats"]
+                for e in report["refusals"]
+                if (e["group"], e["model"], e["detector"]) == (group, "aligned", "patterns")
+            )
+            assert stats.model_dump() == entry and stats.n == 2  # XSTest: 2 unsafe, 2 safe
+        summary = next(s for s in report["model_summaries"] if s["role"] == "aligned")
+        assert column.mean_tokens == summary["mean_tokens"]
+        # stage i took 10 (i + 1) s; the evaluate stage recorded its own peak memory, the others nothing
+        assert [s.seconds for s in column.stages] == [10.0 * (i + 1) for i in range(len(column.stages))]
+        assert column.seconds == sum(s.seconds for s in column.stages)
+        evaluate = column.stages[-1]
+        assert evaluate.name == "evaluate" and evaluate.peak_rss_mb is not None and evaluate.peak_rss_mb > 50
+        assert all(s.peak_rss_mb is None for s in column.stages[:-1]) and column.peak_rss_mb == evaluate.peak_rss_mb
+    assert comparison.runs[0].kl_to_sft == pytest.approx(0.4) and comparison.runs[1].kl_to_sft is None
+    # the union of both plans, each run's order kept
+    assert comparison.stage_names.index("dpo") < comparison.stage_names.index("evaluate")
+    assert {"reward_model", "ppo", "dpo"} <= set(comparison.stage_names)
+    assert "dpo" not in [s.name for s in comparison.runs[0].stages]
+
+
+def test_a_run_without_its_evaluation_has_null_figures_and_says_why(
+    api: TestClient, two_runs: tuple[str, str], tiny_model: str
+) -> None:
+    fresh = _create_run(api, tiny_model, {})
+    response = api.get("/v1/runs/compare", params={"ids": f"{two_runs[0]},{fresh}"}, headers=auth())
+    assert response.status_code == 200, response.text
+    column = RunComparison.model_validate(response.json()).runs[1]
+    assert (column.status, column.report_missing) == ("queued", "its evaluate stage has not finished")
+    assert column.harmless_win_rate is None and column.refusal is None and column.kl_to_sft is None
+    assert column.seconds is None and all(s.status == "pending" and s.seconds is None for s in column.stages)
+
+
+def test_ids_are_checked(api: TestClient, two_runs: tuple[str, str]) -> None:
+    ppo, dpo = two_runs
+    for ids, count in ((ppo, 1), (f"{ppo}, ,", 1), (",".join([ppo, dpo, *(f"run-{i:016d}" for i in range(7))]), 9)):
+        status, detail, errors = error_of(api.get("/v1/runs/compare", params={"ids": ids}, headers=auth()))
+        assert (status, detail, errors) == (
+            422,
+            "cannot compare these runs",
+            [f"ids: give 2 to 8 run ids separated by commas, got {count}"],
+        )
+    status, _, errors = error_of(api.get("/v1/runs/compare", params={"ids": f"{ppo},{dpo},{ppo}"}, headers=auth()))
+    assert (status, errors) == (422, [f"ids: {ppo} is given 2 times; give each run once"])
+    assert error_of(api.get("/v1/runs/compare", headers=auth()))[0] == 422  # (no ids at all)
+    status, detail, _ = error_of(api.get("/v1/runs/compare", params={"ids": f"{ppo},run-nope"}, headers=auth()))
+    assert (status, detail) == (404, "run 'run-nope' not found")
+    status, detail, _ = error_of(api.get("/v1/runs/compare", params={"ids": f"{ppo},{dpo}"}, headers=auth("bob")))
+    assert (status, detail) == (404, f"run {ppo!r} not found")  # another key's runs are not shown
+    assert api.get("/v1/runs/compare", params={"ids": f"{ppo},{dpo}"}).status_code == 401
+
+
+def test_rlaif_compare_prints_the_table_and_the_json(api_service: Service, two_runs: tuple[str, str]) -> None:
+    if not api_service.db_url.startswith("sqlite"):
+        pytest.skip("the CLI reads the same answer on either database: once is enough")
+    ppo, dpo = two_runs
+    url = api_service.start_api()
+    proc = api_service.procs[-1]
+    try:
+        env = api_service.env(RLAIF_API_URL=url, RLAIF_API_KEY=KEYS["alice"], COLUMNS="200")
+        argv = [sys.executable, "-m", "rlaif", "compare", ppo, dpo]
+        table = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert table.returncode == 0, table.stdout + table.stderr
+        lines = table.stdout.splitlines()
+        assert ppo in table.stdout and dpo in table.stdout
+        for label in (
+            "harmlessness win rate vs base",
+            "over-refusal, safe prompts",
+            "KL to SFT",
+            "evaluate (time, peak",
+        ):
+            assert any(label in line for line in lines), (label, table.stdout)
+        kl = next(line for line in lines if "KL to SFT" in line)
+        assert "0.400" in kl and kl.rstrip(" │").endswith("-")  # the DPO run has no PPO KL
+        as_json = subprocess.run([*argv, "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert as_json.returncode == 0, as_json.stderr
+        printed = RunComparison.model_validate_json(as_json.stdout)
+        served = api_service_get(url, ppo, dpo)
+        assert printed == served
+        one = subprocess.run(argv[:-1], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert one.returncode == 1 and "HTTP 422: cannot compare these runs" in one.stderr
+        assert "give 2 to 8 run ids separated by commas, got 1" in one.stderr
+    finally:
+        api_service.procs.remove(proc)
+        kill_group(proc)
+
+
+def api_service_get(url: str, *ids: str) -> RunComparison:
+    from rlaif.client import Client
+
+    client = Client(url, KEYS["alice"])
+    try:
+        return RunComparison.model_validate(client.compare(list(ids)))
+    finally:
+        client.close()
