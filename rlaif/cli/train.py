@@ -8,6 +8,7 @@ data-parallel under torchrun:
     torchrun --nproc_per_node 2 -m rlaif reward-model --run-id demo
     rlaif reward-eval --model <run>/reward_model/model --pairs rlaif/data/preference_pairs.dev.jsonl
     rlaif ppo --run-id demo
+    torchrun --nproc-per-node 2 -m rlaif ppo --run-id demo
     rlaif dpo --run-id demo --set policy_optimization=dpo
 """
 
@@ -214,10 +215,14 @@ def ppo_command(
 
     On its own (for demos and tests): rlaif ppo --prompts red_team.jsonl --scorer refusal --out /tmp/ppo
     --policy-model smollm2-135m-instruct --set ppo.total_episodes=64
+    Data-parallel: torchrun --nproc-per-node 2 -m rlaif ppo ... (the same arguments; ppo.batch_size is global).
     """
+    from rlaif.distributed import init_distributed
     from rlaif.modeling import ModelError
     from rlaif.store import StoreError
 
+    # Under torchrun: join the group (and pick this rank's GPU) before the reward model is loaded onto a device.
+    init_distributed()
     try:
         if run_id is None:
             result = _ppo_alone(prompts, policy_model, reward_model, scorer, out, limit, config, overrides)

@@ -8,6 +8,8 @@ logits by the same T, or the PPO ratio is not 1 before the first update.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -74,13 +76,15 @@ def sample_responses(
     max_new_tokens: int,
     temperature: float,
     stop_token_id: int,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> torch.Tensor:
     """Sample up to `max_new_tokens` tokens per left-padded query from softmax(logits / temperature).
 
     Pure ancestral sampling (no top-k/top-p/repetition penalty), so the rollout distribution is exactly the
     one whose log-probs PPO trains on. Rows that have emitted the stop token keep sampling until every row is
     done; the caller drops those tokens with `truncate_at_stop_token`. Returns (B, R), R <= max_new_tokens.
+    `generator` is one generator for the batch, or one per row: then a row's tokens depend on its own seed only,
+    not on which other rows share its batch (data-parallel PPO deals a step's rows across ranks).
     """
     attention_mask = query_mask.long()
     input_ids, past, tokens = queries, None, []
@@ -96,7 +100,7 @@ def sample_responses(
         )
         past = out.past_key_values
         probs = torch.softmax(out.logits[:, -1, :].float() / temperature, dim=-1)  # (B, V)
-        next_token = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        next_token = _multinomial(probs, generator)  # (B, 1)
         tokens.append(next_token)
         done |= next_token.squeeze(1) == stop_token_id
         if bool(done.all()):
@@ -104,3 +108,13 @@ def sample_responses(
         input_ids = next_token
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
     return torch.cat(tokens, dim=1)
+
+
+def _multinomial(probs: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row of probs (B, V): from one generator, or row i from generator[i]. Returns (B, 1)."""
+    if isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows: give one per row")
+    rows = [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generator, strict=True)]
+    return torch.stack(rows)  # (B, 1)

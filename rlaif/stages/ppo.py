@@ -18,12 +18,19 @@ Each update rolls out `ppo.batch_size` episodes and trains on them for `ppo.ppo_
 has it (`ppo.dtype`), optionally with gradient checkpointing. Step states every `ppo.checkpoint_every` updates
 make it resumable: a resumed run ends with the same weights and metrics as an uninterrupted one with the same seed.
 
+Data-parallel under torchrun (rlaif/distributed.py; gloo on CPU, nccl on GPUs), with the same global batch and
+the same minibatches as one process: each rank samples and scores its slice of each update's episodes (every
+episode's sampling is seeded by its position in the update's batch, not by rank), the episodes are gathered
+so that whitening, the KL controller and every metric see the whole batch, each rank runs its share of every
+minibatch's micro-batches, and the gradients are summed over ranks before each optimizer step. Rank 0 writes.
+
 Goodhart monitors (rlaif/evaluation/monitors.py, `eval.monitor`) run after every update: with
 `monitor.early_stop` PPO stops once a monitor (KL, length drift, repeated boilerplate) has alerted for
 `monitor.patience` updates in a row, and with `monitor.keep_best` set to a metric the saved policy is the one
 that sampled the best rollout by that metric (among rollouts without an alert), not the last one.
 
     rlaif ppo --run-id demo --policy-model <sft model folder> --reward-model <reward model folder>
+    torchrun --nproc-per-node 2 -m rlaif ppo --run-id demo     # two data-parallel ranks
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 import torch
 from rich.console import Console
@@ -53,7 +60,18 @@ from rlaif.checkpoints import (
     save_step_state,
     save_weights,
 )
-from rlaif.config import MonitorConfig, PPOConfig
+from rlaif.config import MonitorConfig, PPOConfig, exact_div
+from rlaif.distributed import (
+    DistInfo,
+    all_reduce_grads,
+    all_reduce_max,
+    all_reduce_tensor_sum,
+    barrier,
+    broadcast_object,
+    broadcast_parameters,
+    gather_rows,
+    init_distributed,
+)
 from rlaif.evaluation.monitors import best_step, boilerplate, early_stop_decision
 from rlaif.generation.common import check_context, context_length, derive_seed
 from rlaif.metrics_log import MetricsLog
@@ -136,9 +154,14 @@ def train_ppo(
     every update. An early stop and the kept update are reported in the result's `extra` and in meta.json.
     Metric record k describes the rollout of update k, sampled by the policy *before* update k trained on it;
     keep-best therefore keeps that policy (for k = 1, the starting policy), whose behaviour the record measured.
+
+    Under torchrun every rank calls this with the same arguments (see the module docstring); `ppo.batch_size` is
+    the global batch, and the run gives the weights and metrics of one process up to float rounding.
     """
     # --- setup ----------------------------------------------------------------------------------------------
-    seed_everything(seed)
+    info = init_distributed()
+    ranks = _rank_split(cfg, info.world_size)
+    seed_everything(seed)  # the same seed on every rank: LoRA's random init is the same everywhere
     out_dir = Path(out_dir)
     steps_dir, samples_path = out_dir / STEPS_DIR, out_dir / SAMPLES_FILE
     best_dir = out_dir / BEST_DIR
@@ -146,7 +169,7 @@ def train_ppo(
     keep_best = monitor.keep_best in KEEP_BEST_METRICS
     if monitor.keep_best != "last" and not keep_best:
         log.warning("eval.monitor.keep_best=%s is not logged during PPO: keeping the last policy", monitor.keep_best)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = info.device
     tokenizer = load_tokenizer(policy_model)
     prompts, queries, dropped = _encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
     ptx_data = _tokenize_ptx(tokenizer, ptx_examples, cfg)
@@ -175,47 +198,55 @@ def train_ppo(
     lr_factor = functools.partial(_lr_factor, num_updates=cfg.num_updates, anneal=cfg.anneal_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
+    # Every rank loads the same step state. Its RNG states are rank 0's, which is enough: nothing in the loop
+    # draws from the global RNGs (sampling, minibatch and PPO-ptx orders use generators seeded per update).
     start_update = load_latest_step_state(steps_dir, model, optimizer, scheduler) or 0
     if start_update:
         kl_ctl.load_state_dict(read_step_extra(steps_dir, start_update)["kl_ctl"])
-    # metrics.jsonl, TensorBoard, MLflow; a resumed run rewrites what came after its step state.
-    metrics_log = MetricsLog(out_dir, "ppo", cfg, meta, start_update)
-    history = list(metrics_log.kept)
-    truncate_metrics(samples_path, start_update)
-    # Best-policy files of rolled-back updates are redone; the one the step state relies on is kept (_prune_best).
-    _prune_best(best_dir, keep={s for s in _best_files(best_dir) if s <= start_update})
+    broadcast_parameters(trainable, info)  # identical already (same files, same seed); DDP's guarantee, kept
+    # metrics.jsonl, TensorBoard, MLflow; a resumed run rewrites what came after its step state. Rank 0 writes,
+    # and sends the kept records to the others: early stop and keep-best must decide alike on every rank.
+    metrics_log = MetricsLog(out_dir, "ppo", cfg, meta, start_update, enabled=info.is_main)
+    history = broadcast_object(list(metrics_log.kept), info)
+    if info.is_main:
+        truncate_metrics(samples_path, start_update)
+        # Best-policy files of rolled-back updates are redone; the one the step state relies on is kept.
+        _prune_best(best_dir, keep={s for s in _best_files(best_dir) if s <= start_update})
     checkpoint_best = best_step(history, monitor) if keep_best and history else None
     log.info(
-        "PPO of %s (%s) on %d prompts (%d too long): %d updates of %d episodes, %d epochs x %d minibatches of %d, "
-        "value model from %s, autocast %s, start at update %d",
+        "PPO of %s (%s) on %d prompts (%d too long): %d updates of %d episodes (%d per rank x %d ranks), %d epochs "
+        "x %d minibatches of %d, value model from %s, autocast %s, start at update %d",
         policy_model, f"LoRA rank {cfg.lora_rank}, reference = base without adapter" if lora else "full fine-tuning",
-        len(queries), dropped, cfg.num_updates, cfg.batch_size, cfg.ppo_epochs, cfg.num_minibatches,
-        cfg.minibatch_size, _value_source(cfg, policy_model, value_model), autocast_dtype(cfg.dtype, device),
-        start_update,
+        len(queries), dropped, cfg.num_updates, cfg.batch_size, ranks.per_rank, info.world_size, cfg.ppo_epochs,
+        cfg.num_minibatches, cfg.minibatch_size, _value_source(cfg, policy_model, value_model),
+        autocast_dtype(cfg.dtype, device), start_update,
     )  # fmt: skip
 
     # --- loop -----------------------------------------------------------------------------------------------
-    bar = tqdm(total=cfg.num_updates, initial=start_update, desc="ppo", disable=not progress)
+    bar = tqdm(total=cfg.num_updates, initial=start_update, desc="ppo", disable=not (progress and info.is_main))
     metrics: dict[str, float] = {}
     extra: dict[str, Any] = {}
     updates_done = start_update
     for update in range(start_update, cfg.num_updates):
         indices, b_queries, b_query_mask = _query_batch(queries, update, cfg, seed, tokenizer.pad_token_id)
         b_prompts = [prompts[i] for i in indices]
-        generator = torch.Generator(device).manual_seed(derive_seed(seed, "rollout", update))
+        mine = ranks.rows(info.rank)  # this rank's episodes of the global batch; one process: all of them
+        # One generator per episode, seeded by its row in the update's batch: the same text on any number of ranks.
+        generators = [torch.Generator(device).manual_seed(derive_seed(seed, "rollout", update, row)) for row in mine]
         kl_coef = kl_ctl.value
-        data = rollout(policy, ref_policy, value_net, tokenizer, b_prompts, b_queries.to(device),
-                       b_query_mask.to(device), score_fn, kl_coef, cfg, generator)  # fmt: skip
+        data = rollout(policy, ref_policy, value_net, tokenizer, b_prompts[mine.start : mine.stop],
+                       b_queries[mine.start : mine.stop].to(device), b_query_mask[mine.start : mine.stop].to(device),
+                       score_fn, kl_coef, cfg, generators, info)  # fmt: skip
         kl_ctl.update(data.kl.sum(1).mean().item(), cfg.batch_size)
         record = rollout_metrics(update + 1, data, kl_coef, response_texts(tokenizer, data), cfg)
         # The monitors and the keep-best metrics read only rollout metrics, so `record` decides as the full one will.
         best = best_step([*history, record], monitor) if keep_best else None
-        if best == update + 1:  # the best rollout so far: keep the policy that sampled it, before it trains on it
+        if best == update + 1 and info.is_main:  # the best rollout so far: keep the policy that sampled it
             _save_best(policy, best_dir, update + 1, trainable_only=lora)
         ptx_batches = _ptx_batches(ptx_data, update, cfg, seed, tokenizer.pad_token_id, device)
         minibatch_generator = torch.Generator().manual_seed(derive_seed(seed, "minibatches", update))
         with training_mode(policy, value_net):
-            stats = ppo_update(policy, value_net, optimizer, data, cfg, minibatch_generator, ptx_batches)
+            stats = ppo_update(policy, value_net, optimizer, data, cfg, minibatch_generator, ptx_batches, info)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         metrics = {**record, **update_metrics(stats, lr, cfg)}
@@ -223,13 +254,15 @@ def train_ppo(
         history.append(metrics)
         updates_done = update + 1
         decision = early_stop_decision(history, monitor)
-        if (update + 1) % cfg.sample_every == 0:
+        if (update + 1) % cfg.sample_every == 0 and info.is_main:
             log_samples(samples_path, update + 1, b_prompts, data, tokenizer, progress)
         if (update + 1) % cfg.checkpoint_every == 0 and update + 1 < cfg.num_updates and not decision.stop:
-            save_step_state(steps_dir, update + 1, model, optimizer, scheduler, {"kl_ctl": kl_ctl.state_dict()},
-                            trainable_only=lora)  # fmt: skip
+            if info.is_main:
+                save_step_state(steps_dir, update + 1, model, optimizer, scheduler, {"kl_ctl": kl_ctl.state_dict()},
+                                trainable_only=lora)  # fmt: skip
+            barrier(info)  # on_step (a worker's heartbeat) runs once the step state is on disk
             checkpoint_best = best
-        if keep_best:  # the current best, and the one a resume from the newest step state would come back to
+        if keep_best and info.is_main:  # the current best, and the one a resume from the newest step state needs
             _prune_best(best_dir, keep={best, checkpoint_best})
         bar.update(1)
         bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
@@ -245,7 +278,8 @@ def train_ppo(
     metrics_log.close()
     if keep_best and history:
         kept = best_step(history, monitor)
-        _load_best(policy, best_dir, kept, trainable_only=lora)
+        if info.is_main:  # only rank 0 saves the model (and only it wrote the best-policy files)
+            _load_best(policy, best_dir, kept, trainable_only=lora)
         metrics = next(r for r in history if r["step"] == kept)
         log.info("keeping the policy that sampled update %d (best %s %.4f)", kept, monitor.keep_best,
                  metrics[monitor.keep_best])  # fmt: skip
@@ -266,8 +300,10 @@ def train_ppo(
         full_meta["monitor"] = extra
     full_meta.setdefault("stage", "ppo")
     full_meta.setdefault("base_model", policy_model)
-    save_hf_checkpoint(policy, tokenizer, out_dir / MODEL_DIR, full_meta)
-    remove_resume_states(out_dir, STEPS_DIR, BEST_DIR)  # the finished model supersedes the resume states
+    if info.is_main:
+        save_hf_checkpoint(policy, tokenizer, out_dir / MODEL_DIR, full_meta)
+        remove_resume_states(out_dir, STEPS_DIR, BEST_DIR)  # the finished model supersedes the resume states
+    barrier(info)  # no rank returns (and reports the stage done) before the model is on disk
     return StageResult(
         stage="ppo", outputs=[MODEL_DIR, METRICS_FILE, SAMPLES_FILE], counts=counts, metrics=final, extra=extra
     )
@@ -285,12 +321,15 @@ def rollout(
     score_fn: ScoreFn,
     kl_coef: float,
     cfg: PPOConfig,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
+    info: DistInfo | None = None,
 ) -> Rollout:
     """Sample one response per query row, score it, and compute rewards, advantages and returns.
 
     queries, query_mask: (B, Q) left-padded chat prompts; `prompts` are their texts (for the score function).
-    Sampling and the three forward passes run under `ppo.dtype` autocast, as the update's forward passes do.
+    `generator`: one for the batch, or one per row (`sample_responses`). Sampling and the three forward passes
+    run under `ppo.dtype` autocast, as the update's forward passes do. Data-parallel (`info` with several ranks):
+    each rank passes its rows, and the returned Rollout holds every rank's rows in rank order, (world x B, ...).
     """
     stop_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     amp = autocast_dtype(cfg.dtype, queries.device)
@@ -321,6 +360,14 @@ def rollout(
     rewards = -kl_coef * kl
     last_token = response_mask.sum(dim=1) - 1
     rewards[torch.arange(len(prompts), device=rewards.device), last_token] += penalised
+    # gather (data-parallel): from here on every rank holds the whole batch, so whitening uses the global
+    # statistics and the update cuts the same minibatches, exactly as one process would
+    episodes = _gather_episodes(
+        (query_responses, attention_mask, logprobs, ref_logprobs, values, rewards, response_mask, scores,
+         contains_eos, kl), pad_id, info,
+    )  # fmt: skip
+    query_responses, attention_mask, logprobs, ref_logprobs, values, rewards, response_mask, scores = episodes[:8]
+    contains_eos, kl = episodes[8:]
     # 5. whiten rewards (optional): scale only, shift_mean=False, so the sign of a reward keeps its meaning
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, response_mask, shift_mean=False) * response_mask
@@ -343,27 +390,37 @@ def ppo_update(
     cfg: PPOConfig,
     generator: torch.Generator,
     ptx_batches: list[list[Batch]],
+    info: DistInfo | None = None,
 ) -> PPOStats:
     """`ppo_epochs` passes over the rollout in shuffled minibatches, one optimizer step per minibatch.
 
     Stops the remaining epochs early when a minibatch's approx. KL exceeds `ppo.target_approxkl`.
+    Data-parallel (`info` with several ranks, `data` the gathered global rollout): the minibatches are those of
+    one process; rank r runs micro-batches r, r + world, ... of each, the PPO-ptx batch of minibatch m runs on
+    rank m % world, and the gradients are summed over ranks before the optimizer step (each micro-batch's loss
+    is already weighted by its share of the minibatch, so the sum is the minibatch's gradient).
     """
+    info = info or DistInfo(0, 1, 0, data.query_responses.device)
     stats = PPOStats.empty(cfg.ppo_epochs, cfg.num_minibatches)
     micro_size = min(cfg.micro_batch_size, cfg.minibatch_size)
     weight = micro_size / cfg.minibatch_size  # each micro-batch's share of the minibatch loss
+    trainable = [p for net in (policy, value_net) for p in net.parameters() if p.requires_grad]
     for epoch in range(cfg.ppo_epochs):
         b_inds = torch.randperm(cfg.batch_size, generator=generator)
         for minibatch in range(cfg.num_minibatches):
             mb_start = minibatch * cfg.minibatch_size
             minibatch_inds = b_inds[mb_start : mb_start + cfg.minibatch_size]
             micro_stats = []
-            for micro_start in range(0, cfg.minibatch_size, micro_size):
+            for micro_start in range(info.rank * micro_size, cfg.minibatch_size, info.world_size * micro_size):
                 mb_inds = minibatch_inds[micro_start : micro_start + micro_size]
                 micro_stats.append(microbatch_step(policy, value_net, data, mb_inds, cfg, weight))
-            ptx_loss = ptx_step(policy, ptx_batches[epoch][minibatch], cfg) if ptx_batches else None
+            ptx_here = bool(ptx_batches) and minibatch % info.world_size == info.rank
+            ptx_loss = ptx_step(policy, ptx_batches[epoch][minibatch], cfg) if ptx_here else None
+            all_reduce_grads(trainable, info)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            _record(stats, epoch, minibatch, torch.stack(micro_stats).mean(dim=0), ptx_loss)
+            mb_stats, ptx_loss = _minibatch_stats(micro_stats, ptx_loss, bool(ptx_batches), cfg, info)
+            _record(stats, epoch, minibatch, mb_stats, ptx_loss)
             if cfg.target_approxkl is not None and stats.approxkl[epoch, minibatch] > cfg.target_approxkl:
                 log.info("approx. KL %.4f > target: early stop in epoch %d", stats.approxkl[epoch, minibatch], epoch)
                 return stats
@@ -580,6 +637,82 @@ def _score_tokens(
         ref_logits = forward_logits(ref_policy, mb_query_responses, mb_attention_mask, response_length + 1)[:, :-1]
         ref_logprobs.append(logprobs_from_logits(ref_logits, mb_responses, cfg.temperature))
     return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+
+
+# --- data parallelism -------------------------------------------------------------------------------------------
+
+
+class RankSplit(NamedTuple):
+    """How an update's global batch is dealt: `per_rank` consecutive episodes per rank (rank r: rows r x per_rank
+    onwards), and each minibatch's micro-batches round-robin over the ranks."""
+
+    world_size: int
+    per_rank: int
+
+    def rows(self, rank: int) -> range:
+        return range(rank * self.per_rank, (rank + 1) * self.per_rank)
+
+
+def _rank_split(cfg: PPOConfig, world_size: int) -> RankSplit:
+    """Check that the global batch and every minibatch's micro-batches divide over the ranks (errors name the fields).
+
+    Equal shares keep every rank in step (each takes part in every collective) and busy for the same time.
+    """
+    per_rank = exact_div(
+        cfg.batch_size, world_size,
+        f"ppo.batch_size {cfg.batch_size} (prompts_per_step x samples_per_prompt) / world size {world_size}",
+    )  # fmt: skip
+    minibatch, micro_size = cfg.minibatch_size, min(cfg.micro_batch_size, cfg.minibatch_size)
+    whole = "each rank runs whole micro-batches of every minibatch"
+    if minibatch % world_size:
+        raise ValueError(
+            f"ppo.minibatch_size {minibatch} (ppo.batch_size {cfg.batch_size} / ppo.num_minibatches "
+            f"{cfg.num_minibatches}) is not divisible by world size {world_size}: {whole}; change ppo.num_minibatches"
+        )
+    if (minibatch // micro_size) % world_size:
+        raise ValueError(
+            f"ppo.minibatch_size {minibatch} / ppo.micro_batch_size {micro_size} = {minibatch // micro_size} "
+            f"micro-batches per minibatch is not divisible by world size {world_size}: {whole}; set "
+            f"ppo.micro_batch_size to a divisor of {minibatch // world_size}"
+        )
+    return RankSplit(world_size, per_rank)
+
+
+def _gather_episodes(
+    episodes: tuple[torch.Tensor, ...], pad_id: int, info: DistInfo | None
+) -> tuple[torch.Tensor, ...]:
+    """Every rank's episodes, in rank order: the rollout's tensors as listed in `rollout()`, (B, ...) -> (W x B, ...).
+
+    The queries already share one width (the global batch's, `_query_batch`); the responses are right-padded to
+    the longest rank's, as one process's sampler would have run on: pad tokens attended (like the tokens after
+    an EOS), outside the response mask, zeros in the per-token floats.
+    """
+    if info is None or info.world_size == 1:
+        return episodes
+    query_responses, attention_mask, logprobs, ref_logprobs, values, rewards, response_mask, scores, eos, kl = episodes
+    width = all_reduce_max(response_mask.shape[1], info)
+    extra = width - response_mask.shape[1]
+
+    def pad(tensor: torch.Tensor, value: float | bool) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor, (0, extra), value=value)
+
+    padded = (pad(query_responses, pad_id), pad(attention_mask, 1), *(pad(t, 0.0) for t in (logprobs, ref_logprobs,
+              values, rewards)), pad(response_mask, False), scores, eos, pad(kl, 0.0))  # fmt: skip
+    return tuple(gather_rows(padded, info))
+
+
+def _minibatch_stats(
+    micro_stats: list[torch.Tensor], ptx_loss: torch.Tensor | None, ptx: bool, cfg: PPOConfig, info: DistInfo
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The minibatch's statistics, the same on every rank: the mean over all its micro-batches (of every rank), and
+    the PPO-ptx loss of the rank that ran it. Every rank must agree, or the approx-KL early stop would not."""
+    micro_batches = cfg.minibatch_size // min(cfg.micro_batch_size, cfg.minibatch_size)
+    if info.world_size == 1:
+        return torch.stack(micro_stats).mean(dim=0), ptx_loss
+    local = torch.stack(micro_stats).sum(dim=0)
+    ptx_part = ptx_loss.reshape(1) if ptx_loss is not None else torch.zeros(1)
+    total = all_reduce_tensor_sum(torch.cat([local, ptx_part.to(local)]), info)
+    return total[:-1] / micro_batches, total[-1] if ptx else None
 
 
 # --- data -------------------------------------------------------------------------------------------------------

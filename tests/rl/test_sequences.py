@@ -84,3 +84,22 @@ def test_sampler_is_seeded_and_matches_a_cache_free_forward(tiny_model: str) -> 
     with torch.no_grad():
         logits = forward_logits(model, full, full_mask)[:, queries.shape[1] - 1 : -1]
     assert torch.equal(logits.argmax(-1), greedy)
+
+
+def test_per_row_generators_make_a_row_independent_of_its_batch(tiny_model: str) -> None:
+    # Data-parallel PPO deals a step's rows across ranks: with one generator per row, row 2 samples the same tokens
+    # in a batch of 3 as in a batch of its own (left-padded to the same width), whatever the other rows hold.
+    model = load_causal_lm(tiny_model, device="cpu")
+    queries = torch.tensor([[2, 2, 17, 423], [5, 88, 901, 12], [2, 7, 31, 64]])
+    query_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+
+    def generators(rows: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(1000 + row) for row in rows]
+
+    batch = sample_responses(model, queries, query_mask, 6, 0.7, 2, generators([0, 1, 2]))
+    alone = sample_responses(model, queries[2:], query_mask[2:], 6, 0.7, 2, generators([2]))
+    assert torch.equal(batch[2:], alone)
+    reordered = sample_responses(model, queries[[2, 0]], query_mask[[2, 0]], 6, 0.7, 2, generators([2, 0]))
+    assert torch.equal(reordered, batch[[2, 0]])
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        sample_responses(model, queries, query_mask, 6, 0.7, 2, generators([0, 1]))
