@@ -190,3 +190,14 @@ def usage_counts(usage: dict[str, dict[str, Any]]) -> dict[str, int]:
         for key in ("requests", "cached", "prompt_tokens", "completion_tokens"):
             counts[f"{role}_{key}"] = int(total[key])
     return counts
+
+
+def describe_usage(role: str, total: dict[str, Any]) -> str:
+    """One role's usage in words, for events and the report's headline:
+    "judge endpoint:big-judge: 48 requests (6 cached, 2 retried), 21,504 prompt + 48 completion tokens"."""
+    text = (
+        f"{role} {ENDPOINT_PREFIX}{total.get('endpoint')}: {total['requests']} requests ({total['cached']} cached, "
+        f"{total['retries']} retried), {total['prompt_tokens']:,} prompt + {total['completion_tokens']:,} "
+        "completion tokens"
+    )
+    return text if total.get("cost") is None else f"{text}, cost {total['cost']:.4g}"

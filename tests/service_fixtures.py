@@ -358,9 +358,15 @@ class Service:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start_worker(
-        self, name: str, queues: str = "control,generate,judge,train", beat: bool = False, via_cli: bool = False
+        self,
+        name: str,
+        queues: str = "control,generate,judge,train",
+        beat: bool = False,
+        via_cli: bool = False,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """A solo-pool Celery worker subprocess (`celery worker`, or `rlaif worker`); returns once it consumes."""
+        """A solo-pool Celery worker subprocess (`celery worker`, or `rlaif worker`); returns once it consumes.
+        `env`: variables for this worker only (an endpoint's API key, which the API process never needs)."""
         if via_cli:
             argv = [sys.executable, "-m", "rlaif", "worker", "-Q", queues, "--pool", "solo", "--name", name]
             argv += ["--beat"] if beat else []
@@ -368,7 +374,7 @@ class Service:
             argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues, "--pool", "solo"]
             argv += ["-n", f"{name}@%h", "-l", "INFO", "--without-gossip", "--without-mingle"]
             argv += ["-B", "--schedule", str(self.root / f"{name}-beat-schedule")] if beat else []
-        proc = self.spawn(name, argv)
+        proc = self.spawn(name, argv, **(env or {}))
 
         def ready() -> bool:
             if proc.poll() is not None:

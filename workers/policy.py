@@ -2,8 +2,10 @@
 
 - A live lease held by another worker (`LeaseBusy`): retry after the lease TTL, which is below the Redis
   visibility timeout, so exactly one message of the work stays alive.
-- Transient errors (broker or database connection drops, a locked SQLite file): retry with exponential backoff
-  and full jitter, up to `MAX_TRANSIENT_RETRIES`, then fail the run.
+- Transient errors (broker or database connection drops, a locked SQLite file, an endpoint that stayed down or
+  overloaded through all of its client's own retries): retry with exponential backoff and full jitter, up to
+  `MAX_TRANSIENT_RETRIES`, then fail the run. A retried shard skips its stored items, and the endpoint's answers
+  before the outage come from its cache.
 - A database whose schema is not this code's (a table or column missing: on SQLite that is an OperationalError,
   like a locked file, but no retry fixes it): fail fast with the command that fixes it, `rlaif db upgrade`.
 - Everything else (bad config or data: ValueError, ConstitutionError, ModelError, StoreError...; and bugs):
@@ -34,6 +36,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from rlaif.constitution import ConstitutionError
+from rlaif.generation.endpoint_client import EndpointUnavailable
 from rlaif.modeling import ModelError
 from rlaif.service import state
 from rlaif.service.claims import LeaseBusy
@@ -52,6 +55,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.InterfaceError,
     ConnectionError,
     TimeoutError,
+    # (not its parent EndpointError: a 401 or a 400 stays wrong however often it is sent)
+    EndpointUnavailable,
 )
 # Named for readers; anything not transient fails fast, these just get their message without a type prefix.
 DATA_ERRORS: tuple[type[BaseException], ...] = (

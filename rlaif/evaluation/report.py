@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from rlaif.endpoints import describe_usage
 from rlaif.evaluation.label_stats import LabelSummary
 from rlaif.evaluation.monitors import Alert, Boilerplate, MonitorSummary
 from rlaif.evaluation.stats import Rate, WinRate
@@ -114,6 +115,21 @@ class BestOfNSummary(BaseModel):
     )
 
 
+class UsageEntry(BaseModel):
+    """What one role's endpoint took in one stage of the run (its usage ledger, rlaif/endpoints.py read_usage):
+    every attempt of every shard counts, answers from the response cache are counted as `cached`."""
+
+    stage: str
+    role: str = Field(description="feedback or judge.")
+    endpoint: str | None = Field(description="The declared endpoint's name (RLAIF_ENDPOINTS).")
+    requests: int = 0
+    cached: int = Field(default=0, description="Requests answered from the stage's response cache (not sent).")
+    retries: int = Field(default=0, description="Retries after 429, 5xx or a connection error.")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = Field(default=None, description="Where the endpoint declares prices per token.")
+
+
 class Sample(BaseModel):
     """One prompt's answers side by side, with everything measured on them (one line of answers.jsonl)."""
 
@@ -175,6 +191,11 @@ class EvalReport(BaseModel):
         default_factory=dict,
         description="Items cut to fit a model's context (rlaif/truncation.py), per part: the run's critique and "
         "judge stages, and the evaluation's own answers, judged pairs and human pairs.",
+    )
+    usage: list[UsageEntry] = Field(
+        default_factory=list,
+        description="Endpoint requests and tokens per stage and role (feedback.model, judge.model endpoint:<name>), "
+        "the evaluation's own judging included; empty when every model ran in process.",
     )
 
     def win_rate(self, axis: str, model: str, baseline: str, dataset: str = POOLED) -> WinRate | None:
@@ -275,7 +296,26 @@ def headline(report: EvalReport) -> str:
         "  cut to fit the context: "
         + ("; ".join(f"{part} {items.truncated + items.skipped}" for part, items in cut.items()) if cut else "none")
     )
+    for role, total in usage_by_role(report.usage).items():
+        stages = ", ".join(dict.fromkeys(e.stage for e in report.usage if e.role == role))
+        lines.append(f"  endpoint usage: {describe_usage(role, total)} ({stages})")
     return "\n".join(lines)
+
+
+def usage_by_role(entries: list[UsageEntry]) -> dict[str, dict[str, Any]]:
+    """The run's endpoint usage summed over stages, per role (a role names one endpoint per run)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        total = totals.setdefault(
+            entry.role,
+            {"endpoint": entry.endpoint, "requests": 0, "cached": 0, "retries": 0, "prompt_tokens": 0,
+             "completion_tokens": 0, "cost": None},
+        )  # fmt: skip
+        for key in ("requests", "cached", "retries", "prompt_tokens", "completion_tokens"):
+            total[key] += getattr(entry, key)
+        if entry.cost is not None:
+            total["cost"] = (total["cost"] or 0.0) + entry.cost
+    return totals
 
 
 def card_headline(report: EvalReport) -> str:

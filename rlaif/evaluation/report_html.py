@@ -2,8 +2,9 @@
 
 Sections: headline, Goodhart alerts, harmlessness vs helpfulness plane (base, SFT, aligned: each model's win
 rate against the base model on both axes, with 95 % intervals), win-rate table, refusal rates (both detectors),
-PPO curves (reward, KL, response length), per-principle label statistics, judge audit and reward model, and
-sample answers side by side. Every text from a model, a prompt or a file is HTML-escaped.
+PPO curves (reward, KL, response length), per-principle label statistics, judge audit and reward model, sample
+answers side by side, and the endpoints' requests and tokens per stage and role. Every text from a model, a prompt
+or a file is HTML-escaped.
 
     python -c "from rlaif.evaluation.report import EvalReport; from rlaif.evaluation.report_html import render_html; \
 import sys; print(render_html(EvalReport.model_validate_json(open(sys.argv[1]).read())))" report.json > report.html
@@ -293,6 +294,22 @@ def _samples_section(report: EvalReport) -> str:
     return f"<table><tr><th>set</th><th>prompt</th>{header}<th>judge P(win)</th></tr>{''.join(rows)}</table>"
 
 
+def _usage_section(report: EvalReport) -> str:
+    if not report.usage:
+        return "<p>Every model ran in process: no endpoint requests.</p>"
+    rows = "".join(
+        f"<tr><td>{escape(e.stage)}</td><td>{escape(e.role)}</td><td><code>{escape(str(e.endpoint))}</code></td>"
+        f"<td class='num'>{e.requests}</td><td class='num'>{e.cached}</td><td class='num'>{e.retries}</td>"
+        f"<td class='num'>{e.prompt_tokens:,}</td><td class='num'>{e.completion_tokens:,}</td>"
+        f"<td class='num'>{_maybe(e.cost, 4, '')}</td></tr>"
+        for e in report.usage
+    )
+    return (
+        "<table><tr><th>stage</th><th>role</th><th>endpoint</th><th>requests</th><th>cached</th><th>retried</th>"
+        f"<th>prompt tokens</th><th>completion tokens</th><th>cost</th></tr>{rows}</table>"
+    )
+
+
 def render_html(report: EvalReport) -> str:
     """The whole page."""
     title = f"rlaif evaluation{f' - run {report.run_id}' if report.run_id else ''}"
@@ -324,5 +341,7 @@ eval.tie_margin of 1/2 (identical answers are ties). Soft win rate = mean P(win)
 {_audit_section(report)}
 <h2>Sample answers</h2>
 {_samples_section(report)}
+<h2>Endpoint usage</h2>
+{_usage_section(report)}
 </body></html>
 """

@@ -6,7 +6,8 @@
   sending) with the `limits` library's moving window; a request waits until its window has room. The windows are
   per process: with several workers on one endpoint, divide the service's limits between them;
 - timeouts (`timeout_s`) and retries with jittered exponential backoff on 429, 5xx and connection errors,
-  honouring Retry-After; any other status fails at once with the server's message (`EndpointError.status`);
+  honouring Retry-After; when they run out, `EndpointUnavailable` (a worker retries the whole task later); any
+  other status fails at once with the server's message (`EndpointError.status`);
 - a result cache: each response is stored under the SHA-256 of what was sent (base URL, path, body), so a
   redelivered shard or a repeated call pays nothing twice;
 - usage: requests, cache hits, retries and tokens are summed in `usage` and, with a `usage_dir`, appended one
@@ -60,6 +61,12 @@ class EndpointError(RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+class EndpointUnavailable(EndpointError):
+    """The endpoint kept answering 429 or 5xx, or kept refusing or dropping connections, for all of its retries.
+    The server is down or overloaded, not wrong: a service task retries later (workers/policy.py counts this as
+    transient), where a refusal (401, 400...) fails the run at once."""
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -203,7 +210,7 @@ class EndpointClient:
                 retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if attempt == self.cfg.max_retries:
                 self._record(requests=1, retries=attempt)
-                raise EndpointError(
+                raise EndpointUnavailable(
                     f"endpoint {self.name!r}: POST {path} failed {attempt + 1} times, last with {why} "
                     f"(max_retries {self.cfg.max_retries}, timeout_s {self.cfg.timeout_s})",
                     status,

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rlaif.budget import RunBudget, estimate_budget
 from rlaif.config import RunConfig, stored_run_config
+from rlaif.endpoints import describe_usage
 from rlaif.evaluation.judge_gate import GateReport
 from rlaif.pipeline import SINGLE_TASK, plan, spec_of
 from rlaif.prompts import split_holdout
@@ -121,6 +122,15 @@ def worker_identity(task_id: str | None) -> str:
 
 
 # ---------------------------------------------------------------- events
+
+
+def add_usage_event(session: Session, run_id: str, stage: str, result: StageResult) -> None:
+    """One event per role whose endpoint the stage called (GET /v1/runs/{id}/events): its requests and tokens in
+    words and as data ({role, endpoint, requests, cached, retries, prompt_tokens, completion_tokens, cost})."""
+    for role, total in sorted((result.extra.get("usage") or {}).items()):
+        add_event(
+            session, run_id, f"stage {stage}: {describe_usage(role, total)}", stage=stage, data={"role": role, **total}
+        )
 
 
 def add_long_items_event(session: Session, run_id: str, stage: str, result: StageResult) -> None:
@@ -336,6 +346,7 @@ def stage_exported(rt: Runtime, run_id: str, stage: str, result: StageResult) ->
         row.status, row.finished_at = SUCCEEDED, utcnow()
         row.done, row.result = row.total or row.done, result.model_dump(mode="json")
         add_event(session, run_id, f"stage {stage} succeeded: {result.counts}", stage=stage, data=result.counts)
+        add_usage_event(session, run_id, stage, result)
         add_long_items_event(session, run_id, stage, result)
         if gate is None or gate.passed:
             return None

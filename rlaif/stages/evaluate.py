@@ -16,6 +16,7 @@ This stage measures, on the run's held-out prompts plus the named sets of `eval.
 7. with `eval.best_of_n` N, an **inference-time baseline**: N sampled answers per prompt from the SFT model (or
    the base, `eval.best_of_n_source`), the one the reward model scores highest kept (rlaif/evaluation/best_of_n.py),
    judged like a model (role `best_of_n`, named `sft+best-of-N`) against the base and against the aligned policy.
+8. the **endpoint usage** of the run's stages and of this evaluation: requests and tokens per stage and role.
 
 Writes `<run>/evaluate/answers.jsonl` (all answers side by side), `report.json` (`EvalReport`), `report.html`
 and the manifest last. A finished stage (valid manifest) is returned as it is.
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from rlaif.checkpoints import CARD_FILE, META_FILE, model_card
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
-from rlaif.endpoints import is_endpoint
+from rlaif.endpoints import is_endpoint, read_usage, usage_counts
 from rlaif.evaluation import monitors
 from rlaif.evaluation.best_of_n import BestOfN, choose, distinct_fraction, label, mean_best_and_mean_score
 from rlaif.evaluation.compare import PairOutcome, generate_answers, generate_candidates, judge_axis
@@ -59,6 +60,7 @@ from rlaif.evaluation.report import (
     RewardModelSummary,
     Sample,
     TrainingCurves,
+    UsageEntry,
     WinRateEntry,
     card_headline,
     headline,
@@ -68,6 +70,7 @@ from rlaif.evaluation.report_html import render_html
 from rlaif.evaluation.stats import rate, win_rate
 from rlaif.generation import release_cached_generator
 from rlaif.judging.judge import release_cached_judge
+from rlaif.pipeline import plan
 from rlaif.records import LabelRecord
 from rlaif.stages import LABELS_FILE, METRICS_FILE, StageResult
 from rlaif.stages.contract import StageContext
@@ -690,8 +693,19 @@ def _stage_long_items(ctx: StageContext, labels: Sequence[LabelRecord], judge_st
     return out
 
 
+def run_usage(ctx: StageContext) -> list[UsageEntry]:
+    """Endpoint usage of every stage of the run (plan order) from their ledgers, this evaluation's judging included."""
+    entries = []
+    for spec in plan(ctx.cfg):
+        folder = ctx.store.stage_dir(ctx.run_id, spec.name, create=False)
+        entries += [UsageEntry(stage=spec.name, role=role, **total) for role, total in read_usage(folder).items()]
+    return entries
+
+
 def stage_result(stage: str, report: EvalReport, outputs: list[str]) -> StageResult:
     own = ("evaluation answers", "evaluation pairs", "human pairs")
+    # The evaluation's own judging, as the critique and judge stages count theirs (judge_requests, ...).
+    usage = {e.role: e.model_dump(exclude={"stage", "role"}) for e in report.usage if e.stage == stage}
     return StageResult(
         stage=stage,
         outputs=[f"{stage}/{name}" for name in outputs],
@@ -699,11 +713,13 @@ def stage_result(stage: str, report: EvalReport, outputs: list[str]) -> StageRes
             "prompts": sum(report.prompts.values()),
             **{f"prompts_{k}": v for k, v in report.prompts.items()},
             "truncated": sum(report.long_items[k].truncated for k in own if k in report.long_items),
+            **usage_counts(usage),
         },
         metrics=report_metrics(report),
         extra={
             "headline": headline(report),
             "long_items": {k: v.model_dump() for k, v in report.long_items.items() if k in own},
+            **({"usage": usage} if usage else {}),
         },
     )
 
@@ -803,6 +819,7 @@ def _evaluate(
         progress=progress,
         check=ctx.hooks.check,
     )
+    report.usage = run_usage(ctx)
     outputs = write_report(out_dir, report, samples)
     write_manifest(out_dir, extra={"stage": stage, "metrics": report_metrics(report)})
     log.info("evaluation of run %s written to %s\n%s", run_id, out_dir, headline(report))

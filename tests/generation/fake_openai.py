@@ -3,12 +3,17 @@
 It answers /v1/completions and /v1/chat/completions from a script first (e.g. two 429s), then properly: the
 judge's option log-probs are a fixed function of the prompt, so a test can compute the expected P(A). It
 records every request (path, headers, body) and the most requests it had in flight at once.
+
+`kill()` (or `die_after_answers`, from inside a request) is a server process dying: the port stops listening and
+the requests in flight are dropped without an answer; `start(port)` brings it back on the same port
+(tests/generation/test_endpoint_service.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,13 +34,18 @@ class FakeOpenAI:
     logprobs: bool = True  # False: a server that never returns log-probs
     require_key: str | None = None
     delay_s: float = 0.0
+    die_after_answers: int | None = None  # the first request after this many 200 answers kills the server
+    answered: int = 0  # requests answered 200
     requests: list[tuple[str, dict[str, str], dict[str, Any]]] = field(default_factory=list)
     max_in_flight: int = 0
     _in_flight: int = 0
+    _killed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self) -> str:
+    def start(self, port: int = 0) -> str:
+        """Serve on `port` (0: a free one); the base URL."""
         fake = self
+        self._killed = False
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
@@ -45,15 +55,29 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 with fake._lock:
                     fake.requests.append((self.path, dict(self.headers), body))
+                    dying = fake.die_after_answers is not None and fake.answered >= fake.die_after_answers
+                    if dying:  # (decided under the lock: one request kills it, the others in flight see it dead)
+                        fake.die_after_answers, fake._killed = None, True
                     fake._in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
-                    scripted = fake.script.pop(0) if fake.script else None
+                    scripted = fake.script.pop(0) if fake.script and not dying else None
+                if dying:
+                    fake.stop()
                 try:
                     time.sleep(fake.delay_s)
                     status, headers, payload = fake.answer(self.path, dict(self.headers), body, scripted)
                 finally:
                     with fake._lock:
                         fake._in_flight -= 1
+                # Killed (or killed and started again: this request came to the dead server): the client sees the
+                # connection close with no answer.
+                if fake._killed or self.server is not fake.server:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if status == 200:
+                    with fake._lock:
+                        fake.answered += 1
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 for key, value in {**headers, "content-type": "application/json"}.items():
@@ -62,13 +86,22 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)  # (SO_REUSEADDR: a restart can rebind)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def kill(self) -> None:
+        """Stop listening at once and drop the requests in flight unanswered, as a killed server process would."""
+        self._killed = True
+        self.stop()
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
 
     def answer(
         self, path: str, headers: dict[str, str], body: dict[str, Any], scripted: tuple[int, dict[str, str]] | None
