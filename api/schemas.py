@@ -233,7 +233,8 @@ class RunSummary(BaseModel):
     iterations: int | None = Field(description="null when the stored config cannot be read (config_error).")
     policy_optimization: str | None = Field(
         default=None,
-        description="ppo or dpo: how the run's labels become its policy (null when the stored config cannot be read).",
+        description="ppo, dpo, online_dpo or best_of_n: how the run's AI feedback becomes its policy (null when the "
+        "stored config cannot be read).",
     )
     created_at: datetime
     finished_at: datetime | None

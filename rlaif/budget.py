@@ -9,9 +9,10 @@ against the daily quota of the key. Per stage of the plan (rlaif/pipeline.py):
 - shards: ceil(items / shard_size) per sharded stage, one row and one task each;
 - generated_tokens: an upper bound, every completion at its max_new_tokens (critique: an answer, then a critique
   and a revision per round; pairs: K responses; the judge's chain of thought, both orders of each principle; PPO:
-  total_episodes x response_length; the evaluation: base, SFT and aligned model on every evaluation prompt);
+  total_episodes x response_length; online DPO: two samples per prompt and the judge's chain of thought; best-of-n:
+  n samples per training prompt; the evaluation: base, SFT and aligned model on every evaluation prompt);
 - optimizer_steps: SFT, reward-model and DPO steps (every prompt gives an SFT example, every comparison a label),
-  PPO updates x ppo_epochs x num_minibatches.
+  PPO updates x ppo_epochs x num_minibatches, online DPO steps, and best-of-n's SFT steps (one example a prompt).
 
     python -c "from rlaif.budget import estimate_budget; from rlaif.config import RunConfig; print(estimate_budget(RunConfig(), 100, 25).total)"
 """
@@ -94,7 +95,7 @@ def estimate_budget(cfg: RunConfig, train_prompts: int, eval_prompts: int) -> Ru
     judge = cfg.judge  # with chain of thought: one reasoning per principle and order of each comparison
     reasoning = judge.principles_per_label * 2 * judge.cot_sampling.max_new_tokens if judge.chain_of_thought else 0
     eval_items = min(eval_prompts, cfg.eval.max_prompts) + len(set(cfg.eval.extra_sets)) * cfg.eval.prompts_per_set
-    ppo = cfg.ppo
+    ppo, online, best_of_n = cfg.ppo, cfg.online_dpo, cfg.best_of_n
     costs = {
         "critique": _sharded(
             train_prompts,
@@ -119,6 +120,17 @@ def estimate_budget(cfg: RunConfig, train_prompts: int, eval_prompts: int) -> Ru
         ),
         "dpo": Cost(
             optimizer_steps=training_steps(comparisons, cfg.dpo.batch_size, cfg.dpo.epochs, cfg.dpo.eval_fraction)
+        ),
+        # Two samples per prompt and the judge's chain of thought for each pair, every step.
+        "online_dpo": Cost(
+            generated_tokens=online.total_prompts * (2 * online.sampling.max_new_tokens + reasoning),
+            optimizer_steps=online.steps,
+        ),
+        "best_of_n": Cost(
+            generated_tokens=train_prompts * best_of_n.n * best_of_n.sampling.max_new_tokens,
+            optimizer_steps=training_steps(
+                train_prompts, best_of_n.sft.batch_size, best_of_n.sft.epochs, best_of_n.sft.eval_fraction
+            ),
         ),
         "evaluate": Cost(
             items=eval_items, generated_tokens=EVAL_MODELS * eval_items * cfg.eval.sampling.max_new_tokens

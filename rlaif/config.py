@@ -498,6 +498,117 @@ class DPOConfig(_Section):
         return self
 
 
+class OnlineDPOConfig(_Section):
+    """One RLAIF iteration with policy_optimization=online_dpo: online AI feedback (OAIF, Guo et al. 2024).
+
+    Each optimizer step samples two responses per prompt from the policy being trained, the run's judge labels
+    them (both orders, principles sampled from judge.principles), and one soft-label DPO step follows against the
+    SFT model as the frozen reference. The loss options are the dpo section's.
+    """
+
+    beta: float = Field(
+        default=0.1, gt=0, le=10.0, description="Strength of the implicit KL penalty to the reference (OAIF: 0.1)."
+    )
+    loss: Literal["sigmoid", "ipo"] = Field(
+        default="sigmoid",
+        description="sigmoid: soft-label DPO, -[p log s(beta D) + (1-p) log s(-beta D)]; ipo: (D - (2p-1)/(2 beta))^2.",
+    )
+    length_normalize: bool = Field(
+        default=False, description="Divide each response's log-probability by its token count before the loss."
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="Floor of the soft label: P(a better) is clamped to [floor, 1 - floor]; 0 = the judge's P(A).",
+    )
+    prompts_per_step: int = Field(
+        default=8,
+        ge=1,
+        le=BATCH_MAX,
+        description="Prompts per optimizer step; each gives one freshly sampled, freshly judged pair. At most the "
+        "run's training prompt count.",
+    )
+    total_prompts: int = Field(
+        default=64,
+        ge=1,
+        le=10_000_000,
+        description="Prompts sampled over the whole stage (cycling through the training prompts, a new order each "
+        "pass); steps = total_prompts / prompts_per_step.",
+    )
+    micro_batch_size: int = Field(
+        default=4,
+        ge=1,
+        le=MICRO_BATCH_MAX,
+        description="Pairs per forward pass (both sides of each pair: 2x sequences); the step accumulates them.",
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=64),
+        description="How the two responses per prompt are sampled from the current policy, in process with "
+        "transformers (temperature 1 for diversity, as the pairs stage samples).",
+    )
+    learning_rate: float = Field(
+        default=5e-6, gt=0, le=1.0, description="Peak AdamW learning rate (OAIF: 5e-7 at batch 128 on PaLM 2)."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1, description="Fraction of steps with linear warm-up.")
+    max_length: int = Field(default=384, ge=16, le=32768, description="Prompt + response tokens per side.")
+    checkpoint_every: int = Field(
+        default=4,
+        ge=1,
+        le=EVERY_MAX,
+        description="Optimizer steps between resumable step checkpoints (each step's labels are stored anyway, so a "
+        "resumed step re-reads them instead of judging again).",
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Clip the global gradient norm to this value.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Matmul precision of the DPO forward passes (policy and reference): bfloat16 autocast over fp32 "
+        "master weights, or plain float32; 'auto' = bf16 where the CPU/GPU does it natively.",
+    )
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the stage (derived: total_prompts / prompts_per_step, checked to divide)."""
+        return self.total_prompts // self.prompts_per_step
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> OnlineDPOConfig:
+        exact_div(
+            self.total_prompts,
+            self.prompts_per_step,
+            f"online_dpo.total_prompts / online_dpo.prompts_per_step {self.prompts_per_step}",
+        )
+        return self
+
+
+class BestOfNConfig(_Section):
+    """One RLAIF iteration with policy_optimization=best_of_n: rejection-sampling fine-tuning (RAFT, Dong et al.
+    2023). n samples per training prompt from the current policy, scored by the iteration's reward model; the
+    policy is fine-tuned (SFT) on the best one per prompt."""
+
+    n: int = Field(
+        default=4,
+        ge=2,
+        le=64,
+        description="Samples per training prompt; the one the reward model scores highest is kept (RAFT: 8-32; "
+        "RLHFlow's iterative recipe: 8).",
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=64),
+        description="How the n samples per prompt are drawn from the iteration's starting policy (temperature 1 "
+        "for diversity: the best of n identical samples buys nothing).",
+    )
+    score_batch_size: int = Field(
+        default=8, ge=1, le=MICRO_BATCH_MAX, description="Sequences per reward-model forward pass when scoring."
+    )
+    sft: SFTConfig = Field(
+        default_factory=SFTConfig,
+        description="The fine-tuning on the best samples (the sft section's fields; helpful_mix has nothing to mix "
+        "in here: every example is a best sample).",
+    )
+
+
 class MonitorConfig(_Section):
     """Goodhart monitors over PPO metrics (rlaif/evaluation/monitors.py): alerts, early stop, checkpoint to keep."""
 
@@ -650,14 +761,18 @@ class RunConfig(_Section):
         default=1,
         ge=1,
         le=10,
-        description="RLAIF iterations: pairs -> judge -> reward model -> PPO (or pairs -> judge -> DPO), repeated "
-        "from the new policy.",
+        description="RLAIF iterations: pairs -> judge -> reward model -> PPO (or pairs -> judge -> DPO; online DPO; "
+        "pairs -> judge -> reward model -> best-of-n), repeated from the new policy.",
     )
-    policy_optimization: Literal["ppo", "dpo"] = Field(
+    policy_optimization: Literal["ppo", "dpo", "online_dpo", "best_of_n"] = Field(
         default="ppo",
         description="How the AI labels become a policy: 'ppo' trains a reward model on them, then PPO against it "
         "(Bai et al. RL-CAI); 'dpo' trains the policy on the labelled pairs directly (soft-label DPO against the SFT "
-        "reference: no reward model, no rollouts; the dpo section).",
+        "reference: no reward model, no rollouts; the dpo section); 'online_dpo' samples two responses per prompt "
+        "from the current policy at every step, the judge labels them and a DPO step follows (OAIF, Guo et al. "
+        "2024: no offline pairs or judge stage; the online_dpo section); 'best_of_n' trains the reward model, then "
+        "fine-tunes on the best of n samples per prompt by that reward model (RAFT / rejection sampling: no PPO; "
+        "the best_of_n section).",
     )
     shard_size: int = Field(
         default=8, ge=1, le=10000, description="Items per generation/judging shard (unit of fan-out)."
@@ -676,6 +791,14 @@ class RunConfig(_Section):
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="Stage 6: PPO (policy_optimization=ppo).")
     dpo: DPOConfig = Field(
         default_factory=DPOConfig, description="Stages 5-6 as one: DPO on the labels (policy_optimization=dpo)."
+    )
+    online_dpo: OnlineDPOConfig = Field(
+        default_factory=OnlineDPOConfig,
+        description="Stages 3-6 as one: online DPO with the judge in the loop (policy_optimization=online_dpo).",
+    )
+    best_of_n: BestOfNConfig = Field(
+        default_factory=BestOfNConfig,
+        description="Stage 6: fine-tuning on the reward model's best of n samples (policy_optimization=best_of_n).",
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Stage 7: evaluation.")
 

@@ -11,6 +11,12 @@ With `policy_optimization: dpo` the reward model and PPO of each iteration are o
 
     critique -> sft -> pairs -> judge -> dpo -> pairs-2 -> judge-2 -> dpo-2 -> ... -> evaluate
 
+With `online_dpo` an iteration is one stage that samples, judges and trains at every step (no offline pairs), and
+with `best_of_n` the PPO stage of each iteration is fine-tuning on the reward model's best of n samples:
+
+    critique -> sft -> online_dpo -> online_dpo-2 -> ... -> evaluate
+    critique -> sft -> pairs -> judge -> reward_model -> best_of_n -> pairs-2 -> ... -> evaluate
+
 Each stage is one folder under `<run>/`, one `StageRun` row and one module of `rlaif/stages/` with the stage
 contract (rlaif/stages/contract.py). Sharded stages fan out over items, `shard_size` at a time; the others are one
 task each. A stage's `reads` name its inputs by role ("policy", "labels"...) and where each comes from; the role
@@ -38,7 +44,9 @@ from rlaif.stages import (
     SFT_DATA_FILE,
 )
 
-StageKind = Literal["critique", "sft", "pairs", "judge", "reward_model", "ppo", "dpo", "evaluate"]
+StageKind = Literal[
+    "critique", "sft", "pairs", "judge", "reward_model", "ppo", "dpo", "online_dpo", "best_of_n", "evaluate"
+]
 
 # Where a read comes from: the run's pinned inputs, a stage kind (the stage of that kind in the reader's iteration,
 # or the run's only one for critique and sft), or the policy at the start / end of the reader's iteration.
@@ -87,6 +95,18 @@ STAGES: dict[StageKind, StageDef] = {
         {"labels": "judge", "policy": "policy@start", "reference": "sft"},
         (MODEL_DIR, METRICS_FILE, "ref_logps.jsonl"), "steps", True,
     ),
+    # Samples and judges at every optimizer step (the judge runs in this task: no judge shards), so it is one
+    # training task; labels/ holds each step's judged pairs.
+    "online_dpo": StageDef(
+        "train.online_dpo", "online_dpo", "run_online_dpo", False,
+        {"prompts": "inputs", "policy": "policy@start", "reference": "sft"},
+        (MODEL_DIR, METRICS_FILE, "labels"), "steps", True,
+    ),
+    "best_of_n": StageDef(
+        "train.best_of_n", "best_of_n", "run_best_of_n", False,
+        {"prompts": "inputs", "policy": "policy@start", "reward_model": "reward_model"},
+        (MODEL_DIR, METRICS_FILE, "best.jsonl"), "steps", True,
+    ),
     # Generation and judge forward passes, no optimizer: the generate queue.
     "evaluate": StageDef(
         "generate.evaluate", "evaluate", "run_evaluate", False,
@@ -106,10 +126,12 @@ EVALUATE_STAGE = "evaluate"  # the folder of the report (api/routes/reports.py r
 ITERATION_STAGES: dict[str, tuple[StageKind, ...]] = {
     "ppo": ("pairs", "judge", "reward_model", "ppo"),
     "dpo": ("pairs", "judge", "dpo"),
+    "online_dpo": ("online_dpo",),
+    "best_of_n": ("pairs", "judge", "reward_model", "best_of_n"),
 }
 ALIASES = {
-    "policy": "the final aligned policy (the last PPO or DPO stage)",
-    "reward_model": "the last reward model (PPO runs only)",
+    "policy": "the final aligned policy (the last stage of the last iteration: PPO, DPO, online DPO or best-of-n)",
+    "reward_model": "the last reward model (PPO and best-of-n runs)",
     "sft": "the SFT model",
 }
 
@@ -181,7 +203,7 @@ def upstream(cfg: RunConfig, spec: StageSpec, role: str) -> str | None:
 
 
 def policy_kind(cfg: RunConfig) -> StageKind:
-    """The kind of stage that trains the policy of each iteration: "ppo" or "dpo"."""
+    """The kind of stage that trains the policy of each iteration: "ppo", "dpo", "online_dpo" or "best_of_n"."""
     return ITERATION_STAGES[cfg.policy_optimization][-1]
 
 
@@ -201,7 +223,7 @@ def start_policy_stage(cfg: RunConfig, iteration: int) -> str:
 
 
 def final_reward_stage(cfg: RunConfig) -> str | None:
-    """The stage of the last reward model, or None for a run that trains none (policy_optimization=dpo)."""
+    """The stage of the last reward model, or None for a run that trains none (dpo, online_dpo)."""
     return upstream(cfg, spec_of(cfg, EVALUATE_STAGE), "reward_model")
 
 

@@ -58,3 +58,22 @@ def test_dpo_trains_on_the_labels_without_rollouts() -> None:
     assert "ppo" not in budget.stages and "reward_model" not in budget.stages
     # C(4, 2) = 6 comparisons x 100 prompts = 600 labels, 60 held out, ceil(540 / 8) = 68 steps; nothing generated.
     assert budget.stages["dpo"] == Cost(optimizer_steps=68)
+
+
+def test_online_dpo_samples_and_judges_every_step_without_pairs_or_judge_shards() -> None:
+    cfg = RunConfig(policy_optimization="online_dpo")
+    budget = estimate_budget(cfg, train_prompts=100, eval_prompts=0)
+    assert set(budget.stages) == {"critique", "sft", "online_dpo", "evaluate"}
+    # 64 prompts over the stage, 8 a step: 8 steps; two samples of up to 64 tokens each: 64 x 2 x 64 = 8,192 tokens.
+    assert budget.stages["online_dpo"] == Cost(generated_tokens=8_192, optimizer_steps=8)
+    # With chain of thought the judge also writes a reasoning per principle and order: 64 x (128 + 2 x 2 x 96).
+    cot = cfg.with_overrides({"judge": {"chain_of_thought": True, "principles_per_label": 2}})
+    assert estimate_budget(cot, 100, 0).stages["online_dpo"].generated_tokens == 64 * (128 + 2 * 2 * 96)
+
+
+def test_best_of_n_samples_n_per_prompt_then_fine_tunes_on_one_a_prompt() -> None:
+    cfg = RunConfig().with_overrides({"policy_optimization": "best_of_n", "best_of_n": {"n": 8}})
+    budget = estimate_budget(cfg, train_prompts=100, eval_prompts=0)
+    assert "ppo" not in budget.stages and "reward_model" in budget.stages
+    # 100 prompts x 8 samples x 64 tokens = 51,200 tokens; SFT on 100 best samples, 10 held out, ceil(90 / 8) = 12.
+    assert budget.stages["best_of_n"] == Cost(generated_tokens=51_200, optimizer_steps=12)

@@ -12,7 +12,9 @@ from rlaif.pipeline import (
     plan,
     policy_stage,
     resolve_stage,
+    spec_of,
     start_policy_stage,
+    upstream,
 )
 
 
@@ -53,6 +55,42 @@ def test_the_budget_of_a_dpo_run_counts_dpo_steps_and_no_rollouts() -> None:
     assert budget.stages["dpo"].optimizer_steps == 12 and budget.stages["dpo"].generated_tokens == 0
 
 
+def test_an_online_dpo_run_is_one_stage_per_iteration_from_the_newest_policy() -> None:
+    cfg = RunConfig(policy_optimization="online_dpo", iterations=2)
+    assert _names(cfg) == ["critique", "sft", "online_dpo", "online_dpo-2", "evaluate"]
+    second = spec_of(cfg, "online_dpo-2")
+    assert (second.kind, second.iteration, second.task, second.sharded) == ("online_dpo", 2, "train.online_dpo", False)
+    # Iteration 2 samples from iteration 1's policy; the SFT model stays the reference.
+    assert [upstream(cfg, second, role) for role in ("prompts", "policy", "reference")] == [
+        "inputs",
+        "online_dpo",
+        "sft",
+    ]
+    assert final_policy_stage(cfg) == resolve_stage(cfg, "policy") == "online_dpo-2"
+    # No judge, reward model or PPO stage: the evaluation's reads of them resolve to nothing.
+    evaluate = spec_of(cfg, "evaluate")
+    assert [upstream(cfg, evaluate, role) for role in ("labels", "reward_model", "ppo")] == [None, None, None]
+    assert final_reward_stage(cfg) is None
+
+
+def test_a_best_of_n_run_trains_a_reward_model_and_no_ppo() -> None:
+    cfg = RunConfig(policy_optimization="best_of_n", iterations=2)
+    assert _names(cfg) == [
+        "critique", "sft", "pairs", "judge", "reward_model", "best_of_n",
+        "pairs-2", "judge-2", "reward_model-2", "best_of_n-2", "evaluate",
+    ]  # fmt: skip
+    second = spec_of(cfg, "best_of_n-2")
+    assert [upstream(cfg, second, role) for role in ("prompts", "policy", "reward_model")] == [
+        "inputs", "best_of_n", "reward_model-2",
+    ]  # fmt: skip
+    assert upstream(cfg, spec_of(cfg, "pairs-2"), "policy") == "best_of_n"  # new pairs from the newest policy
+    assert resolve_stage(cfg, "policy") == "best_of_n-2" and resolve_stage(cfg, "reward_model") == "reward_model-2"
+    evaluate = spec_of(cfg, "evaluate")
+    assert [upstream(cfg, evaluate, role) for role in ("labels", "reward_model", "ppo")] == [
+        "judge-2", "reward_model-2", None,
+    ]  # fmt: skip
+
+
 def test_every_stage_kind_has_a_registered_celery_task() -> None:
     import importlib
 
@@ -63,3 +101,4 @@ def test_every_stage_kind_has_a_registered_celery_task() -> None:
         importlib.import_module(module)
     assert set(TASKS.values()) <= set(app.tasks), sorted(set(TASKS.values()) - set(app.tasks))
     assert TASKS["dpo"] == "train.dpo"
+    assert (TASKS["online_dpo"], TASKS["best_of_n"]) == ("train.online_dpo", "train.best_of_n")

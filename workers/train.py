@@ -1,4 +1,5 @@
-"""Tasks of the `train` queue: SFT, reward model, PPO and DPO, each under a lease, resumable from step checkpoints."""
+"""Tasks of the `train` queue: SFT, reward model, PPO, DPO, online DPO and best-of-n, each under a lease, resumable
+from step checkpoints."""
 
 from __future__ import annotations
 
@@ -30,4 +31,16 @@ def ppo(task: Task, run_id: str, stage: str) -> None:
 @stage_task("train.dpo")
 def dpo(task: Task, run_id: str, stage: str) -> None:
     """Stages 5-6 with policy_optimization=dpo: DPO on the soft labels against the SFT reference."""
+    send(execute.run_training(runtime(), run_id, stage, worker_identity(task.request.id)))
+
+
+@stage_task("train.online_dpo")
+def online_dpo(task: Task, run_id: str, stage: str) -> None:
+    """Policy optimization online_dpo: sample two responses per prompt, judge them and take a DPO step, each step."""
+    send(execute.run_training(runtime(), run_id, stage, worker_identity(task.request.id)))
+
+
+@stage_task("train.best_of_n")
+def best_of_n(task: Task, run_id: str, stage: str) -> None:
+    """Stage 6 with policy_optimization=best_of_n: SFT on the reward model's best of n samples per prompt."""
     send(execute.run_training(runtime(), run_id, stage, worker_identity(task.request.id)))

@@ -4,9 +4,11 @@
 2. sft              supervised fine-tuning on the final revisions
 3. sample_pairs     K responses per prompt from the policy -> comparisons
 4. judge            AI feedback: soft labels from (A)/(B) log-probs, both orders
-5. reward_model     scalar head, Bradley-Terry on soft labels               (policy_optimization: ppo)
+5. reward_model     scalar head, Bradley-Terry on soft labels               (ppo, best_of_n)
 6. ppo              PPO with a per-token KL penalty to the SFT reference    (policy_optimization: ppo)
 5-6. dpo            DPO / IPO on the soft labels against the SFT reference  (policy_optimization: dpo)
+3-6. online_dpo     sample two, judge, one DPO step, each step (OAIF)       (policy_optimization: online_dpo)
+6. best_of_n        SFT on the reward model's best of n samples (RAFT)      (policy_optimization: best_of_n)
 7. evaluate         aligned vs base on held-out prompts
 
 Which of 5-6 a run has, and how iterations repeat 3 to 6, is `rlaif.pipeline.plan`.

@@ -46,7 +46,7 @@ from rlaif.checkpoints import (
     save_hf_checkpoint,
     save_step_state,
 )
-from rlaif.config import DPOConfig
+from rlaif.config import DPOConfig, OnlineDPOConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import disable_dropout, load_causal_lm, load_tokenizer
@@ -195,7 +195,7 @@ def train_dpo(
         batch = global_batches(len(train_data), plan.batch_size, seed, epoch)[index]
         micro_batches = rank_micro_batches(batch, lengths, info.rank, info.world_size, cfg.micro_batch_size)
         started, started_cpu = time.perf_counter(), time.process_time()
-        sums = _train_step(loss_module, train_data, ref, micro_batches, plan.batch_size, info, amp)
+        sums = dpo_train_step(loss_module, train_data, ref, micro_batches, plan.batch_size, info, amp)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -247,7 +247,7 @@ def train_dpo(
     return StageResult(stage="dpo", outputs=[MODEL_DIR, METRICS_FILE, REF_LOGPS_FILE], counts=counts, metrics=final)
 
 
-def _train_step(
+def dpo_train_step(
     loss_module: torch.nn.Module,
     data: list[DPOExample],
     ref: dict[str, RefLogps],
@@ -256,7 +256,7 @@ def _train_step(
     info: DistInfo,
     amp: torch.dtype | None,
 ) -> DPOSums:
-    """Forward/backward over this rank's micro-batches; the sums of this rank's pairs.
+    """Forward/backward over this rank's micro-batches; the sums of this rank's pairs (also online DPO's step).
 
     Each micro-batch adds loss_sum / global_pairs, so the gradient is that of the mean over the global batch;
     x world_size undoes DDP's averaging over ranks.
@@ -273,10 +273,11 @@ def _train_step(
 
 
 def dpo_batch_loss(
-    model: torch.nn.Module, batch: DPOBatch, cfg: DPOConfig
+    model: torch.nn.Module, batch: DPOBatch, cfg: DPOConfig | OnlineDPOConfig
 ) -> tuple[torch.Tensor, DPOLoss, torch.Tensor]:
     """(summed DPO loss, the loss with its detached implicit rewards, the detached summed policy log-probs (2B,))
-    of a micro-batch; one forward pass for both sides."""
+    of a micro-batch; one forward pass for both sides. `cfg` gives the loss options (beta, loss, label_smoothing,
+    length_normalize), the same fields in the dpo and online_dpo sections."""
     logps = packed_response_logps(model, batch.packed)  # (2B,)
     ref, tokens, n = batch.ref_logps, batch.tokens, batch.p.shape[0]
     chosen_tokens, rejected_tokens = (tokens[:n], tokens[n:]) if cfg.length_normalize else (None, None)
