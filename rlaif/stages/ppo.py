@@ -954,7 +954,7 @@ def run_ppo(ctx: StageContext, progress: bool = True) -> StageResult:
     policy_model, reward_model = ctx.model("policy"), ctx.model("reward_model")
     meta = checkpoint_meta(
         "ppo", policy_model, cfg, ctx.constitution_document(), counts={"prompts_in": len(prompts)},
-        run_id=ctx.run_id, reward_model=str(reward_model),
+        run_id=ctx.run_id, reward_model=str(reward_model), policy_optimization=cfg.policy_optimization,
     )  # fmt: skip
     score_fn = reward_score_fn(reward_model)
     return train_ppo(
