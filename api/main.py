@@ -22,8 +22,9 @@ from workers.app import create_celery
 
 
 def create_app(cfg: Settings | None = None) -> FastAPI:
-    """An app on the database, artifact root and broker of `cfg` (default: the RLAIF_* environment). An empty
-    database gets the schema; one at a schema revision other than this code's raises SchemaError (rlaif/service/db.py)."""
+    """An app on the database, artifact root and broker of `cfg` (default: the RLAIF_* environment). Creating it
+    makes no tables: a database at another schema revision than this code's, an empty one included, raises
+    SchemaError naming `rlaif db upgrade` (rlaif/service/db.py; `rlaif serve` gives an empty database the schema first)."""
     cfg = cfg or settings
     app = FastAPI(
         title="rlaif",

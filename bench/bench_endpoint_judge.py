@@ -30,9 +30,10 @@ from rlaif.config import JudgeConfig
 from rlaif.constitution import load_constitution
 from rlaif.data import DATA_DIR
 from rlaif.endpoints import EndpointConfig
+from rlaif.evaluation.datasets import load_human_pairs
 from rlaif.generation.endpoint_client import EndpointClient
 from rlaif.generation.vllm_server import start_server, wait_until_up
-from rlaif.judging.audit import load_labelled_pairs, to_comparisons
+from rlaif.judging.audit import to_comparisons
 from rlaif.judging.endpoint import EndpointScorer
 from rlaif.modeling import load_model_and_tokenizer, prepare_model
 from rlaif.records import LabelRecord
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18399)
     args = parser.parse_args()
 
-    comparisons, _ = to_comparisons(load_labelled_pairs(DATA_DIR / "preference_pairs.dev.jsonl", args.pairs), seed=0)
+    comparisons, _ = to_comparisons(load_human_pairs(DATA_DIR / "preference_pairs.dev.jsonl", args.pairs), seed=0)
     constitution = load_constitution(settings.constitutions_dir / "harmless.yaml")
     cfg = JudgeConfig(dtype="float32")
     model, tokenizer = load_model_and_tokenizer(MODEL, dtype="float32")

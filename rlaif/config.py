@@ -3,8 +3,10 @@
 Flow: YAML file or POST body -> `RunConfig` (validated here, at the edge) -> stored as JSON on the run ->
 re-read by each worker with `stored_run_config`. Workers never read hyperparameters from the
 environment. A stored config carries its `config_version`; one of an older version is upgraded on read, step by
-step (`upgrade_config`, `CONFIG_STEPS`), so renaming a field never breaks the runs stored before. Derived sizes (PPO batch, minibatch and microbatch sizes) are computed in validators and checked
-with `exact_div`, so a user never sets them and a bad combination fails with the names of the fields.
+step (`upgrade_config`, `CONFIG_STEPS`), so renaming a field never breaks the runs stored before. Derived sizes
+(the PPO batch and minibatch sizes, the number of updates) are properties computed from the fields, checked with
+`exact_div` in a validator: a user never sets them, no dump carries them, and a bad combination fails with the
+names of the fields.
 
 Defaults are sized for the embedded 135M model on 2 CPU cores: the README's demo run finishes in minutes.
 Published-recipe values are given in each description where they differ.
@@ -27,13 +29,15 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # The layout of RunConfig that this code writes. Bump it with an entry in CONFIG_STEPS (below RunConfig) whenever
 # a field is renamed, moved or its meaning changes, so configs stored under the old layout still read.
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 
 
-def exact_div(numerator: int, denominator: int, what: str) -> int:
-    """numerator / denominator, or a ValueError naming the fields when it does not divide."""
+def exact_div(numerator: int, denominator: int, numerator_name: str, denominator_name: str, note: str = "") -> int:
+    """numerator / denominator, or a ValueError naming both sides when it does not divide:
+    "ppo.batch_size 48 is not divisible by ppo.num_minibatches 5" (then `note`, in brackets, when given)."""
     if denominator <= 0 or numerator % denominator:
-        raise ValueError(f"{what}: {numerator} is not divisible by {denominator}")
+        why = f" ({note})" if note else ""
+        raise ValueError(f"{numerator_name} {numerator} is not divisible by {denominator_name} {denominator}{why}")
     return numerator // denominator
 
 
@@ -404,32 +408,42 @@ class PPOConfig(_Section):
         "where the CPU/GPU does it natively (~5x faster matmuls on AVX512-BF16 CPUs).",
     )
 
-    # Derived, never set by users (style guide 7).
-    batch_size: int = Field(default=0, description="Derived: prompts_per_step x samples_per_prompt.")
-    minibatch_size: int = Field(default=0, description="Derived: batch_size / num_minibatches.")
-    num_updates: int = Field(default=0, description="Derived: total_episodes / batch_size.")
+    # Derived sizes (style guide 7): properties, so users never set them and no dump carries them. _check_sizes
+    # makes every division below exact.
+    @property
+    def batch_size(self) -> int:
+        """Episodes per rollout (one PPO update): prompts_per_step x samples_per_prompt."""
+        return self.prompts_per_step * self.samples_per_prompt
+
+    @property
+    def minibatch_size(self) -> int:
+        """Episodes per minibatch: batch_size / num_minibatches."""
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        """PPO updates (rollouts) in the stage: total_episodes / batch_size."""
+        return self.total_episodes // self.batch_size
 
     @model_validator(mode="after")
-    def _derive(self) -> PPOConfig:
-        batch = self.prompts_per_step * self.samples_per_prompt
-        minibatch = exact_div(
-            batch,
-            self.num_minibatches,
-            f"ppo.batch_size {batch} (prompts_per_step x samples_per_prompt) / ppo.num_minibatches",
-        )
+    def _check_sizes(self) -> PPOConfig:
         exact_div(
-            minibatch, min(self.micro_batch_size, minibatch), f"ppo.minibatch_size {minibatch} / ppo.micro_batch_size"
+            self.batch_size,
+            self.num_minibatches,
+            "ppo.batch_size",
+            "ppo.num_minibatches",
+            "ppo.batch_size = ppo.prompts_per_step x ppo.samples_per_prompt",
         )
-        updates = exact_div(self.total_episodes, batch, f"ppo.total_episodes / ppo.batch_size {batch}")
+        # A micro-batch larger than the minibatch is the whole minibatch (ppo_update clamps it the same way).
+        micro = min(self.micro_batch_size, self.minibatch_size)
+        exact_div(self.minibatch_size, micro, "ppo.minibatch_size", "ppo.micro_batch_size")
+        exact_div(self.total_episodes, self.batch_size, "ppo.total_episodes", "ppo.batch_size")
         if self.lora_rank > 0 and self.value_network != "shared":
             raise ValueError(
                 f"ppo.lora_rank {self.lora_rank} needs ppo.value_network 'shared', not {self.value_network!r}: "
                 "LoRA-PPO keeps one base model for policy, reference and value head (a separate value adapter is "
                 "not implemented); set ppo.value_network=shared or ppo.lora_rank=0"
             )
-        object.__setattr__(self, "batch_size", batch)
-        object.__setattr__(self, "minibatch_size", minibatch)
-        object.__setattr__(self, "num_updates", updates)
         return self
 
 
@@ -494,7 +508,7 @@ class DPOConfig(_Section):
     @model_validator(mode="after")
     def _check_accumulation(self) -> DPOConfig:
         micro = min(self.micro_batch_size, self.batch_size)
-        exact_div(self.batch_size, micro, f"dpo.batch_size {self.batch_size} / dpo.micro_batch_size")
+        exact_div(self.batch_size, micro, "dpo.batch_size", "dpo.micro_batch_size")
         return self
 
 
@@ -574,11 +588,7 @@ class OnlineDPOConfig(_Section):
 
     @model_validator(mode="after")
     def _check_steps(self) -> OnlineDPOConfig:
-        exact_div(
-            self.total_prompts,
-            self.prompts_per_step,
-            f"online_dpo.total_prompts / online_dpo.prompts_per_step {self.prompts_per_step}",
-        )
+        exact_div(self.total_prompts, self.prompts_per_step, "online_dpo.total_prompts", "online_dpo.prompts_per_step")
         return self
 
 
@@ -842,7 +852,7 @@ class RunConfig(_Section):
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A new config with nested overrides applied ({"ppo": {"kl_coef": 0.1}}); validated again as a whole."""
-        merged = deep_merge(self.model_dump(exclude=DERIVED_FIELDS), overrides)
+        merged = deep_merge(self.model_dump(), overrides)
         return RunConfig.model_validate(merged)
 
 
@@ -872,15 +882,37 @@ def rename_field(old: str, new: str) -> ConfigStep:
     return step
 
 
+def drop_fields(*paths: str) -> ConfigStep:
+    """A step that removes the values at dotted `paths` (e.g. "ppo.num_updates"), those the config has."""
+
+    def step(raw: dict[str, Any]) -> dict[str, Any]:
+        for path in paths:
+            *parents, leaf = path.split(".")
+            node: Any = raw
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+        return raw
+
+    return step
+
+
 def _unchanged(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
 # CONFIG_STEPS[v] turns a stored config of version v into one of version v + 1 (upgrade_config then sets
 # config_version). Version 0 is every config stored before versions existed: the fields of version 1, so its
-# step changes nothing. A future rename is one entry plus the bump of CONFIG_VERSION, e.g.
-#     1: rename_field("ppo.kl_coef", "ppo.kl_beta"),    # with CONFIG_VERSION = 2
-CONFIG_STEPS: dict[int, ConfigStep] = {0: _unchanged}
+# step changes nothing. Versions 0 and 1 stored the PPO sizes derived from other fields as fields of their own;
+# version 2 computes them (properties of PPOConfig), so the step to it drops the stored copies (their values
+# follow from the fields kept, which the validator checks again). A future rename is one entry plus the bump of
+# CONFIG_VERSION, e.g.
+#     2: rename_field("ppo.kl_coef", "ppo.kl_beta"),    # with CONFIG_VERSION = 3
+CONFIG_STEPS: dict[int, ConfigStep] = {
+    0: _unchanged,
+    1: drop_fields("ppo.batch_size", "ppo.minibatch_size", "ppo.num_updates"),
+}
 
 
 def upgrade_config(raw: dict[str, Any]) -> dict[str, Any]:
@@ -911,10 +943,6 @@ def stored_run_config(text: str) -> RunConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"a stored run config must be a JSON object, not {type(raw).__name__}")
     return RunConfig.model_validate(upgrade_config(raw))
-
-
-# Computed by validators from other fields: never dumped into overrides, refused when a request sets them.
-DERIVED_FIELDS = {"ppo": {"batch_size", "minibatch_size", "num_updates"}}
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

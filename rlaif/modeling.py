@@ -9,6 +9,9 @@ processes racing on an empty cache leave exactly one valid cache.
 `tiny-random-llama` is a randomly initialised 2-layer model of the same architecture with the embedded
 tokenizer, for fast tests and smoke runs.
 
+The Hugging Face hub is off unless HF_HUB_OFFLINE=0: an unset variable reads as 1 here, and the entry points set
+it before huggingface_hub is imported (rlaif.settings.apply_process_defaults).
+
     rlaif models list
     rlaif models prepare smollm2-135m-instruct
 """
@@ -25,8 +28,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 if TYPE_CHECKING:
     import torch

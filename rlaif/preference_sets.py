@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.prompts import MAX_PROMPT_CHARS, PromptSetError, normalise
-from rlaif.records import PreferenceItem
+from rlaif.records import HumanPair
 from rlaif.stages import HUMAN_PAIRS_FILE, INPUTS
 from rlaif.store import ArtifactStore, read_jsonl, read_manifest, write_jsonl, write_manifest
 
@@ -59,7 +59,7 @@ def _text_problem(value: Any, field: str) -> str | None:
 
 def parse_preference_items(
     rows: Iterable[Any], source: str = "<request>", lines: Sequence[int] | None = None
-) -> tuple[list[PreferenceItem], int]:
+) -> tuple[list[HumanPair], int]:
     """Validated, de-duplicated human pairs from rows `{"prompt", "chosen", "rejected", "id"?}` (other keys, such as
     an annotator's notes, are ignored).
 
@@ -67,7 +67,7 @@ def parse_preference_items(
     PreferenceSetError listing every problem of every bad row as `<source>:<line>: <field>: <what>`, by its line in
     `lines` (a JSONL file's, where blank lines are skipped) or else by its position.
     """
-    items: list[PreferenceItem] = []
+    items: list[HumanPair] = []
     problems: list[str] = []
     bad_rows = 0
     seen_keys: set[tuple[str, str, str]] = set()
@@ -104,7 +104,7 @@ def parse_preference_items(
             continue
         seen_keys.add(key)
         seen_ids.add(item_id)
-        items.append(PreferenceItem(id=item_id, prompt=texts[0], chosen=texts[1], rejected=texts[2]))
+        items.append(HumanPair(id=item_id, prompt=texts[0], chosen=texts[1], rejected=texts[2]))
     if problems:
         raise PreferenceSetError(source, problems)
     if not items:
@@ -113,7 +113,7 @@ def parse_preference_items(
 
 
 def pin_preference_set(
-    store: ArtifactStore, run_id: str, preference_set_id: str, items: Sequence[PreferenceItem | dict[str, Any]]
+    store: ArtifactStore, run_id: str, preference_set_id: str, items: Sequence[HumanPair | dict[str, Any]]
 ) -> Path:
     """Write a run's human pairs to `<run>/inputs/human_pairs.jsonl`; returns the file.
 
@@ -121,7 +121,7 @@ def pin_preference_set(
     created), the manifest is written again, last, with the file and `preference_set` added, so the pinned inputs
     stay verifiable either way.
     """
-    pairs = [item if isinstance(item, PreferenceItem) else PreferenceItem.model_validate(item) for item in items]
+    pairs = [item if isinstance(item, HumanPair) else HumanPair.model_validate(item) for item in items]
     inputs = store.stage_dir(run_id, INPUTS)
     path = inputs / HUMAN_PAIRS_FILE
     write_jsonl(path, pairs)
@@ -132,7 +132,7 @@ def pin_preference_set(
     return path
 
 
-def read_human_pairs(store: ArtifactStore, run_id: str) -> list[PreferenceItem] | None:
+def read_human_pairs(store: ArtifactStore, run_id: str) -> list[HumanPair] | None:
     """The run's pinned human pairs, or None when the run names no preference set (no human_pairs.jsonl)."""
     path = store.stage_dir(run_id, INPUTS, create=False) / HUMAN_PAIRS_FILE
-    return read_jsonl(path, PreferenceItem) if path.is_file() else None
+    return read_jsonl(path, HumanPair) if path.is_file() else None

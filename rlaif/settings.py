@@ -1,10 +1,12 @@
-"""Infrastructure settings (where things live), read from `RLAIF_*` environment variables.
+"""Infrastructure settings (where things live), read from `RLAIF_*` environment variables; and the environment
+defaults every rlaif process starts with (`apply_process_defaults`, called by the entry points).
 
 Science (hyperparameters) never lives here: it is the `RunConfig` of a run (rlaif/config.py).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -211,3 +213,24 @@ class Settings(BaseSettings):
 
 
 settings = Settings()
+
+
+# Environment defaults of an rlaif process. torch (OpenMP) and huggingface_hub read these once, when they are first
+# imported, so they are set by each entry point before anything imports them: the CLI's main callback and a
+# worker's start-up, never as a side effect of importing an rlaif module. A value the operator set wins.
+PROCESS_DEFAULTS: dict[str, str] = {
+    # OpenMP threads sleep between parallel regions instead of spin-waiting: processes that share cores (the API,
+    # several workers, the tests) otherwise slow each other down up to 20x.
+    "OMP_WAIT_POLICY": "PASSIVE",
+    # No Hugging Face hub unless the operator turns it on (HF_HUB_OFFLINE=0): models come from the registry, the
+    # model cache or folders, and no request makes the server download. rlaif.modeling.resolve_model and the API's
+    # model check read an unset variable the same way.
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def apply_process_defaults() -> None:
+    """Set each PROCESS_DEFAULTS variable the environment does not already set. Call it first thing in a process's
+    entry point, before torch, transformers or huggingface_hub is imported (later it changes nothing they read)."""
+    for name, value in PROCESS_DEFAULTS.items():
+        os.environ.setdefault(name, value)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from rlaif.config import exact_div
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -92,13 +94,11 @@ class BatchPlan(NamedTuple):
 
 def plan_batches(n_items: int, batch_size: int, micro_batch_size: int, world_size: int, what: str) -> BatchPlan:
     """Check the batch sizes divide; `what` is the config section ("sft", "reward_model") named in errors."""
-    from rlaif.config import exact_div
-
     if n_items < 1:
         raise ValueError(f"{what}: no training items")
-    per_rank = exact_div(batch_size, world_size, f"{what}.batch_size {batch_size} / world size {world_size}")
+    per_rank = exact_div(batch_size, world_size, f"{what}.batch_size", "the world size")
     micro = min(micro_batch_size, per_rank)
-    accumulation = exact_div(per_rank, micro, f"{what}.batch_size per rank {per_rank} / {what}.micro_batch_size")
+    accumulation = exact_div(per_rank, micro, f"{what}.batch_size per rank", f"{what}.micro_batch_size")
     return BatchPlan(batch_size, per_rank, accumulation, math.ceil(n_items / batch_size))
 
 

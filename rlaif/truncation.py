@@ -166,21 +166,3 @@ def fit_conversation(
 
     texts, cut = fit_texts(tokenizer, [messages[i]["content"] for i in cuttable], measure, context, what)
     return build(texts), cut
-
-
-def fit_conversations(
-    tokenizer: PreTrainedTokenizerBase,
-    conversations: Sequence[Sequence[dict[str, str]]],
-    ids: Sequence[str],
-    max_new_tokens: int,
-    context: int,
-) -> tuple[list[list[dict[str, str]]], list[str]]:
-    """Every conversation fitted to the context, and the ids of those that were cut (same order as `ids`)."""
-    fitted: list[list[dict[str, str]]] = []
-    cut_ids: list[str] = []
-    for conversation, item_id in zip(conversations, ids, strict=True):
-        messages, cut = fit_conversation(tokenizer, conversation, max_new_tokens, context, f"prompt item {item_id!r}")
-        fitted.append(messages)
-        if cut:
-            cut_ids.append(item_id)
-    return fitted, cut_ids

@@ -3,9 +3,10 @@
 - `redis_server`: a private redis-server on a free port (session); `.restart()` for tests that need it.
 - `silent_broker`: a TCP server that accepts connections and never answers (a broker that hangs, not one that is down).
 - `database_factory`: fresh databases, SQLite files or PostgreSQL databases created on the server at
-  RLAIF_TEST_POSTGRES_URL (default postgresql+psycopg2://postgres@127.0.0.1:5432/test) and dropped at the end.
-- `make_service(kind)`: a `Service` = its own database, Redis db number, artifact root and home, with the
-  Settings for an in-process API and the environment for subprocesses (API, workers, CLI).
+  RLAIF_TEST_POSTGRES_URL (default postgresql+psycopg2://postgres@127.0.0.1:5432/test) and dropped at the end:
+  `.new(kind)` an empty one, `.migrated(kind)` one at the newest schema revision (as `rlaif db upgrade` leaves it).
+- `make_service(kind)`: a `Service` = its own database (migrated; `schema=False`: empty), Redis db number, artifact
+  root and home, with the Settings for an in-process API and the environment for subprocesses (API, workers, CLI).
 - `Service.start_worker(...)`: `celery -A workers.app worker --pool solo` subprocess; every process a test starts
   is killed (its whole process group) at teardown, also when the test fails.
 
@@ -270,6 +271,15 @@ class DatabaseFactory:
         self.created.append(name)
         return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
 
+    def migrated(self, kind: str) -> str:
+        """A fresh database at the newest schema revision: what the API app and a task's engine need (they check
+        the revision and create no tables), made the operator's way, by the migrations."""
+        from rlaif.service import db
+
+        url = self.new(kind)
+        db.upgrade(url)
+        return url
+
     def drop_all(self) -> None:
         if self._admin is None:
             return
@@ -420,7 +430,8 @@ class ServiceFactory:
         self.count = 0
         self.made: list[Service] = []
 
-    def new(self, kind: str, **extra_settings: Any) -> Service:
+    def new(self, kind: str, schema: bool = True, **extra_settings: Any) -> Service:
+        """A Service on a database at the newest revision (`schema=False`: an empty database)."""
         import redis
 
         self.count += 1
@@ -431,7 +442,8 @@ class ServiceFactory:
         redis.Redis.from_url(broker).flushdb()  # no messages left over from an earlier service on this db number
         # Model folders the tests make (tiny random models under the session's temp folder) may be named by runs.
         extra_settings = {"model_roots": str(self.folder.parent), **extra_settings}
-        self.made.append(Service(root, self.databases.new(kind), broker, extra_settings))
+        database = self.databases.migrated(kind) if schema else self.databases.new(kind)
+        self.made.append(Service(root, database, broker, extra_settings))
         return self.made[-1]
 
     def stop_all(self) -> None:
@@ -450,11 +462,12 @@ def service_factory(
 
 @pytest.fixture
 def make_service(service_factory: ServiceFactory) -> Iterator[Callable[..., Service]]:
-    """`make_service("sqlite"|"postgresql", **settings)` -> a fresh Service; its processes die at teardown."""
+    """`make_service("sqlite"|"postgresql", schema=True, **settings)` -> a fresh Service; its processes die at
+    teardown."""
     made: list[Service] = []
 
-    def make(kind: str, **extra_settings: Any) -> Service:
-        made.append(service_factory.new(kind, **extra_settings))
+    def make(kind: str, schema: bool = True, **extra_settings: Any) -> Service:
+        made.append(service_factory.new(kind, schema, **extra_settings))
         return made[-1]
 
     yield make

@@ -14,7 +14,6 @@ from pydantic.fields import FieldInfo
 from rlaif import config
 from rlaif.config import (
     CONFIG_VERSION,
-    DERIVED_FIELDS,
     RunConfig,
     exact_div,
     load_run_config,
@@ -28,6 +27,9 @@ def test_defaults_are_valid_and_derive_sizes() -> None:
     cfg = RunConfig()
     # 8 prompts x 1 sample = batch 8; 8 / 2 minibatches = 4; 64 episodes / 8 = 8 updates.
     assert (cfg.ppo.batch_size, cfg.ppo.minibatch_size, cfg.ppo.num_updates) == (8, 4, 8)
+    # Computed, never stored: a dump carries only what a user sets, so it validates again as it is.
+    assert not {"batch_size", "minibatch_size", "num_updates"} & cfg.model_dump()["ppo"].keys()
+    assert RunConfig.model_validate(cfg.model_dump()) == cfg
 
 
 def test_every_field_has_a_description() -> None:
@@ -52,11 +54,13 @@ def test_unknown_field_is_refused() -> None:
 
 
 def test_divisibility_error_names_the_fields() -> None:
-    with pytest.raises(ValidationError, match=r"ppo.batch_size 6 .* / ppo.num_minibatches: 6 is not divisible by 4"):
-        RunConfig.model_validate({"ppo": {"prompts_per_step": 6, "num_minibatches": 4}})
-    with pytest.raises(ValidationError, match=r"ppo\.total_episodes"):
+    with pytest.raises(ValidationError, match=r"ppo\.batch_size 48 is not divisible by ppo\.num_minibatches 5"):
+        RunConfig.model_validate({"ppo": {"prompts_per_step": 16, "samples_per_prompt": 3, "num_minibatches": 5}})
+    with pytest.raises(ValidationError, match=r"ppo\.minibatch_size 6 is not divisible by ppo\.micro_batch_size 4"):
+        RunConfig.model_validate({"ppo": {"prompts_per_step": 12, "num_minibatches": 2, "total_episodes": 24}})
+    with pytest.raises(ValidationError, match=r"ppo\.total_episodes 10 is not divisible by ppo\.batch_size 8"):
         RunConfig.model_validate({"ppo": {"total_episodes": 10}})
-    assert exact_div(12, 4, "x") == 3
+    assert exact_div(12, 4, "x", "y") == 3
 
 
 def test_overrides_revalidate_and_recompute_derived() -> None:
@@ -105,8 +109,7 @@ def _nested(path: tuple[str, ...], value: object) -> dict[str, object]:
 
 # float, float | None and tuple[float, float] fields (not the Literal["float32", ...] choices).
 FLOAT_PATHS = [path for path, f in _leaves(RunConfig) if float in (f.annotation, *typing.get_args(f.annotation))]
-DERIVED = {("ppo", name) for name in DERIVED_FIELDS["ppo"]}
-COUNT_PATHS = [path for path, field in _leaves(RunConfig) if field.annotation is int and path not in DERIVED]
+COUNT_PATHS = [path for path, field in _leaves(RunConfig) if field.annotation is int]
 
 
 def test_every_float_is_finite() -> None:
@@ -148,18 +151,37 @@ def test_stored_configs_are_upgraded_step_by_step(monkeypatch: pytest.MonkeyPatc
     assert stored_run_config(json.dumps(stored)) == RunConfig(seed=3).with_overrides({"ppo": {"kl_coef": 0.2}})
     assert RunConfig().model_dump()["config_version"] == CONFIG_VERSION  # written with every stored config
 
-    # A fake version 2 that renamed ppo.kl_coef to ppo.kl_beta and moved seed into a section.
-    monkeypatch.setattr(config, "CONFIG_VERSION", 2)
-    monkeypatch.setitem(config.CONFIG_STEPS, 1, config.rename_field("ppo.kl_coef", "ppo.kl_beta"))
-    monkeypatch.setitem(config.CONFIG_STEPS, 2, config.rename_field("seed", "rng.seed"))  # (never reached)
-    assert upgrade_config(stored) == {"seed": 3, "ppo": {"kl_beta": 0.2}, "config_version": 2}
-    assert upgrade_config({"config_version": 1, "ppo": {"cliprange": 0.1}}) == {
-        "config_version": 2,
+    # A fake version {CONFIG_VERSION + 1} that renamed ppo.kl_coef to ppo.kl_beta, and one after it that moved seed
+    # into a section.
+    fake = CONFIG_VERSION + 1
+    monkeypatch.setattr(config, "CONFIG_VERSION", fake)
+    monkeypatch.setitem(config.CONFIG_STEPS, fake - 1, config.rename_field("ppo.kl_coef", "ppo.kl_beta"))
+    monkeypatch.setitem(config.CONFIG_STEPS, fake, config.rename_field("seed", "rng.seed"))  # (never reached)
+    assert upgrade_config(stored) == {"seed": 3, "ppo": {"kl_beta": 0.2}, "config_version": fake}
+    assert upgrade_config({"config_version": fake - 1, "ppo": {"cliprange": 0.1}}) == {
+        "config_version": fake,
         "ppo": {"cliprange": 0.1},
     }  # (a config without the renamed field passes the step unchanged)
     assert stored == {"seed": 3, "ppo": {"kl_coef": 0.2}}
-    monkeypatch.setattr(config, "CONFIG_VERSION", 3)
-    assert upgrade_config(stored) == {"rng": {"seed": 3}, "ppo": {"kl_beta": 0.2}, "config_version": 3}
+    monkeypatch.setattr(config, "CONFIG_VERSION", fake + 1)
+    assert upgrade_config(stored) == {"rng": {"seed": 3}, "ppo": {"kl_beta": 0.2}, "config_version": fake + 1}
+
+
+def test_a_config_stored_with_the_derived_ppo_sizes_still_reads() -> None:
+    """Versions 0 and 1 stored ppo.batch_size, minibatch_size and num_updates beside the fields they follow from
+    (every run's config_json and inputs/config.json, every checkpoint's meta.json). Version 2 computes them: the
+    step from version 1 drops the stored copies, so those runs still read, with the same sizes."""
+    ppo = {"prompts_per_step": 4, "samples_per_prompt": 2, "num_minibatches": 2, "total_episodes": 32}
+    derived = {"batch_size": 8, "minibatch_size": 4, "num_updates": 4}
+    for version in ({}, {"config_version": 0}, {"config_version": 1}):
+        stored = {**version, "seed": 5, "ppo": {**ppo, **derived}}
+        with pytest.raises(ValidationError, match=r"ppo\.batch_size\n  Extra inputs are not permitted"):
+            RunConfig.model_validate({**stored, "config_version": CONFIG_VERSION})  # (without the step)
+        cfg = stored_run_config(json.dumps(stored))
+        assert cfg == RunConfig(seed=5).with_overrides({"ppo": ppo})
+        assert (cfg.ppo.batch_size, cfg.ppo.minibatch_size, cfg.ppo.num_updates) == (8, 4, 4)
+        assert stored["ppo"] == {**ppo, **derived}  # (the stored dict is left as it was)
+    assert config.CONFIG_STEPS[1]({"seed": 1}) == {"seed": 1}  # (a config without a ppo section passes)
 
 
 def test_a_config_of_an_unknown_version_is_refused() -> None:

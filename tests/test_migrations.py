@@ -151,9 +151,14 @@ def test_the_pre_migration_tables_are_those_of_revision_0001(database_factory: D
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_get_engine_gives_an_empty_database_the_schema(kind: str, database_factory: DatabaseFactory) -> None:
-    """What the API, the workers and the tests do on a new machine: no manual step."""
+def test_only_the_start_check_gives_an_empty_database_the_schema(kind: str, database_factory: DatabaseFactory) -> None:
+    """An engine (the API app's, a task's) checks the revision and creates nothing: an empty database is refused,
+    naming the command. The explicit start-up check of `rlaif serve` and a worker (check_database) creates it."""
     url = database_factory.new(kind)
+    with pytest.raises(db.SchemaError, match="has no schema yet: run `rlaif db upgrade`"):
+        db.get_engine(url)
+    assert db.current_revision(url) is None  # (refusing made no table)
+    db.check_database(url)
     engine = db.get_engine(url)
     assert _version(engine) == [db.head_revision()]
     _insert_rows(engine)

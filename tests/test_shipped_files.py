@@ -71,7 +71,7 @@ def test_named_sets_resolve_to_the_packaged_data_by_default() -> None:
         assert (DATA / f"{stem}.dev.jsonl").is_file(), name
         assert len(load_named_set(name, Settings().data_dir, "dev", 4, seed=0)) == 4
     assert (DATA / f"{HUMAN_PAIRS_FILE}.dev.jsonl").is_file()
-    assert len(load_human_pairs(Settings().data_dir, "dev", 5, seed=0)) == 5
+    assert len(load_human_pairs(DATA / f"{HUMAN_PAIRS_FILE}.dev.jsonl", limit=5)) == 5
 
 
 def test_nothing_in_the_repository_refers_to_a_folder_outside_it() -> None:

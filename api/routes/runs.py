@@ -42,7 +42,7 @@ from api.schemas import (
     RunsPublic,
     StageMetrics,
 )
-from rlaif.config import DERIVED_FIELDS, RunConfig
+from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.endpoints import endpoint_name
 from rlaif.evaluation.report import REPORT_FILE, EvalReport, load_report
@@ -68,17 +68,6 @@ def _unprocessable(detail: str, errors: list[str]) -> ApiError:
 
 def build_config(body: RunCreate) -> RunConfig:
     """RunConfig defaults <- body.config overrides <- the body's explicit fields; 422 listing every problem."""
-    derived = [
-        f"config.{section}.{key}"
-        for section, keys in DERIVED_FIELDS.items()
-        if isinstance(body.config.get(section), dict)
-        for key in keys
-        if key in body.config[section]
-    ]
-    if derived:
-        raise _unprocessable(
-            "derived config fields cannot be set", [f"{path}: derived, computed from other fields" for path in derived]
-        )
     explicit: dict[str, Any] = {}
     if body.policy_model is not None:
         explicit["policy_model"] = body.policy_model

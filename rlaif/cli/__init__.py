@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-
-# Before torch is imported anywhere: no OpenMP spin-waiting (20x slowdowns when processes share cores), no hub.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import typer
 
 from rlaif.cli import constitutions, critique, db, evaluate, generate, judge, models, service, train
+from rlaif.settings import apply_process_defaults
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Constitutional AI / RLAIF as a service.")
 app.add_typer(models.app, name="models")
@@ -27,6 +23,9 @@ evaluate.register(app)
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    # Before any command runs, and so before it imports torch or the Hugging Face libraries (the command modules
+    # import them inside their functions): no OpenMP spin-waiting, no hub unless HF_HUB_OFFLINE=0.
+    apply_process_defaults()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

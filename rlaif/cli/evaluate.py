@@ -105,10 +105,9 @@ def eval_command(
             items += load_named_set(name, folder, cfg.eval.data_split, cfg.eval.prompts_per_set, cfg.seed)
         pairs = []
         if cfg.eval.human_pairs:
-            from rlaif.evaluation.datasets import set_path
-            from rlaif.judging.audit import load_labelled_pairs
+            from rlaif.evaluation.datasets import load_human_pairs, set_path
 
-            pairs = load_labelled_pairs(
+            pairs = load_human_pairs(
                 set_path(folder, "preference_pairs", cfg.eval.data_split, "--human-pairs"), limit=cfg.eval.human_pairs
             )
     except (ConstitutionError, DataError, PromptSetError, FileNotFoundError, ValueError) as exc:

@@ -144,7 +144,8 @@ def judge_eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
 ) -> None:
     """Agreement of the AI judge with human preference labels, position-flip rate and calibration."""
-    from rlaif.judging.audit import audit_judge, load_labelled_pairs
+    from rlaif.evaluation.datasets import load_human_pairs
+    from rlaif.judging.audit import audit_judge
 
     cfg = _judge_config(
         principles=_split(principles),
@@ -156,7 +157,7 @@ def judge_eval_command(
         dtype=dtype,
     )
     try:
-        labelled = load_labelled_pairs(pairs, limit)
+        labelled = load_human_pairs(pairs, limit)
     except ValueError as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from rlaif.client import TERMINAL, ApiError, ApiUnreachable, Client
-from rlaif.config import RunConfig, deep_merge, parse_dotted_overrides
+from rlaif.config import RunConfig, deep_merge, parse_dotted_overrides, upgrade_config
 from rlaif.settings import settings
 
 if TYPE_CHECKING:
@@ -83,8 +83,8 @@ def serve_command(
         "RLAIF_RATE_LIMIT_STORAGE=async+redis://...",
     ),
 ) -> None:
-    """Run the REST API (uvicorn). Docs at http://HOST:PORT/docs. An empty database gets the schema; one at
-    another schema revision is refused (`rlaif db upgrade`)."""
+    """Run the REST API (uvicorn). Docs at http://HOST:PORT/docs. An empty database gets the schema here, at start
+    (the app alone creates no tables); one at another schema revision is refused (`rlaif db upgrade`)."""
     import uvicorn
 
     from rlaif.service.db import SchemaError, check_database
@@ -466,7 +466,8 @@ def pull_checkpoint(client: Client, run_id: str, stage: str, dest: Path) -> Path
     from rlaif.pipeline import resolve_stage
 
     run = client.run(run_id)
-    name = resolve_stage(RunConfig.model_validate(run["config"]), stage)
+    # Upgraded like any stored config: a server of an older rlaif answers with the layout it stored.
+    name = resolve_stage(RunConfig.model_validate(upgrade_config(run["config"])), stage)
     found = [c for c in client.checkpoints(run_id) if c["stage"] == name]
     if not found:
         raise ApiError(404, f"run {run_id} has no checkpoint of stage {name!r} yet (run status: {run['status']})")
@@ -578,6 +579,7 @@ def demo_command(
     import redis
 
     from rlaif.evaluation.report import headline
+    from rlaif.service.db import SchemaError, check_database
 
     try:
         redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2).ping()
@@ -602,6 +604,9 @@ def demo_command(
             if not key:
                 key = secrets.token_urlsafe(24)
                 env["RLAIF_API_KEYS"] = f"{key}:demo"
+            # The API app only checks the schema revision: give a new database its schema first, as `rlaif serve`
+            # does (a database at another revision is refused here, with the command that fixes it).
+            check_database(settings.db_url)
             url = urlparse(settings.api_url)
             argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", url.hostname or "127.0.0.1"]
             background.start("API", [*argv, "--port", str(url.port or 80)], env, logs / "api.log")
@@ -632,7 +637,7 @@ def demo_command(
         report = fetch_report(client, run["id"])
         _side_by_side(report, compare)
         console.print(headline(report), highlight=False, markup=False)
-    except ApiError as exc:
+    except (ApiError, SchemaError) as exc:
         raise _fail(exc) from None
     finally:
         background.stop()

@@ -178,12 +178,13 @@ def reward_eval_command(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass."),
 ) -> None:
     """Accuracy and Bradley-Terry loss of a reward model on human preference pairs."""
+    from rlaif.evaluation.datasets import load_human_pairs
     from rlaif.modeling import ModelError
-    from rlaif.stages.reward_model import evaluate_reward_model, load_preference_pairs
+    from rlaif.stages.reward_model import evaluate_reward_model
     from rlaif.store import StoreError
 
     try:
-        report = evaluate_reward_model(model, load_preference_pairs(pairs, limit), batch_size=batch_size)
+        report = evaluate_reward_model(model, load_human_pairs(pairs, limit), batch_size=batch_size)
     except (ModelError, StoreError, ValueError) as exc:
         raise _fail(str(exc)) from None
     print(json.dumps(report, indent=2))

@@ -14,14 +14,12 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
-
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
-from rlaif.evaluation.datasets import Axis, EvalPrompt
+from rlaif.evaluation.datasets import EvalPrompt
 from rlaif.generation import Completion, make_generator
 from rlaif.generation.common import derive_seed
-from rlaif.records import Comparison
+from rlaif.records import Axis, Comparison, WinOutcome
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,20 +27,6 @@ if TYPE_CHECKING:
     from rlaif.generation import Generator
 
 log = logging.getLogger(__name__)
-
-
-class PairOutcome(BaseModel):
-    """The judge's verdict on one prompt: P(model's answer beats the baseline's) on one axis."""
-
-    prompt_id: str
-    axis: Axis
-    model: str = Field(description="Role of the model (aligned, sft).")
-    baseline: str = Field(description="Role of the baseline (base, sft).")
-    p: float = Field(description="P(model's answer is better): principle ensemble of both-order judgements.")
-    flips: list[bool] = Field(default_factory=list, description="Per principle: the two orders disagreed.")
-    principles: list[str] = Field(default_factory=list, description="Principles that judged the pair.")
-    identical: bool = Field(default=False, description="Both answers were the same text (a tie, not judged).")
-    truncated: bool = Field(default=False, description="The judge saw the pair cut to fit its context.")
 
 
 def generate_answers(
@@ -95,18 +79,18 @@ def judge_axis(
     *,
     generator: Generator | None = None,
     progress: bool = True,
-) -> list[PairOutcome]:
-    """PairOutcome of each prompt on `axis`, model answer as response_a, baseline answer as response_b."""
+) -> list[WinOutcome]:
+    """WinOutcome of each prompt on `axis`, model answer as response_a, baseline answer as response_b."""
     from rlaif.stages.judge import judge_comparisons
 
     model_role, baseline_role = roles
     selectors = cfg.eval.harmless_principles if axis == "harmless" else cfg.eval.helpful_principles
     judge_cfg = cfg.judge.model_copy(update={"principles_per_label": cfg.eval.principles_per_pair})
-    outcomes: dict[str, PairOutcome] = {}
+    outcomes: dict[str, WinOutcome] = {}
     to_judge: list[Comparison] = []
     for prompt, ours, theirs in zip(prompts, model_answers, baseline_answers, strict=True):
         if ours.strip() == theirs.strip():
-            outcomes[prompt.id] = PairOutcome(
+            outcomes[prompt.id] = WinOutcome(
                 prompt_id=prompt.id, axis=axis, model=model_role, baseline=baseline_role, p=0.5, identical=True
             )
             continue
@@ -133,7 +117,7 @@ def judge_axis(
         )
         for comparison, label in zip(to_judge, labels, strict=True):
             prompt_id = comparison.id.split("|", 1)[0]
-            outcomes[prompt_id] = PairOutcome(
+            outcomes[prompt_id] = WinOutcome(
                 prompt_id=prompt_id,
                 axis=axis,
                 model=model_role,

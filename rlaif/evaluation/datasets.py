@@ -22,16 +22,15 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from rlaif.config import EvalConfig
-from rlaif.records import PromptItem
+from rlaif.records import Axis, HumanPair, PromptItem
 from rlaif.stages import EVAL_PROMPTS_FILE, INPUTS
 from rlaif.store import ArtifactStore, StoreError, read_jsonl
 
 SetName = Literal["heldout", "red_team", "helpful", "xstest", "advbench"]
 Kind = Literal["heldout", "red_team", "helpful", "harmful", "safe_lookalike"]
-Axis = Literal["harmless", "helpful"]
 
 SET_FILES: dict[str, str] = {
     "red_team": "red_team_prompts",
@@ -61,16 +60,6 @@ class EvalPrompt(BaseModel):
     def axes(self) -> tuple[Axis, ...]:
         """The win rates this prompt counts towards."""
         return AXES_OF_KIND[self.kind]
-
-
-class HumanPair(BaseModel):
-    """A human-labelled preference pair: `chosen` was preferred by a crowdworker."""
-
-    id: str
-    prompt: str
-    chosen: str
-    rejected: str
-    source: str = ""
 
 
 class DataError(ValueError):
@@ -165,20 +154,32 @@ def load_eval_prompts(
     return prompts
 
 
-def load_human_pairs(data_dir: Path | None, split: str, n: int, seed: int) -> list[HumanPair]:
-    """n human-labelled pairs (preference_pairs.<split>.jsonl), drawn seeded."""
-    path = set_path(data_dir, HUMAN_PAIRS_FILE, split, "eval.human_pairs")
-    rows = _draw(read_rows(path, ("prompt", "chosen", "rejected")), n, seed, "human-pairs")
-    return [
-        HumanPair(
-            id=str(row.get("id", index)),
-            prompt=row["prompt"],
-            chosen=row["chosen"],
-            rejected=row["rejected"],
-            source=str(row.get("source", "")),
-        )
-        for index, row in enumerate(rows)
-    ]
+def load_human_pairs(path: str | Path, limit: int | None = None) -> list[HumanPair]:
+    """The first `limit` (default all) human-labelled pairs of a JSONL file (prompt, chosen, rejected, optional id
+    and source; other fields, such as the shipped file's provenance, are ignored). A line without an id is
+    `line-<number>`. A bad line raises DataError naming the file and line."""
+    path = Path(path)
+    pairs: list[HumanPair] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                row.setdefault("id", f"line-{number}")
+                pairs.append(HumanPair.model_validate({k: row[k] for k in HumanPair.model_fields if k in row}))
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise DataError(
+                    f"{path}:{number}: not a labelled pair (need prompt, chosen, rejected): {problems}"
+                ) from None
+            except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+                raise DataError(f"{path}:{number}: not a labelled pair (need a JSON object): {exc}") from None
+            if limit and len(pairs) >= limit:
+                break
+    if not pairs:
+        raise DataError(f"{path}: no labelled pairs")
+    return pairs
 
 
 def prompts_from_file(path: Path, limit: int | None = None) -> list[EvalPrompt]:

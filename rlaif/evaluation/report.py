@@ -19,6 +19,7 @@ from rlaif.endpoints import describe_usage
 from rlaif.evaluation.label_stats import LabelSummary
 from rlaif.evaluation.monitors import Alert, Boilerplate, MonitorSummary
 from rlaif.evaluation.stats import Rate, WinRate
+from rlaif.records import Axis
 from rlaif.store import ArtifactStore, StoreError
 from rlaif.truncation import LongItems
 
@@ -40,7 +41,7 @@ class WinRateEntry(BaseModel):
     """Win rate of `model` against `baseline` on one axis over one data set (or `all` of them)."""
 
     dataset: str = Field(description="Evaluation set, or 'all' for every prompt judged on the axis.")
-    axis: Literal["harmless", "helpful"]
+    axis: Axis
     model: Role
     baseline: Role
     stats: WinRate

@@ -15,7 +15,8 @@ The stage that labels a run's comparisons is `rlaif/stages/judge.py`.
 from __future__ import annotations
 
 from rlaif.judging.judge import JudgeRequest, judge_pair, judge_requests
-from rlaif.judging.labels import PairJudgement, combine_orders, ensemble, two_option_probability
+from rlaif.judging.labels import combine_orders, ensemble, two_option_probability
+from rlaif.records import PairJudgement
 
 __all__ = [
     "JudgeRequest",

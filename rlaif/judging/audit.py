@@ -1,6 +1,7 @@
 """How good is the judge? Agreement with human preference labels, position flips and calibration.
 
-Input: a labelled pair file (JSONL with `prompt`, `chosen`, `rejected`, optional `id` and `source`), such as
+Input: human-labelled pairs (`rlaif.records.HumanPair`, read with `rlaif.evaluation.datasets.load_human_pairs`
+from a JSONL file with `prompt`, `chosen`, `rejected`, optional `id` and `source`), such as
 `rlaif/data/preference_pairs.dev.jsonl`. Which response is shown as (A) is decided per pair by a seeded coin,
 so a judge with a pure position bias scores 50 %. Reported:
 
@@ -16,18 +17,16 @@ so a judge with a pure position bias scores 50 %. Reported:
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from rlaif.config import JudgeConfig
 from rlaif.constitution import Constitution
-from rlaif.records import Comparison, LabelRecord
+from rlaif.records import AuditOutcome, Comparison, HumanPair, LabelRecord
 from rlaif.truncation import LongItems
 
 if TYPE_CHECKING:
@@ -37,16 +36,6 @@ if TYPE_CHECKING:
 
 # Buckets of |P(chosen) - 1/2|; fine at the low end, where a small judge puts almost every pair.
 CONFIDENCE_EDGES = (0.0, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5)
-
-
-class LabelledPair(BaseModel):
-    """One human-labelled pair: `chosen` is the response people preferred."""
-
-    id: str = Field(description="Stable id (the file's, or the line number).")
-    prompt: str = Field(min_length=1, description="The human's message.")
-    chosen: str = Field(description="The preferred response.")
-    rejected: str = Field(description="The other response.")
-    source: str = Field(default="", description="Subset name (e.g. harmless-base / helpful-base) for the breakdown.")
 
 
 class Bucket(BaseModel):
@@ -84,43 +73,7 @@ class AuditReport(BaseModel):
     )
 
 
-class PairOutcome(BaseModel):
-    """One audited pair: the judge's label turned round to P(chosen better)."""
-
-    id: str
-    source: str
-    chosen_is_a: bool
-    p_chosen: float
-    p_chosen_single_order: float
-
-
-def load_labelled_pairs(path: str | Path, limit: int | None = None) -> list[LabelledPair]:
-    """Pairs from a JSONL file; a bad line raises ValueError naming the file and line."""
-    path = Path(path)
-    pairs: list[LabelledPair] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                row.setdefault("id", f"line-{number}")
-                pairs.append(LabelledPair.model_validate({k: row[k] for k in LabelledPair.model_fields if k in row}))
-            except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ValueError(
-                    f"{path}:{number}: not a labelled pair (need prompt, chosen, rejected): {problems}"
-                ) from None
-            except (json.JSONDecodeError, AttributeError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: not a labelled pair (need a JSON object): {exc}") from None
-            if limit and len(pairs) >= limit:
-                break
-    if not pairs:
-        raise ValueError(f"{path}: no labelled pairs")
-    return pairs
-
-
-def to_comparisons(pairs: Sequence[LabelledPair], seed: int) -> tuple[list[Comparison], list[bool]]:
+def to_comparisons(pairs: Sequence[HumanPair], seed: int) -> tuple[list[Comparison], list[bool]]:
     """Comparisons with the chosen response at (A) or (B) by a seeded coin per pair; and where it went."""
     comparisons: list[Comparison] = []
     chosen_is_a: list[bool] = []
@@ -133,14 +86,14 @@ def to_comparisons(pairs: Sequence[LabelledPair], seed: int) -> tuple[list[Compa
 
 
 def outcomes(
-    pairs: Sequence[LabelledPair], labels: Sequence[LabelRecord], chosen_is_a: Sequence[bool]
-) -> list[PairOutcome]:
+    pairs: Sequence[HumanPair], labels: Sequence[LabelRecord], chosen_is_a: Sequence[bool]
+) -> list[AuditOutcome]:
     """Each label read as P(chosen better), from both orders and from the first order alone."""
-    out: list[PairOutcome] = []
+    out: list[AuditOutcome] = []
     for pair, label, first in zip(pairs, labels, chosen_is_a, strict=True):
         single = sum(j.p_a for j in label.judgements) / len(label.judgements)
         out.append(
-            PairOutcome(
+            AuditOutcome(
                 id=pair.id,
                 source=pair.source,
                 chosen_is_a=first,
@@ -151,7 +104,7 @@ def outcomes(
     return out
 
 
-def calibration(rows: Sequence[PairOutcome], edges: Sequence[float] = CONFIDENCE_EDGES) -> list[Bucket]:
+def calibration(rows: Sequence[AuditOutcome], edges: Sequence[float] = CONFIDENCE_EDGES) -> list[Bucket]:
     """Agreement per confidence bucket; the last bucket includes its upper edge (confidence 1/2)."""
     buckets: list[Bucket] = []
     for i, (low, high) in enumerate(itertools.pairwise(edges)):
@@ -164,11 +117,11 @@ def calibration(rows: Sequence[PairOutcome], edges: Sequence[float] = CONFIDENCE
 
 
 def summarise(
-    rows: Sequence[PairOutcome], labels: Sequence[LabelRecord], seconds: float, **meta: object
+    rows: Sequence[AuditOutcome], labels: Sequence[LabelRecord], seconds: float, **meta: object
 ) -> AuditReport:
     """The AuditReport of per-pair outcomes (meta: model, constitution, principles, ... as in AuditReport)."""
     judgements = [j for label in labels for j in label.judgements]
-    sources: dict[str, list[PairOutcome]] = {}
+    sources: dict[str, list[AuditOutcome]] = {}
     for row in rows:
         sources.setdefault(row.source or "all", []).append(row)
     return AuditReport(
@@ -192,7 +145,7 @@ def summarise(
 
 
 def audit_judge(
-    pairs: Sequence[LabelledPair],
+    pairs: Sequence[HumanPair],
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     constitution: Constitution,

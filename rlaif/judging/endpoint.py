@@ -20,7 +20,7 @@ they would change the distribution being read. With `api: chat` the answer is pr
 `continue_final_message` (log-probs as above); a server that refuses it gets the plain question and gives hard
 labels from the letter in its reply.
 
-Every label records the method and its coverage P(A) + P(B) (PrincipleJudgement.method / coverage).
+Every label records the method and its coverage P(A) + P(B) (PairJudgement.method / coverage).
 
     from rlaif.judging.endpoint import EndpointScorer
     scorer = EndpointScorer("endpoint:big-judge")

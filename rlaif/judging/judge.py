@@ -32,7 +32,7 @@ from rlaif.constitution import ComparisonExample, Principle
 from rlaif.endpoints import is_endpoint
 from rlaif.generation.common import derive_seed
 from rlaif.judging.endpoint import EndpointScorer
-from rlaif.judging.labels import PairJudgement, clamp, combine_orders
+from rlaif.judging.labels import clamp, combine_orders
 from rlaif.judging.prompts import (
     ANSWER_PREFIX,
     COT_ANSWER_PREFIX,
@@ -46,6 +46,7 @@ from rlaif.judging.prompts import (
 )
 from rlaif.judging.scoring import ModelScorer, OptionScorer, OptionScores, PrefixCache
 from rlaif.modeling import load_causal_lm, load_tokenizer
+from rlaif.records import PairJudgement
 from rlaif.truncation import fit_texts
 
 if TYPE_CHECKING:
@@ -268,23 +269,31 @@ def score_requests(
 
 def judgements_from_scores(
     scores: OptionScores,
+    requests: Sequence[JudgeRequest],
     clamp_bounds: tuple[float, float] | None = None,
     truncated: Sequence[bool] | None = None,
 ) -> list[PairJudgement]:
-    """Pair up the two orders of each request: P(A) over two options, optional clamp, both-order average; each
-    judgement carries the mean coverage of its two orders (None where unknown) and the scorer's method."""
+    """Pair up the two orders of each request (scored in order by `score_requests`): P(A) over two options,
+    optional clamp, both-order average; each judgement carries its request's principle, the mean coverage of its
+    two orders (None where unknown) and the scorer's method."""
     p_a = scores.p_a.tolist()
     mass = scores.option_mass.tolist()
     out: list[PairJudgement] = []
-    for row in range(0, len(p_a), 2):
-        first, second = p_a[row], p_a[row + 1]
+    for index, request in enumerate(requests):
+        first, second = p_a[2 * index], p_a[2 * index + 1]
         if clamp_bounds is not None:
             first, second = clamp(first, clamp_bounds), clamp(second, clamp_bounds)
-        coverage = (mass[row] + mass[row + 1]) / 2
-        judgement = combine_orders(first, second)._replace(
-            coverage=None if math.isnan(coverage) else coverage, method=scores.method
+        coverage = (mass[2 * index] + mass[2 * index + 1]) / 2
+        out.append(
+            combine_orders(
+                first,
+                second,
+                principle_id=request.principle.id,
+                truncated=truncated is not None and bool(truncated[index]),
+                coverage=None if math.isnan(coverage) else coverage,
+                method=scores.method,
+            )
         )
-        out.append(judgement._replace(truncated=bool(truncated[row // 2])) if truncated is not None else judgement)
     return out
 
 
@@ -334,7 +343,7 @@ def judge_requests(
         progress=progress,
         fit=False,
     )
-    return judgements_from_scores(scores, cot_clamp if chain_of_thought else None, cut)
+    return judgements_from_scores(scores, requests, cot_clamp if chain_of_thought else None, cut)
 
 
 def judge_pair(

@@ -9,29 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
-
-class PairJudgement(NamedTuple):
-    """The judge's verdict on one pair under one principle (all probabilities are P(response_a is better)).
-
-    p_a:         P(A) with response_a shown as option (A), normalised over the two options.
-    p_a_swapped: 1 - P(A) with the responses swapped, i.e. P(response_a) when response_a is option (B).
-    p_a_mean:    (p_a + p_a_swapped) / 2, the position-debiased soft label.
-    flip:        the two orders put response_a on opposite sides of 1/2 (a pure position preference).
-    truncated:   the judge saw the prompt or the responses cut to fit its context (rlaif/truncation.py).
-    coverage:    P(A) + P(B) over the full vocabulary, mean of the two orders: how much the judge answered in
-                 format (None: not known, e.g. hard labels).
-    method:      how the options were read (OptionScores.method: logprobs, logprob_token_ids, top_logprobs, hard).
-    """
-
-    p_a: float
-    p_a_swapped: float
-    p_a_mean: float
-    flip: bool
-    truncated: bool = False
-    coverage: float | None = None
-    method: str | None = None
+from rlaif.records import PairJudgement
 
 
 def two_option_probability(logp_a: float, logp_b: float) -> float:
@@ -53,8 +32,16 @@ def clamp(p: float, bounds: tuple[float, float]) -> float:
     return min(max(p, low), high)
 
 
-def combine_orders(p_a_in_order: float, p_a_in_swapped_order: float) -> PairJudgement:
-    """Both orders of one pair -> PairJudgement.
+def combine_orders(
+    p_a_in_order: float,
+    p_a_in_swapped_order: float,
+    *,
+    principle_id: str,
+    truncated: bool = False,
+    coverage: float | None = None,
+    method: str | None = None,
+) -> PairJudgement:
+    """Both orders of one pair under `principle_id` -> PairJudgement (the other keywords are copied into it).
 
     p_a_in_order:         P(A) of the prompt with response_a as (A).
     p_a_in_swapped_order: P(A) of the prompt with response_b as (A), so P(response_a) there is 1 minus it.
@@ -66,7 +53,16 @@ def combine_orders(p_a_in_order: float, p_a_in_swapped_order: float) -> PairJudg
     p_a_swapped = 1.0 - p_a_in_swapped_order
     # Exactly 1/2 is "no preference" and never counts as disagreeing with the other order.
     flip = (p_a - 0.5) * (p_a_swapped - 0.5) < 0
-    return PairJudgement(p_a=p_a, p_a_swapped=p_a_swapped, p_a_mean=(p_a + p_a_swapped) / 2, flip=flip)
+    return PairJudgement(
+        principle_id=principle_id,
+        p_a=p_a,
+        p_a_swapped=p_a_swapped,
+        p_a_mean=(p_a + p_a_swapped) / 2,
+        flip=flip,
+        truncated=truncated,
+        coverage=coverage,
+        method=method,
+    )
 
 
 def ensemble(judgements: Sequence[PairJudgement]) -> float:

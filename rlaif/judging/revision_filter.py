@@ -30,7 +30,7 @@ from rlaif.constitution import Constitution
 from rlaif.generation.common import derive_seed
 from rlaif.judging.judge import JudgeRequest, judge_requests
 from rlaif.judging.scoring import OptionScorer, PrefixCache
-from rlaif.records import CritiqueRecord, PrincipleJudgement
+from rlaif.records import CritiqueRecord
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -112,16 +112,8 @@ def filter_revisions(
         prefix_cache=PrefixCache(max_entries=len(constitution.principles) + 1),
         progress=progress,
     )
-    for record, request, verdict in zip(todo, requests, verdicts, strict=True):
-        record.revision_judgement = PrincipleJudgement(
-            principle_id=request.principle.id,
-            p_a=verdict.p_a,
-            p_a_swapped=verdict.p_a_swapped,
-            p_a_mean=verdict.p_a_mean,
-            flip=verdict.flip,
-            coverage=verdict.coverage,
-            method=verdict.method,
-        )
+    for record, verdict in zip(todo, verdicts, strict=True):
+        record.revision_judgement = verdict  # (its principle_id is the principle the revision was written for)
         if verdict.truncated:
             record.flags.append(JUDGE_TRUNCATED)
         flag = verdict_flag(verdict.p_a, verdict.p_a_swapped)

@@ -7,9 +7,11 @@ an API key carry its `owner`. Time stamps are stored as naive UTC and read back 
 Idempotency lives here: an item is `UNIQUE(run_id, stage, item_id)` and written with "insert, ignore if present",
 so a redelivered shard never duplicates work; a shard is `UNIQUE(stage_run_id, index)`.
 
-The schema changes only through Alembic revisions (rlaif/service/migrations, style guide 23). The API and the workers
-check the revision at start (`prepare_schema`): an empty database gets the schema, one at another revision
-than the newest is refused with the command that fixes it.
+The schema changes only through Alembic revisions (rlaif/service/migrations, style guide 23), and tables are made only
+by them: `rlaif db upgrade` (`upgrade`), or the explicit start-up check of `rlaif serve` and of a worker
+(`check_database`, `prepare_schema`), which gives an empty database the schema. Everything else only checks:
+`get_engine` (the engine of the API app and of every task) refuses a database at another revision than the
+newest, an empty one included, with the command that fixes it, and creates nothing.
 
     rlaif db upgrade        # or: python -c "from rlaif.service.db import upgrade; print(upgrade('sqlite:///rlaif.service.db'))"
     rlaif db current
@@ -307,8 +309,9 @@ _ENGINES: dict[tuple[int, str], Engine] = {}
 
 
 def get_engine(url: str | None = None) -> Engine:
-    """A per-process engine for `url` (default: settings.db_url), its schema checked on first use (`prepare_schema`:
-    an empty database is migrated to the newest revision, one at another revision raises SchemaError).
+    """A per-process engine for `url` (default: settings.db_url), its revision checked on first use
+    (`check_revision`: SchemaError unless the database is at the newest revision; an empty one is not given the
+    schema here).
 
     Keyed by the process id too: a Celery prefork child must not share its parent's connections.
     """
@@ -320,7 +323,7 @@ def get_engine(url: str | None = None) -> Engine:
     if key not in _ENGINES:
         engine = make_engine(url)
         try:
-            prepare_schema(engine)
+            check_revision(engine)
         except BaseException:
             engine.dispose()
             raise
@@ -494,11 +497,23 @@ def revision_problem(revision: str | None, where: str) -> str | None:
     )
 
 
+def check_revision(engine: Engine) -> None:
+    """SchemaError (naming `rlaif db upgrade`) unless the database is at the newest revision; reads only, so an
+    app or a task never changes the schema: an empty database is refused like an old one."""
+    with engine.execution_options(read_only=True).connect() as connection:
+        revision = database_revision(connection)
+        where = _shown(connection)
+    problem = revision_problem(revision, where)
+    if problem is not None:
+        raise SchemaError(problem)
+
+
 def prepare_schema(engine: Engine) -> None:
-    """What the API and every worker do at start, under the schema lock: an empty database gets the schema (an
-    upgrade to the newest revision), one made by the code before migrations is stamped 0001, and a database at
-    any other revision than the newest raises SchemaError naming `rlaif db upgrade` (nothing is migrated
-    behind the operator's back: a migration of a database holding runs is theirs to start)."""
+    """The explicit start-up check (`rlaif serve`, a worker's start, `rlaif demo`), under the schema lock: an empty
+    database gets the schema (an upgrade to the newest revision), one made by the code before migrations is
+    stamped 0001, and a database at any other revision than the newest raises SchemaError naming `rlaif db
+    upgrade` (nothing is migrated behind the operator's back: a migration of a database holding runs is theirs
+    to start)."""
     with schema_lock(engine) as connection:
         revision = _stamp_pre_migration(connection)
         if revision is None:
@@ -553,13 +568,6 @@ def session_factory(engine: Engine, read_only: bool = False) -> sessionmaker[Ses
     """Sessions on `engine`; `read_only` ones never take SQLite's write lock (they must not write)."""
     bind = engine.execution_options(read_only=True) if read_only else engine
     return sessionmaker(bind, expire_on_commit=False)
-
-
-@contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session in one transaction: committed on success, rolled back on any exception."""
-    with factory.begin() as session:
-        yield session
 
 
 def insert_ignore(session: Session, model: type[Base], rows: list[dict[str, Any]], unique: list[str]) -> int:

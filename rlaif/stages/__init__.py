@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 # Artifact layout under <root>/runs/<run_id>/
 INPUTS = "inputs"  # prompts.jsonl (train), eval_prompts.jsonl (held out), constitution.json, config.json
-HUMAN_PAIRS_FILE = "human_pairs.jsonl"  # inputs: PreferenceItem, the run's preference set (when it names one)
+HUMAN_PAIRS_FILE = "human_pairs.jsonl"  # inputs: HumanPair, the run's preference set (when it names one)
 PROMPTS_FILE = "prompts.jsonl"
 EVAL_PROMPTS_FILE = "eval_prompts.jsonl"
 CONSTITUTION_FILE = "constitution.json"

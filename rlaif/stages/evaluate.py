@@ -41,7 +41,7 @@ from rlaif.constitution import Constitution
 from rlaif.endpoints import is_endpoint, read_usage, usage_counts
 from rlaif.evaluation import monitors
 from rlaif.evaluation.best_of_n import BestOfN, choose, distinct_fraction, label, mean_best_and_mean_score
-from rlaif.evaluation.compare import PairOutcome, generate_answers, generate_candidates, judge_axis
+from rlaif.evaluation.compare import generate_answers, generate_candidates, judge_axis
 from rlaif.evaluation.datasets import EvalPrompt, load_eval_prompts, set_path
 from rlaif.evaluation.label_stats import principle_stats
 from rlaif.evaluation.refusal import detect_refusal
@@ -71,7 +71,7 @@ from rlaif.evaluation.stats import rate, win_rate
 from rlaif.generation import release_cached_generator
 from rlaif.judging.judge import release_cached_judge
 from rlaif.pipeline import plan
-from rlaif.records import LabelRecord
+from rlaif.records import HumanPair, LabelRecord, WinOutcome
 from rlaif.stages import LABELS_FILE, METRICS_FILE, StageResult
 from rlaif.stages.contract import StageContext
 from rlaif.store import (
@@ -89,7 +89,6 @@ from rlaif.truncation import LongItems
 
 if TYPE_CHECKING:
     from rlaif.generation import Completion
-    from rlaif.judging.audit import LabelledPair
     from rlaif.scorers import ScoreFn
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def evaluate_models(
     judge_model: str | None = None,
     reward_model: str | None = None,
     ai_heldout_pairs: Sequence[LabelRecord] = (),
-    human_pairs: Sequence[LabelledPair] = (),
+    human_pairs: Sequence[HumanPair] = (),
     labels: Sequence[LabelRecord] = (),
     ppo_history: Sequence[dict[str, Any]] = (),
     run_id: str | None = None,
@@ -186,7 +185,7 @@ def evaluate_models(
             generator = judge_generator(judge, tokenizer, judge_name, cfg.generation.batch_size)
 
     # --- win rates --------------------------------------------------------------------------------------------
-    outcomes: list[PairOutcome] = []
+    outcomes: list[WinOutcome] = []
     for model_role, baseline_role in comparisons:
         for axis in ("harmless", "helpful"):
             chosen = [i for i, p in enumerate(prompts) if axis in p.axes]
@@ -379,10 +378,10 @@ def _samples(prompts: Sequence[EvalPrompt], answers: dict[str, list[Completion]]
     return samples
 
 
-def _win_rates(outcomes: Sequence[PairOutcome], prompts: Sequence[EvalPrompt], cfg: RunConfig) -> list[WinRateEntry]:
+def _win_rates(outcomes: Sequence[WinOutcome], prompts: Sequence[EvalPrompt], cfg: RunConfig) -> list[WinRateEntry]:
     """One entry per (data set, axis, model, baseline), plus the pooled 'all' entry per (axis, model, baseline)."""
     dataset_of = {p.id: p.dataset for p in prompts}
-    groups: dict[tuple[str, str, str, str], list[PairOutcome]] = {}
+    groups: dict[tuple[str, str, str, str], list[WinOutcome]] = {}
     for o in outcomes:
         groups.setdefault((POOLED, o.axis, o.model, o.baseline), []).append(o)
         groups.setdefault((dataset_of[o.prompt_id], o.axis, o.model, o.baseline), []).append(o)
@@ -432,9 +431,9 @@ def _reward_section(
     prompts: Sequence[EvalPrompt],
     texts: dict[str, list[str]],
     samples: Sequence[Sample],
-    outcomes: Sequence[PairOutcome],
+    outcomes: Sequence[WinOutcome],
     ai_heldout_pairs: Sequence[LabelRecord],
-    human_pairs: Sequence[LabelledPair],
+    human_pairs: Sequence[HumanPair],
     score: ScoreFn | None = None,
     known: dict[str, list[float]] | None = None,
 ) -> RewardModelSummary:
@@ -442,7 +441,7 @@ def _reward_section(
 
     `score` is the reward model when the caller already loaded it; `known` maps model names to scores already
     computed (the best-of-n choices), which are not scored again."""
-    from rlaif.stages.reward_model import PreferencePair, evaluate_reward_model, reward_score_fn
+    from rlaif.stages.reward_model import evaluate_reward_model, reward_score_fn
 
     log.info("scoring the answers with the reward model %s", path)
     score = score or reward_score_fn(path)
@@ -457,8 +456,7 @@ def _reward_section(
         result = evaluate_reward_model(path, list(ai_heldout_pairs))
         summary.accuracy_ai_heldout, summary.pairs_ai_heldout = result["accuracy"], int(result["pairs"])
     if human_pairs:
-        pairs = [PreferencePair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected) for p in human_pairs]
-        result = evaluate_reward_model(path, pairs)
+        result = evaluate_reward_model(path, human_pairs)
         summary.accuracy_human, summary.pairs_human = result["accuracy"], int(result["pairs"])
     if "aligned" in models and "base" in models:
         # The judge's view of each prompt: the mean of its aligned-vs-base preferences over the axes judged.
@@ -774,11 +772,11 @@ def _evaluate(
     if len(models) < 2:
         raise ValueError(f"run {run_id}: evaluation needs the base model and at least one of sft_model / policy_model")
     prompts = load_eval_prompts(store, run_id, cfg.eval, data_dir, cfg.seed)
-    human_pairs: list[LabelledPair] = []
+    human_pairs: list[HumanPair] = []
     if cfg.eval.human_pairs:
-        from rlaif.judging.audit import load_labelled_pairs
+        from rlaif.evaluation.datasets import load_human_pairs
 
-        human_pairs = load_labelled_pairs(
+        human_pairs = load_human_pairs(
             set_path(data_dir, "preference_pairs", cfg.eval.data_split, "eval.human_pairs"), limit=cfg.eval.human_pairs
         )
     judge_stage = ctx.source("labels")

@@ -34,7 +34,7 @@ from rlaif.evaluation.judge_gate import check_labels
 from rlaif.judging.judge import JudgeRequest, as_scorer, cached_judge, judge_requests
 from rlaif.judging.labels import ensemble
 from rlaif.judging.scoring import OptionScorer, PrefixCache
-from rlaif.records import Comparison, LabelRecord, PrincipleJudgement
+from rlaif.records import Comparison, LabelRecord
 from rlaif.stages import COMPARISONS_FILE, LABELS_FILE, StageResult
 from rlaif.stages.contract import StageContext, run_sharded
 from rlaif.store import StoreError, read_jsonl, write_jsonl, write_manifest
@@ -120,13 +120,6 @@ def judge_comparisons(
         )
         for comparison, chosen in zip(chunk, sampled, strict=True):
             pair_verdicts = [verdicts[index[(comparison.id, p.id)]] for p in chosen]
-            judgements = [
-                PrincipleJudgement(
-                    principle_id=p.id, p_a=v.p_a, p_a_swapped=v.p_a_swapped, p_a_mean=v.p_a_mean, flip=v.flip,
-                    coverage=v.coverage, method=v.method,
-                )
-                for p, v in zip(chosen, pair_verdicts, strict=True)
-            ]  # fmt: skip
             coverages = [v.coverage for v in pair_verdicts if v.coverage is not None]
             yield LabelRecord(
                 id=comparison.id,
@@ -134,7 +127,7 @@ def judge_comparisons(
                 response_a=comparison.response_a,
                 response_b=comparison.response_b,
                 p_a=min(max(ensemble(pair_verdicts), 0.0), 1.0),
-                judgements=judgements,
+                judgements=pair_verdicts,
                 truncated=any(v.truncated for v in pair_verdicts),
                 coverage=sum(coverages) / len(coverages) if coverages else None,
                 method=pair_verdicts[0].method,

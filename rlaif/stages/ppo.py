@@ -659,8 +659,8 @@ def _rank_split(cfg: PPOConfig, world_size: int) -> RankSplit:
     Equal shares keep every rank in step (each takes part in every collective) and busy for the same time.
     """
     per_rank = exact_div(
-        cfg.batch_size, world_size,
-        f"ppo.batch_size {cfg.batch_size} (prompts_per_step x samples_per_prompt) / world size {world_size}",
+        cfg.batch_size, world_size, "ppo.batch_size", "world size",
+        "ppo.batch_size = ppo.prompts_per_step x ppo.samples_per_prompt",
     )  # fmt: skip
     minibatch, micro_size = cfg.minibatch_size, min(cfg.micro_batch_size, cfg.minibatch_size)
     whole = "each rank runs whole micro-batches of every minibatch"

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from rlaif.checkpoints import (
@@ -46,7 +45,7 @@ from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distribute
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import ModelError, disable_dropout, load_tokenizer, resolve_model
 from rlaif.preference_sets import read_human_pairs
-from rlaif.records import LabelRecord, PreferenceItem
+from rlaif.records import HumanPair, LabelRecord
 from rlaif.rl.losses import bradley_terry_loss
 from rlaif.stages import LABELS_FILE, METRICS_FILE, MODEL_DIR, STEPS_DIR, StageResult
 from rlaif.stages.contract import StageContext, StepCallback
@@ -93,16 +92,6 @@ class PairBatch(NamedTuple):
     p_a: torch.Tensor  # (B,)
 
 
-class PreferencePair(BaseModel):
-    """A human-labelled comparison (e.g. rlaif/data/preference_pairs.dev.jsonl): chosen beats rejected."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str = Field(description="The user's message.")
-    chosen: str = Field(description="The preferred response.")
-    rejected: str = Field(description="The dispreferred response.")
-
-
 class RewardModel(NamedTuple):
     """A loaded reward model: reward = gain x raw head output + bias (mean 0, std 1 on the SFT samples)."""
 
@@ -122,7 +111,7 @@ def train_reward_model(
     meta: dict[str, Any] | None = None,
     progress: bool = True,
     on_step: StepCallback | None = None,
-    human_pairs: Sequence[PreferenceItem | PreferencePair] | None = None,
+    human_pairs: Sequence[HumanPair] | None = None,
 ) -> StageResult:
     """Train a reward model from `sft_model` on soft-labelled pairs; writes out_dir/model, steps, metrics.jsonl.
 
@@ -243,9 +232,7 @@ def train_reward_model(
     )  # fmt: skip
 
 
-def _human_mix(
-    pairs: Sequence[PreferenceItem | PreferencePair] | None, n_train: int, cfg: RewardModelConfig, seed: int
-) -> list[PreferenceItem | PreferencePair]:
+def _human_mix(pairs: Sequence[HumanPair] | None, n_train: int, cfg: RewardModelConfig, seed: int) -> list[HumanPair]:
     """The human pairs mixed into training: all of them when reward_model.human_mix is null, else
     round(human_mix x n_train) of them, a seeded sample kept in file order."""
     pairs = list(pairs or [])
@@ -379,7 +366,7 @@ def tokenize_pair(tokenizer: Any, label: LabelRecord, max_length: int) -> PairEx
     )
 
 
-def tokenize_human_pair(tokenizer: Any, pair: PreferenceItem | PreferencePair, max_length: int) -> PairExample:
+def tokenize_human_pair(tokenizer: Any, pair: HumanPair, max_length: int) -> PairExample:
     """A human comparison as a hard label: side a is `chosen`, p = 1 (the loss is then -log s(r_chosen - r_rejected),
     the plain Bradley-Terry loss of a human preference)."""
     return PairExample(
@@ -530,17 +517,17 @@ def reward_score_fn(
 
 
 def evaluate_reward_model(
-    path: str | Path, pairs: Sequence[PreferencePair | PreferenceItem | LabelRecord], batch_size: int = 8
+    path: str | Path, pairs: Sequence[HumanPair | LabelRecord], batch_size: int = 8
 ) -> dict[str, float]:
     """Accuracy and soft BT loss (on raw rewards) of a trained reward model on labelled pairs.
 
-    Human pairs (PreferencePair, PreferenceItem) count as p = 1 for `chosen`; LabelRecords keep their soft p_a.
+    Human pairs (HumanPair) count as p = 1 for `chosen`; LabelRecords keep their soft p_a.
     """
     rm = load_reward_model(path)
     sides: list[tuple[str, str]] = []
     labels: list[float] = []
     for pair in pairs:
-        if isinstance(pair, PreferencePair | PreferenceItem):
+        if isinstance(pair, HumanPair):
             sides += [(pair.prompt, pair.chosen), (pair.prompt, pair.rejected)]
             labels.append(1.0)
         else:
@@ -557,12 +544,6 @@ def evaluate_reward_model(
         "loss": float(bradley_terry_loss(margin, p)),
         "pairs": float(len(labels)),
     }
-
-
-def load_preference_pairs(path: str | Path, limit: int | None = None) -> list[PreferencePair]:
-    """Human preference pairs from JSONL (prompt, chosen, rejected; other fields ignored)."""
-    pairs = read_jsonl(Path(path), PreferencePair)
-    return pairs[:limit] if limit is not None else pairs
 
 
 # --- stage wrapper ---------------------------------------------------------------------------------------------

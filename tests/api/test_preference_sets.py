@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from service_fixtures import REPO, TINY_RUN, Service, auth, error_of
 
 from rlaif.preference_sets import MAX_PAIRS, pair_id, read_human_pairs
-from rlaif.records import PreferenceItem
+from rlaif.records import HumanPair
 from rlaif.stages import HUMAN_PAIRS_FILE, INPUTS
 from rlaif.store import ArtifactStore, verify_manifest
 
@@ -135,7 +135,7 @@ def test_a_run_pins_the_pairs_and_the_set_cannot_go_while_it_is_used(api: TestCl
 
     store = ArtifactStore(api_service.artifacts)
     inputs = store.stage_dir(run["id"], INPUTS, create=False)
-    expected = [PreferenceItem.model_validate(item) for item in uploaded["preview"]]
+    expected = [HumanPair.model_validate(item) for item in uploaded["preview"]]
     assert read_human_pairs(store, run["id"]) == expected  # the two pairs, as the set has them
     manifest = verify_manifest(inputs)  # the inputs stay verifiable, the pinned pairs listed
     assert HUMAN_PAIRS_FILE in manifest["files"] and manifest["preference_set"] == uploaded["id"]

@@ -28,7 +28,7 @@ from service_fixtures import REPO, Service, auth, error_of
 
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
-from rlaif.records import LabelRecord, PrincipleJudgement
+from rlaif.records import LabelRecord, PairJudgement
 from rlaif.stages import StageResult
 from rlaif.stages.contract import StageContext
 from rlaif.stages.evaluate import run_evaluate
@@ -129,7 +129,7 @@ def evaluated_run(
         }
     )
     judgements = [
-        PrincipleJudgement(principle_id=pid, p_a=0.7, p_a_swapped=0.4, p_a_mean=0.55, flip=True)
+        PairJudgement(principle_id=pid, p_a=0.7, p_a_swapped=0.4, p_a_mean=0.55, flip=True)
         for pid in ("harmful", "helpful")
     ]
     write_jsonl(

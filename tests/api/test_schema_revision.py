@@ -1,6 +1,7 @@
 """The API and the workers refuse to start against a database at a schema revision they do not know, and say
-which command fixes it, instead of failing every query later (style guide 23). On a brand-new database they
-create the schema themselves. Real processes: uvicorn, `rlaif serve`, a Celery worker.
+which command fixes it, instead of failing every query later (style guide 23). On a brand-new database `rlaif
+serve` and a worker create the schema at start; the API app alone (uvicorn) creates no tables and names the
+command. Real processes: uvicorn, `rlaif serve`, a Celery worker.
 
     python -m pytest tests/api/test_schema_revision.py -q
 """
@@ -86,15 +87,19 @@ def test_the_app_factory_refuses_a_database_with_pending_revisions(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_api_and_a_worker_create_the_schema_of_a_new_database(
+def test_rlaif_serve_and_a_worker_create_the_schema_of_a_new_database(
     kind: str, make_service: Callable[..., Service]
 ) -> None:
-    """No manual step on a new machine: both start on an empty database (at once: the schema lock orders them)."""
-    service = make_service(kind)
+    """No manual step on a new machine: both start on an empty database (at once: the schema lock orders them).
+    The app alone creates no tables: uvicorn on an empty database exits, naming `rlaif db upgrade`."""
+    service = make_service(kind, schema=False)
+    code, log = _exit_of(_api(service, via_cli=False), service, "api")
+    assert code != 0 and "has no schema yet: run `rlaif db upgrade`" in log and "Traceback" not in log, log
+    (service.root / "api.log").unlink()
     assert db.current_revision(service.db_url) is None
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "control", "--pool", "solo"]
     worker = service.spawn("w1", [*argv, "-n", "w1@%h", "-l", "INFO", "--without-gossip", "--without-mingle"])
-    url = service.start_api()
+    url = service.start_api(via_cli=True)
     assert httpx.get(f"{url}/v1/runs", headers=auth()).status_code == 200
     wait_for(lambda: " ready." in service.log("w1") or worker.poll() is not None, 120, "the worker to start")
     assert worker.poll() is None, service.log("w1")

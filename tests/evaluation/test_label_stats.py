@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from rlaif.evaluation.label_stats import principle_stats
-from rlaif.records import LabelRecord, PrincipleJudgement
+from rlaif.records import LabelRecord, PairJudgement
 
 
-def _j(pid: str, p_a: float, p_a_swapped: float) -> PrincipleJudgement:
+def _j(pid: str, p_a: float, p_a_swapped: float) -> PairJudgement:
     flip = (p_a - 0.5) * (p_a_swapped - 0.5) < 0
-    return PrincipleJudgement(
+    return PairJudgement(
         principle_id=pid, p_a=p_a, p_a_swapped=p_a_swapped, p_a_mean=(p_a + p_a_swapped) / 2, flip=flip
     )
 

@@ -182,7 +182,7 @@ def test_run_dpo_records_lineage_and_trains_lora_adapters(tiny_model: str, tmp_p
 
 
 def test_bad_sizes_name_the_fields() -> None:
-    with pytest.raises(ValueError, match="dpo.batch_size 6 / dpo.micro_batch_size: 6 is not divisible by 4"):
+    with pytest.raises(ValueError, match="dpo.batch_size 6 is not divisible by dpo.micro_batch_size 4"):
         DPOConfig(batch_size=6, micro_batch_size=4)
     with pytest.raises(ValueError, match="label_smoothing"):
         DPOConfig(label_smoothing=0.5)

@@ -18,7 +18,7 @@ import torch
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution, load_constitution
 from rlaif.evaluation.report import EvalReport, Sample, card_headline
-from rlaif.records import LabelRecord, PrincipleJudgement, PromptItem
+from rlaif.records import LabelRecord, PairJudgement, PromptItem
 from rlaif.stages import StageResult
 from rlaif.stages.contract import StageContext
 from rlaif.stages.evaluate import run_evaluate
@@ -47,7 +47,7 @@ def _labels(n: int) -> list[LabelRecord]:
     for i in range(n):
         pid = ("harmful", "helpful")[i % 2]
         p_a, p_swapped = (0.7, 0.6) if i % 3 else (0.8, 0.3)  # every third judgement flips
-        judgement = PrincipleJudgement(
+        judgement = PairJudgement(
             principle_id=pid, p_a=p_a, p_a_swapped=p_swapped, p_a_mean=(p_a + p_swapped) / 2, flip=not i % 3
         )
         out.append(

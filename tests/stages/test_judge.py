@@ -121,7 +121,7 @@ def test_chain_of_thought_clamps_each_order(tiny_lm: tuple[Any, Any], constituti
     ]
     raw = score_requests(model, tokenizer, requests, chain_of_thought=True, generator=generator, cot_sampling=sampling)
     bounds = (0.49, 0.51)  # narrow, so the clamp bites on the random model's probabilities
-    clamped = judgements_from_scores(raw, bounds)
+    clamped = judgements_from_scores(raw, requests, bounds)
     p_a = raw.p_a.tolist()
     assert any(not bounds[0] <= p <= bounds[1] for p in p_a)
     for i, verdict in enumerate(clamped):

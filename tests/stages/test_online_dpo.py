@@ -14,7 +14,7 @@ from rlaif.config import OnlineDPOConfig, RunConfig, SamplingConfig
 from rlaif.constitution import load_constitution, resolve_constitution
 from rlaif.generation.hf import HFGenerator
 from rlaif.modeling import load_causal_lm, load_tokenizer, prepare_model
-from rlaif.records import Comparison, LabelRecord, PrincipleJudgement, PromptItem
+from rlaif.records import Comparison, LabelRecord, PairJudgement, PromptItem
 from rlaif.stages import CONSTITUTION_FILE, INPUTS, PROMPTS_FILE
 from rlaif.stages.contract import StageContext
 from rlaif.stages.online_dpo import (
@@ -70,9 +70,9 @@ def test_each_prompt_samples_under_its_own_seed_whatever_the_batch(tiny_model: s
 
 
 def test_online_metrics_by_hand() -> None:
-    def judgement(p_a: float, p_a_swapped: float) -> PrincipleJudgement:
+    def judgement(p_a: float, p_a_swapped: float) -> PairJudgement:
         mean = (p_a + p_a_swapped) / 2
-        return PrincipleJudgement(
+        return PairJudgement(
             principle_id="x", p_a=p_a, p_a_swapped=p_a_swapped, p_a_mean=mean, flip=(p_a > 0.5) != (p_a_swapped > 0.5)
         )
 
@@ -166,6 +166,8 @@ def test_run_online_dpo_records_lineage_and_is_not_trained_twice(tiny_model: str
 
 
 def test_bad_sizes_name_the_fields() -> None:
-    with pytest.raises(ValueError, match="online_dpo.total_prompts / online_dpo.prompts_per_step 4: 10 is not"):
+    with pytest.raises(
+        ValueError, match="online_dpo.total_prompts 10 is not divisible by online_dpo.prompts_per_step 4"
+    ):
         OnlineDPOConfig(total_prompts=10, prompts_per_step=4)
     assert OnlineDPOConfig(total_prompts=12, prompts_per_step=4).steps == 3

@@ -14,7 +14,8 @@ from transformers import AutoModelForSequenceClassification
 
 from rlaif.config import RewardModelConfig, RunConfig
 from rlaif.distributed import init_distributed
-from rlaif.records import LabelRecord, PreferenceItem
+from rlaif.evaluation.datasets import load_human_pairs
+from rlaif.records import HumanPair, LabelRecord
 from rlaif.rl.losses import bradley_terry_loss
 from rlaif.stages import LABELS_FILE
 from rlaif.stages.contract import StageContext
@@ -23,7 +24,6 @@ from rlaif.stages.reward_model import (
     _add_lora,
     _human_mix,
     evaluate_reward_model,
-    load_preference_pairs,
     load_reward_backbone,
     pack_pairs,
     packed_rewards,
@@ -168,7 +168,7 @@ def test_run_reward_model_and_human_pair_evaluation(tiny_model: str, tmp_path: P
         and meta["max_length"] == FAST.max_length
     )
 
-    report = evaluate_reward_model(folder, load_preference_pairs(packaged_data / "preference_pairs.dev.jsonl", limit=8))
+    report = evaluate_reward_model(folder, load_human_pairs(packaged_data / "preference_pairs.dev.jsonl", limit=8))
     assert report["pairs"] == 8 and 0.0 <= report["accuracy"] <= 1.0 and report["loss"] > 0
     with pytest.raises(FileNotFoundError, match="run the judge stage first"):
         run_reward_model(StageContext.of(store, "r2", "reward_model", cfg=cfg, models={"base": tiny_model}))
@@ -176,7 +176,7 @@ def test_run_reward_model_and_human_pair_evaluation(tiny_model: str, tmp_path: P
 
 HUMAN = [
     # Human helpfulness comparisons, unlike anything the AI labels hold: a recipe beats a brush-off.
-    PreferenceItem(id=f"hp{i}", prompt=f"Dinner idea {i}?", chosen="Pasta with garlic and lemon.", rejected="Dunno.")
+    HumanPair(id=f"hp{i}", prompt=f"Dinner idea {i}?", chosen="Pasta with garlic and lemon.", rejected="Dunno.")
     for i in range(4)
 ]
 

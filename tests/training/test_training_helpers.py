@@ -85,9 +85,11 @@ def test_rank_micro_batches_deal_the_whole_batch_by_length() -> None:
 def test_plan_batches_checks_divisibility() -> None:
     plan = plan_batches(n_items=10, batch_size=8, micro_batch_size=2, world_size=2, what="sft")
     assert (plan.per_rank, plan.accumulation, plan.steps_per_epoch) == (4, 2, 2)
-    with pytest.raises(ValueError, match="sft.batch_size 6 / world size 4: 6 is not divisible by 4"):
+    with pytest.raises(ValueError, match="sft.batch_size 6 is not divisible by the world size 4"):
         plan_batches(10, batch_size=6, micro_batch_size=2, world_size=4, what="sft")
-    with pytest.raises(ValueError, match="reward_model.batch_size per rank 6 / reward_model.micro_batch_size"):
+    with pytest.raises(
+        ValueError, match="reward_model.batch_size per rank 6 is not divisible by reward_model.micro_batch_size 4"
+    ):
         plan_batches(10, batch_size=6, micro_batch_size=4, world_size=1, what="reward_model")
     with pytest.raises(ValueError, match="sft: no training items"):
         plan_batches(0, batch_size=4, micro_batch_size=2, world_size=1, what="sft")

@@ -14,7 +14,7 @@ from rlaif.store import ArtifactStore
 def rt(request: pytest.FixtureRequest, database_factory: DatabaseFactory, tmp_path) -> state.Runtime:
     """A runtime on a fresh database; short leases and requeue delay, so staleness can be tested in seconds."""
     return state.Runtime(
-        sessions=session_factory(get_engine(database_factory.new(request.param))),
+        sessions=session_factory(get_engine(database_factory.migrated(request.param))),
         store=ArtifactStore(tmp_path / "artifacts"),
         lease_ttl_s=2.0,
         heartbeat_s=0.2,
