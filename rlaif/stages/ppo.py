@@ -74,6 +74,7 @@ from rlaif.distributed import (
 )
 from rlaif.evaluation.monitors import best_step, boilerplate, early_stop_decision
 from rlaif.generation.common import check_context, context_length, derive_seed
+from rlaif.generation.vllm_rollout import VLLMRolloutSampler, rollout_sampler
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import ModelError, disable_dropout, load_causal_lm, load_tokenizer, resolve_model
 from rlaif.records import PromptItem, SFTExample
@@ -213,6 +214,12 @@ def train_ppo(
         # Best-policy files of rolled-back updates are redone; the one the step state relies on is kept.
         _prune_best(best_dir, keep={s for s in _best_files(best_dir) if s <= start_update})
     checkpoint_best = best_step(history, monitor) if keep_best and history else None
+    # ppo.rollout_backend = vllm: an in-process vLLM engine samples the rollouts (None: the policy samples them).
+    if cfg.rollout_backend == "vllm" and info.world_size > 1:
+        raise ValueError(
+            "ppo.rollout_backend vllm runs in one process: use rollout_backend transformers under torchrun"
+        )
+    sampler = rollout_sampler(policy_model, policy, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg)
     log.info(
         "PPO of %s (%s) on %d prompts (%d too long): %d updates of %d episodes (%d per rank x %d ranks), %d epochs "
         "x %d minibatches of %d, value model from %s, autocast %s, start at update %d",
@@ -236,7 +243,7 @@ def train_ppo(
         kl_coef = kl_ctl.value
         data = rollout(policy, ref_policy, value_net, tokenizer, b_prompts[mine.start : mine.stop],
                        b_queries[mine.start : mine.stop].to(device), b_query_mask[mine.start : mine.stop].to(device),
-                       score_fn, kl_coef, cfg, generators, info)  # fmt: skip
+                       score_fn, kl_coef, cfg, generators, info, sampler)  # fmt: skip
         kl_ctl.update(data.kl.sum(1).mean().item(), cfg.batch_size)
         record = rollout_metrics(update + 1, data, kl_coef, response_texts(tokenizer, data), cfg)
         # The monitors and the keep-best metrics read only rollout metrics, so `record` decides as the full one will.
@@ -247,6 +254,8 @@ def train_ppo(
         minibatch_generator = torch.Generator().manual_seed(derive_seed(seed, "minibatches", update))
         with training_mode(policy, value_net):
             stats = ppo_update(policy, value_net, optimizer, data, cfg, minibatch_generator, ptx_batches, info)
+        if sampler is not None:  # the next rollout samples from the policy this update produced
+            sampler.load_policy(policy)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         metrics = {**record, **update_metrics(stats, lr, cfg)}
@@ -276,6 +285,8 @@ def train_ppo(
             break
     bar.close()
     metrics_log.close()
+    if sampler is not None:
+        sampler.close()
     if keep_best and history:
         kept = best_step(history, monitor)
         if info.is_main:  # only rank 0 saves the model (and only it wrote the best-policy files)
@@ -323,6 +334,7 @@ def rollout(
     cfg: PPOConfig,
     generator: torch.Generator | Sequence[torch.Generator],
     info: DistInfo | None = None,
+    sampler: VLLMRolloutSampler | None = None,
 ) -> Rollout:
     """Sample one response per query row, score it, and compute rewards, advantages and returns.
 
@@ -330,13 +342,18 @@ def rollout(
     `generator`: one for the batch, or one per row (`sample_responses`). Sampling and the three forward passes
     run under `ppo.dtype` autocast, as the update's forward passes do. Data-parallel (`info` with several ranks):
     each rank passes its rows, and the returned Rollout holds every rank's rows in rank order, (world x B, ...).
+    With a vLLM `sampler` the engine samples instead of the policy; the log-probs below are still the policy's.
     """
     stop_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     amp = autocast_dtype(cfg.dtype, queries.device)
-    with autocast(queries.device, amp):
-        responses = sample_responses(
-            policy, queries, query_mask, cfg.response_length, cfg.temperature, stop_id, generator
-        )
+    sampler_logprobs = None
+    if sampler is None:
+        with autocast(queries.device, amp):
+            responses = sample_responses(
+                policy, queries, query_mask, cfg.response_length, cfg.temperature, stop_id, generator
+            )
+    else:
+        responses, sampler_logprobs = sampler.sample(queries, query_mask, generator)  # (B, R), (B, R)
     # 1. truncate at stop token: what was sampled after the first EOS is padding, outside every loss and reward
     responses, response_mask = truncate_at_stop_token(responses, stop_id, pad_id)  # (B, R)
     query_responses = torch.cat([queries, responses], dim=1)  # (B, Q + R)
@@ -378,7 +395,7 @@ def rollout(
     return Rollout(
         query_responses=query_responses, attention_mask=attention_mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
         values=values, rewards=rewards, advantages=advantages, returns=returns, response_mask=response_mask,
-        scores=scores, contains_eos=contains_eos, kl=kl,
+        scores=scores, contains_eos=contains_eos, kl=kl, sampler_logprobs=sampler_logprobs,
     )  # fmt: skip
 
 
@@ -876,6 +893,8 @@ def rollout_metrics(step: int, data: Rollout, kl_coef: float, texts: list[str], 
         "val/mean_response_length": mask.sum(dim=1).float().mean(),
         "val/boilerplate_fraction": boilerplate(texts).fraction,
     }
+    if data.sampler_logprobs is not None:  # how far the vLLM sampler's numerics are from the trainer's
+        metrics["val/sampler_logprob_gap"] = masked_mean((data.sampler_logprobs - data.logprobs).abs(), mask)
     return {"step": step, "episodes": step * cfg.batch_size, **{key: float(value) for key, value in metrics.items()}}
 
 
