@@ -21,7 +21,7 @@ from kombu import Queue as KombuQueue
 
 from rlaif.service.db import SchemaError, check_database
 from rlaif.service.state import Dispatch
-from rlaif.settings import Settings, settings
+from rlaif.settings import Settings, apply_process_defaults, settings
 
 
 class Queue(StrEnum):
@@ -103,7 +103,9 @@ def send_all(celery: Celery, dispatches: Iterable[Dispatch]) -> None:
 @signals.worker_init.connect
 def _check_database(**_: Any) -> None:
     """A worker refuses to start against a database at a schema revision this code does not run on (it would
-    fail every task); an empty database gets the schema. Checked once in the main process, before the pool."""
+    fail every task); an empty database gets the schema. Checked once in the main process, before the pool, which
+    also gets the process defaults (passive OpenMP waits, offline hub) before any task imports torch."""
+    apply_process_defaults()
     try:
         check_database(settings.db_url)
     except SchemaError as exc:

@@ -19,11 +19,14 @@ on each heartbeat, with the total the core itself computed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,7 +69,7 @@ from rlaif.service.state import (
     stage_row,
     start_stage,
 )
-from rlaif.stages import CONSTITUTION_FILE, INPUTS, MODEL_DIR, StageResult
+from rlaif.stages import CONSTITUTION_FILE, INPUTS, METRICS_FILE, MODEL_DIR, StageResult
 from rlaif.stages.contract import ShardedStage, StageContext, StageHooks, StageStopped
 from rlaif.store import StoreError, read_manifest
 
@@ -202,13 +205,19 @@ def run_training(rt: Runtime, run_id: str, stage: str, owner: str) -> list[Dispa
     with _heartbeat(rt, unit, stage_id, owner, on_tick=progress.flush) as hooks:
         hooks.on_progress = progress.add
         ctx = stage_context(rt, run_id, stage, hooks)
+        curve = ctx.out_dir / METRICS_FILE if METRICS_FILE in ctx.spec.definition.writes else None
+        # Steps an earlier attempt logged but could not report (killed between heartbeats) come first, in order.
+        progress.add_logged(curve)
         try:
             # (the stage's peak memory goes into its result: `rlaif compare` shows it next to the wall time)
             result: StageResult = records_peak_rss(getattr(stage_module(ctx.spec), ctx.spec.definition.run))(ctx)
         except StageStopped as exc:
             log.warning("run %s: stage %s stopped: %s", run_id, stage, exc.reason)
+            with contextlib.suppress(Exception):  # (unreachable database: the next attempt reports them from the log)
+                progress.flush()
             claims.release(rt.sessions, unit, stage_id, owner)
             return []
+    progress.add_logged(curve)  # a redelivered task whose core found its model finished reports no steps itself
     progress.flush()
     return [Dispatch(ADVANCE, (run_id,))] if _finish_training(rt, run_id, stage, owner, result) else []
 
@@ -236,6 +245,20 @@ class _Progress:
                 self._pending.append((step, dict(metrics)))
                 self._last_step = step
 
+    def add_logged(self, path: Path | None) -> None:
+        """The steps of the stage's own metrics log (the curve the core wrote, metrics.jsonl) not reported yet: what
+        an earlier attempt trained but could not report before it died, or a finished stage's whole curve."""
+        if path is None or not path.is_file():
+            return
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # (a line cut short by a crash)
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                metrics = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
+                self.add(record["step"], self._total, metrics)
+
     def flush(self) -> None:
         with self._lock:
             pending, total = self._pending, self._total
@@ -246,14 +269,15 @@ class _Progress:
             with self.rt.sessions.begin() as session:
                 for step, metrics in pending:
                     add_event(session, self.run_id, "", stage=self.stage, kind="metrics", step=step, data=metrics)
-                values: dict[str, Any] = {"total": total}
+                values: dict[str, Any] = {} if total is None else {"total": total}
                 if pending:
                     values["done"] = pending[-1][0]
-                session.execute(
-                    update(StageRunRow)
-                    .where(StageRunRow.run_id == self.run_id, StageRunRow.name == self.stage)
-                    .values(**values)
-                )
+                if values:
+                    session.execute(
+                        update(StageRunRow)
+                        .where(StageRunRow.run_id == self.run_id, StageRunRow.name == self.stage)
+                        .values(**values)
+                    )
         except Exception:
             with self._lock:  # the database was unreachable: write these steps next time
                 self._pending = pending + self._pending
