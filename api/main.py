@@ -71,4 +71,11 @@ def _app_or_exit() -> FastAPI:
         raise SystemExit(f"rlaif API: {exc}") from None
 
 
-app = _app_or_exit()
+def __getattr__(name: str) -> FastAPI:
+    """`api.main.app` (what `uvicorn api.main:app` loads) is built on first access, not at import, so importing
+    this module for `create_app` (tests, tools) neither opens the environment's database nor exits on its schema."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    global app
+    app = _app_or_exit()
+    return app
