@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from rlaif.db import RunRow, StageRunRow, get_engine, session_factory
+from rlaif.service.db import RunRow, StageRunRow, get_engine, session_factory
 from service_fixtures import KEYS, REPO, Service, auth, error_of, kill_group
 from sqlalchemy import select, update
 
