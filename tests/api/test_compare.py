@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from rlaif.service.db import RunRow, StageRunRow, get_engine, session_factory
 from service_fixtures import KEYS, REPO, Service, auth, error_of, kill_group
 from sqlalchemy import select, update
 
@@ -26,6 +25,7 @@ from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.evaluation.run_compare import RunComparison
 from rlaif.peak_memory import records_peak_rss
+from rlaif.service.db import RunRow, StageRunRow, get_engine, session_factory
 from rlaif.stages.evaluate import run_evaluate
 from rlaif.store import ArtifactStore, write_jsonl
 
