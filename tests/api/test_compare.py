@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from rlaif.db import RunRow, StageRunRow, get_engine, session_factory
 from service_fixtures import KEYS, REPO, Service, auth, error_of, kill_group
 from sqlalchemy import select, update
 
@@ -26,6 +25,7 @@ from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.evaluation.run_compare import RunComparison
 from rlaif.peak_memory import records_peak_rss
+from rlaif.service.db import RunRow, StageRunRow, get_engine, session_factory
 from rlaif.stages.evaluate import run_evaluate
 from rlaif.store import ArtifactStore, write_jsonl
 
@@ -169,9 +169,11 @@ def test_ids_are_checked(api: TestClient, two_runs: tuple[str, str]) -> None:
     assert api.get("/v1/runs/compare", params={"ids": f"{ppo},{dpo}"}).status_code == 401
 
 
+# The CLI prints what GET /v1/runs/compare answers, and the route's answer is checked on both databases above; the
+# CLI's own code has nothing database-specific, so this test runs once, against SQLite: its PostgreSQL parameter is
+# left out here (the test is never collected for it) instead of being skipped at run time.
+@pytest.mark.parametrize("api_service", ["sqlite"], indirect=True)
 def test_rlaif_compare_prints_the_table_and_the_json(api_service: Service, two_runs: tuple[str, str]) -> None:
-    if not api_service.db_url.startswith("sqlite"):
-        pytest.skip("the CLI reads the same answer on either database: once is enough")
     ppo, dpo = two_runs
     url = api_service.start_api()
     proc = api_service.procs[-1]
