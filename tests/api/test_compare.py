@@ -26,6 +26,7 @@ from rlaif.constitution import Constitution
 from rlaif.evaluation.run_compare import RunComparison
 from rlaif.peak_memory import records_peak_rss
 from rlaif.service.db import RunRow, StageRunRow, get_engine, session_factory
+from rlaif.stages.contract import StageContext
 from rlaif.stages.evaluate import run_evaluate
 from rlaif.store import ArtifactStore, write_jsonl
 
@@ -76,10 +77,10 @@ def _finish(api_service: Service, tiny_model: str, packaged_data: Path, run_id: 
         rows = [{"step": s, "objective/kl": 0.1 * s, "objective/scores": 0.1 * s} for s in range(1, 5)]
         write_jsonl(store.path(run_id, "ppo", "metrics.jsonl"), rows)
     constitution = Constitution.model_validate(json.loads((inputs / "constitution.json").read_text()))
-    result = records_peak_rss(run_evaluate)(
-        cfg, store, run_id, tiny_model, tiny_model, tiny_model, None, constitution,
-        data_dir=packaged_data, ppo_stage=None if dpo else "ppo", progress=False,
-    )  # fmt: skip
+    # The run's own models replaced by the tiny one (nothing was trained); its PPO metrics are read from the plan.
+    models = {"base": tiny_model, "sft": tiny_model, "policy": tiny_model, "reward_model": None}
+    ctx = StageContext.of(store, run_id, "evaluate", cfg=cfg, constitution=constitution, models=models)
+    result = records_peak_rss(run_evaluate)(ctx, data_dir=packaged_data, progress=False)
     with session_factory(get_engine(api_service.db_url)).begin() as session:
         rows = session.scalars(select(StageRunRow).where(StageRunRow.run_id == run_id).order_by(StageRunRow.position))
         start = T0
