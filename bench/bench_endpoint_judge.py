@@ -1,7 +1,7 @@
 """The judge over an OpenAI-compatible endpoint: pairs/s at concurrency 1, 4 and 16, and fidelity to in process.
 
 Workload: the first `--pairs` human-labelled pairs of the shared dev set, judged in both orders under one principle
-each (harmless constitution, the stage defaults) by `rlaif.stages.judge.judge_comparisons`, once in process
+each (harmless constitution, the stage defaults) by `rlaif.judging.judge.judge_comparisons`, once in process
 (float32) and once per concurrency through `EndpointScorer` (rlaif/judging/endpoint.py) against a vLLM OpenAI server
 serving the same embedded model in float32 on loopback. Each concurrency gets a fresh client and no result cache, so
 every request is really sent. Fidelity: max |dP(A)| over both orders of every pair, endpoint vs in process.
@@ -35,10 +35,10 @@ from rlaif.generation.endpoint_client import EndpointClient
 from rlaif.generation.vllm_server import start_server, wait_until_up
 from rlaif.judging.audit import to_comparisons
 from rlaif.judging.endpoint import EndpointScorer
+from rlaif.judging.judge import judge_comparisons
 from rlaif.modeling import load_model_and_tokenizer, prepare_model
 from rlaif.records import LabelRecord
 from rlaif.settings import settings
-from rlaif.stages.judge import judge_comparisons
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

@@ -2,7 +2,7 @@
 
 Workload: the first `--pairs` human-labelled pairs of the shared dev set, judged in both orders under one principle
 each (harmless constitution, one few-shot example: the stage defaults). Every variant runs the real code path
-(`rlaif.stages.judge.judge_comparisons`) except the baseline, which is what a first version does: for each pair and
+(`rlaif.judging.judge.judge_comparisons`) except the baseline, which is what a first version does: for each pair and
 order, the whole prompt through `model(input_ids).logits` (fp32, batch 1), log-softmax at the last position. The
 baseline costs the same per pair whatever the workload size, so it runs on the first `--naive-pairs` only.
 
@@ -36,13 +36,12 @@ import torch
 
 from rlaif.config import JudgeConfig
 from rlaif.constitution import Constitution, load_constitution
-from rlaif.judging.judge import JudgeRequest, build_sequences
+from rlaif.judging.judge import JudgeRequest, build_sequences, judge_comparisons, principles_for
 from rlaif.judging.prompts import option_token_ids
 from rlaif.judging.scoring import common_prefix_length
 from rlaif.modeling import load_causal_lm, load_tokenizer
 from rlaif.records import Comparison
 from rlaif.settings import settings
-from rlaif.stages.judge import judge_comparisons, principles_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

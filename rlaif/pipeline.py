@@ -33,6 +33,19 @@ from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 from rlaif.config import RunConfig
+from rlaif.costs import (
+    CostFn,
+    best_of_n_cost,
+    critique_cost,
+    dpo_cost,
+    evaluate_cost,
+    judge_cost,
+    online_dpo_cost,
+    pairs_cost,
+    ppo_cost,
+    reward_model_cost,
+    sft_cost,
+)
 from rlaif.stages import (
     COMPARISONS_FILE,
     CRITIQUE_RECORDS_FILE,
@@ -64,6 +77,10 @@ class StageDef(NamedTuple):
     writes: tuple[str, ...]  # artifacts in the stage folder (the manifest is written last, always)
     unit: str  # what its progress counts: items for sharded stages, optimizer steps or PPO updates for training
     per_iteration: bool  # repeated in every RLAIF iteration ("pairs-2"...)
+    cost: CostFn  # its items, shards, generated tokens and optimizer steps in the run budget (rlaif/costs.py)
+    # The role (one of `reads`) whose checkpoint card this stage rewrites when it succeeds: the evaluation writes
+    # its win rates into the final policy's model card, so that checkpoint's row is refreshed from the card.
+    refreshes: str | None = None
 
 
 REPORT_FILES = ("answers.jsonl", "report.json", "report.html")
@@ -71,48 +88,52 @@ REPORT_FILES = ("answers.jsonl", "report.json", "report.html")
 STAGES: dict[StageKind, StageDef] = {
     "critique": StageDef(
         "generate.critique_shard", "critique_revise", "run_critique_revise", True,
-        {"prompts": "inputs"}, (CRITIQUE_RECORDS_FILE, SFT_DATA_FILE), "prompts", False,
+        {"prompts": "inputs"}, (CRITIQUE_RECORDS_FILE, SFT_DATA_FILE), "prompts", False, critique_cost,
     ),
-    "sft": StageDef("train.sft", "sft", "run_sft", False, {"data": "critique"}, (MODEL_DIR, METRICS_FILE), "steps", False),
+    "sft": StageDef(
+        "train.sft", "sft", "run_sft", False, {"data": "critique"}, (MODEL_DIR, METRICS_FILE), "steps", False, sft_cost,
+    ),
     "pairs": StageDef(
         "generate.pairs_shard", "sample_pairs", "run_sample_pairs", True,
         {"prompts": "inputs", "policy": "policy@start"}, (RESPONSES_FILE, COMPARISONS_FILE), "prompts", True,
+        pairs_cost,
     ),
     "judge": StageDef(
-        "judge.label_shard", "judge", "run_judge", True, {"comparisons": "pairs"}, (LABELS_FILE,), "pairs", True
+        "judge.label_shard", "judge", "run_judge", True,
+        {"comparisons": "pairs"}, (LABELS_FILE,), "pairs", True, judge_cost,
     ),
     "reward_model": StageDef(
         "train.reward_model", "reward_model", "run_reward_model", False,
-        {"labels": "judge", "base": "sft"}, (MODEL_DIR, METRICS_FILE), "steps", True,
+        {"labels": "judge", "base": "sft"}, (MODEL_DIR, METRICS_FILE), "steps", True, reward_model_cost,
     ),
     "ppo": StageDef(
         "train.ppo", "ppo", "run_ppo", False,
         {"prompts": "inputs", "policy": "policy@start", "reward_model": "reward_model", "sft_data": "critique"},
-        (MODEL_DIR, METRICS_FILE, "samples.jsonl"), "updates", True,
+        (MODEL_DIR, METRICS_FILE, "samples.jsonl"), "updates", True, ppo_cost,
     ),
     "dpo": StageDef(
         "train.dpo", "dpo", "run_dpo", False,
         {"labels": "judge", "policy": "policy@start", "reference": "sft"},
-        (MODEL_DIR, METRICS_FILE, "ref_logps.jsonl"), "steps", True,
+        (MODEL_DIR, METRICS_FILE, "ref_logps.jsonl"), "steps", True, dpo_cost,
     ),
     # Samples and judges at every optimizer step (the judge runs in this task: no judge shards), so it is one
     # training task; labels/ holds each step's judged pairs.
     "online_dpo": StageDef(
         "train.online_dpo", "online_dpo", "run_online_dpo", False,
         {"prompts": "inputs", "policy": "policy@start", "reference": "sft"},
-        (MODEL_DIR, METRICS_FILE, "labels"), "steps", True,
+        (MODEL_DIR, METRICS_FILE, "labels"), "steps", True, online_dpo_cost,
     ),
     "best_of_n": StageDef(
         "train.best_of_n", "best_of_n", "run_best_of_n", False,
         {"prompts": "inputs", "policy": "policy@start", "reward_model": "reward_model"},
-        (MODEL_DIR, METRICS_FILE, "best.jsonl"), "steps", True,
+        (MODEL_DIR, METRICS_FILE, "best.jsonl"), "steps", True, best_of_n_cost,
     ),
     # Generation and judge forward passes, no optimizer: the generate queue.
     "evaluate": StageDef(
         "generate.evaluate", "evaluate", "run_evaluate", False,
         {"sft": "sft", "policy": "policy@end", "reward_model": "reward_model", "labels": "judge", "ppo": "ppo",
          "critique": "critique", "eval_prompts": "inputs"},
-        REPORT_FILES, "prompts", False,
+        REPORT_FILES, "prompts", False, evaluate_cost, refreshes="policy",
     ),
 }  # fmt: skip
 

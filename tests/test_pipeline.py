@@ -7,6 +7,7 @@ import pytest
 from rlaif.budget import estimate_budget
 from rlaif.config import RunConfig
 from rlaif.pipeline import (
+    STAGES,
     final_policy_stage,
     final_reward_stage,
     plan,
@@ -16,6 +17,7 @@ from rlaif.pipeline import (
     start_policy_stage,
     upstream,
 )
+from rlaif.stages import MODEL_DIR
 
 
 def _names(cfg: RunConfig) -> list[str]:
@@ -102,3 +104,13 @@ def test_every_stage_kind_has_a_registered_celery_task() -> None:
     assert set(TASKS.values()) <= set(app.tasks), sorted(set(TASKS.values()) - set(app.tasks))
     assert TASKS["dpo"] == "train.dpo"
     assert (TASKS["online_dpo"], TASKS["best_of_n"]) == ("train.online_dpo", "train.best_of_n")
+
+
+def test_only_the_evaluation_refreshes_a_checkpoint_card_and_it_is_the_final_policys() -> None:
+    """The service refreshes the checkpoint row of the role a stage `refreshes` (rlaif/service/execute.py)."""
+    assert [kind for kind, stage in STAGES.items() if stage.refreshes is not None] == ["evaluate"]
+    evaluate = STAGES["evaluate"]
+    # It reads the checkpoint whose card it rewrites, and writes no model of its own.
+    assert evaluate.refreshes in evaluate.reads and MODEL_DIR not in evaluate.writes
+    for cfg in (RunConfig(iterations=2), RunConfig(policy_optimization="dpo")):
+        assert upstream(cfg, spec_of(cfg, "evaluate"), evaluate.refreshes) == final_policy_stage(cfg)

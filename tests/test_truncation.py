@@ -105,7 +105,8 @@ def test_judge_cuts_both_orders_the_same_way_and_says_so(lm: tuple[Any, Any], mi
 
 
 def test_judge_stage_labels_long_pairs_instead_of_failing(lm: tuple[Any, Any], minimal: Constitution) -> None:
-    from rlaif.stages.judge import judge_comparisons, stage_result
+    from rlaif.judging.judge import judge_comparisons
+    from rlaif.stages.judge import stage_result
 
     model, tokenizer = lm
     comparisons = [

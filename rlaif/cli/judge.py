@@ -216,8 +216,9 @@ def judge_command(
     seed: int = typer.Option(0, "--seed", help="Seeds the principle sampling."),
 ) -> None:
     """Label a comparisons file with soft AI preferences (both orders, principle ensemble)."""
+    from rlaif.judging.judge import judge_comparisons
     from rlaif.records import Comparison
-    from rlaif.stages.judge import judge_comparisons, label_metrics
+    from rlaif.stages.judge import label_metrics
     from rlaif.store import StoreError, read_jsonl, write_jsonl
 
     cfg = _judge_config(

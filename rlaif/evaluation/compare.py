@@ -2,7 +2,7 @@
 
 Every model answers with the same sampling settings and the same seed (greedy by default), so differences come
 from the weights. A comparison "model vs baseline" on an axis (harmless or helpful) judges each prompt's pair of
-answers with `rlaif.stages.judge.judge_comparisons`: `eval.principles_per_pair` principles of the axis (drawn per
+answers with `rlaif.judging.judge.judge_comparisons`: `eval.principles_per_pair` principles of the axis (drawn per
 pair from a seed and the pair id), each read in both orders, averaged into P(model's answer is better). Identical
 answers are a tie (P = 1/2) without asking the judge: the judge would only measure its own rounding.
 """
@@ -19,6 +19,7 @@ from rlaif.constitution import Constitution
 from rlaif.evaluation.datasets import EvalPrompt
 from rlaif.generation import Completion, make_generator
 from rlaif.generation.common import derive_seed
+from rlaif.judging.judge import judge_comparisons
 from rlaif.records import Axis, Comparison, WinOutcome
 
 if TYPE_CHECKING:
@@ -81,8 +82,6 @@ def judge_axis(
     progress: bool = True,
 ) -> list[WinOutcome]:
     """WinOutcome of each prompt on `axis`, model answer as response_a, baseline answer as response_b."""
-    from rlaif.stages.judge import judge_comparisons
-
     model_role, baseline_role = roles
     selectors = cfg.eval.harmless_principles if axis == "harmless" else cfg.eval.helpful_principles
     judge_cfg = cfg.judge.model_copy(update={"principles_per_label": cfg.eval.principles_per_pair})

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from rlaif.config import JudgeConfig
 from rlaif.constitution import Constitution
+from rlaif.judging.judge import judge_comparisons
 from rlaif.records import AuditOutcome, Comparison, HumanPair, LabelRecord
 from rlaif.truncation import LongItems
 
@@ -157,8 +158,6 @@ def audit_judge(
     progress: bool = True,
 ) -> AuditReport:
     """Judge every labelled pair (principles from cfg.principles) and compare with the human labels."""
-    from rlaif.stages.judge import judge_comparisons
-
     comparisons, chosen_is_a = to_comparisons(pairs, seed)
     start = time.perf_counter()
     labels = list(

@@ -16,6 +16,10 @@ the options and the instruction whole (rlaif/truncation.py); its judgement says 
 The judge is a loaded causal LM (scored in process, `scoring.ModelScorer`) or any `scoring.OptionScorer`, such
 as an endpoint (`rlaif.judging.endpoint.EndpointScorer`): everything else, the prompts, the fitting, both orders
 and the arithmetic, is this one code path. Each judgement records how its options were read and their coverage.
+
+`judge_comparisons` labels many comparisons: `principles_per_label` principles drawn per comparison (seeded by its
+id), each judged in both orders, ensembled into one LabelRecord. The judge stage (rlaif/stages/judge.py), online
+DPO, the evaluation's win rates (rlaif/evaluation/compare.py) and the judge audit (audit.py) all label with it.
 """
 
 from __future__ import annotations
@@ -23,16 +27,19 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rlaif.config import SamplingConfig
-from rlaif.constitution import ComparisonExample, Principle
+from tqdm.auto import tqdm
+
+from rlaif.config import JudgeConfig, SamplingConfig
+from rlaif.constitution import ComparisonExample, Constitution, Principle, sample_principles
 from rlaif.endpoints import is_endpoint
 from rlaif.generation.common import derive_seed
 from rlaif.judging.endpoint import EndpointScorer
-from rlaif.judging.labels import clamp, combine_orders
+from rlaif.judging.labels import clamp, combine_orders, ensemble
 from rlaif.judging.prompts import (
     ANSWER_PREFIX,
     COT_ANSWER_PREFIX,
@@ -46,7 +53,7 @@ from rlaif.judging.prompts import (
 )
 from rlaif.judging.scoring import ModelScorer, OptionScorer, OptionScores, PrefixCache
 from rlaif.modeling import load_causal_lm, load_tokenizer
-from rlaif.records import PairJudgement
+from rlaif.records import Comparison, LabelRecord, PairJudgement
 from rlaif.truncation import fit_texts
 
 if TYPE_CHECKING:
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_COT_SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=96)
+CHUNK_COMPARISONS = 256  # comparisons scored together: enough prompts per principle group to fill batches
 
 
 class JudgeRequest(NamedTuple):
@@ -377,6 +385,92 @@ def judge_pair(
         cot_clamp=cot_clamp,
         seed=seed,
     )[0]
+
+
+def principles_for(comparison_id: str, selected: Sequence[Principle], k: int, seed: int) -> list[Principle]:
+    """The k principles (drawn with replacement) that judge one comparison; depends only on (seed, id)."""
+    return sample_principles(selected, k, random.Random(f"judge:{seed}:{comparison_id}"))
+
+
+def judge_comparisons(
+    comparisons: Iterable[Comparison],
+    model: PreTrainedModel | OptionScorer,
+    tokenizer: PreTrainedTokenizerBase,
+    constitution: Constitution,
+    principles: Sequence[str] | None,
+    cfg: JudgeConfig,
+    seed: int,
+    *,
+    generator: Generator | None = None,
+    progress: bool = True,
+) -> Iterator[LabelRecord]:
+    """LabelRecords in input order, yielded chunk by chunk (both orders x principles per comparison, batched).
+
+    `model` is the judge: a loaded causal LM, or an OptionScorer such as rlaif.judging.endpoint.EndpointScorer
+    (with its tokenizer). `principles` are ids or tag:<tag> selectors (None = all); `generator` is needed only for
+    chain of thought.
+    """
+    selected = constitution.select(principles)
+    examples = constitution.comparison_examples[: cfg.few_shot]
+    items = list(comparisons)
+    seen: set[str] = set()
+    for comparison in items:
+        if comparison.id in seen:
+            raise ValueError(f"comparison {comparison.id!r} appears twice: ids must be unique")
+        seen.add(comparison.id)
+    # One prefix (system prompt + few-shot turns) per principle, kept across chunks.
+    prefix_cache = PrefixCache(max_entries=len(selected) + 1)
+    scorer = as_scorer(
+        model, tokenizer, batch_size=cfg.batch_size, share_prefix=cfg.share_prefix, prefix_cache=prefix_cache
+    )
+    bar = tqdm(total=len(items), desc="judge", unit="pair", disable=not progress)
+    for start in range(0, len(items), CHUNK_COMPARISONS):
+        chunk = items[start : start + CHUNK_COMPARISONS]
+        sampled = [principles_for(c.id, selected, cfg.principles_per_label, seed) for c in chunk]
+        # A principle drawn twice for one pair gives the same judgement: score it once.
+        requests: list[JudgeRequest] = []
+        index: dict[tuple[str, str], int] = {}
+        for comparison, chosen in zip(chunk, sampled, strict=True):
+            for principle in chosen:
+                key = (comparison.id, principle.id)
+                if key not in index:
+                    index[key] = len(requests)
+                    requests.append(
+                        JudgeRequest(
+                            comparison.id, comparison.prompt, comparison.response_a, comparison.response_b, principle
+                        )
+                    )
+        verdicts = judge_requests(
+            scorer,
+            tokenizer,
+            requests,
+            examples=examples,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            share_prefix=cfg.share_prefix,
+            chain_of_thought=cfg.chain_of_thought,
+            generator=generator,
+            cot_sampling=cfg.cot_sampling,
+            cot_clamp=cfg.cot_clamp,
+            seed=seed,
+            prefix_cache=prefix_cache,
+        )
+        for comparison, chosen in zip(chunk, sampled, strict=True):
+            pair_verdicts = [verdicts[index[(comparison.id, p.id)]] for p in chosen]
+            coverages = [v.coverage for v in pair_verdicts if v.coverage is not None]
+            yield LabelRecord(
+                id=comparison.id,
+                prompt=comparison.prompt,
+                response_a=comparison.response_a,
+                response_b=comparison.response_b,
+                p_a=min(max(ensemble(pair_verdicts), 0.0), 1.0),
+                judgements=pair_verdicts,
+                truncated=any(v.truncated for v in pair_verdicts),
+                coverage=sum(coverages) / len(coverages) if coverages else None,
+                method=pair_verdicts[0].method,
+            )
+        bar.update(len(chunk))
+    bar.close()
 
 
 def cached_judge(model: str, dtype: str, *, stage_dir: Path | None = None) -> tuple[Any, Any]:

@@ -289,9 +289,8 @@ def _finish_training(rt: Runtime, run_id: str, stage: str, owner: str, result: S
     manifest = read_manifest(model_dir)
     cfg = run_config(rt, run_id)
     spec = spec_of(cfg, stage)
-    # A stage that writes no model but reads the final policy (the evaluation) rewrote that policy's card.
-    reads_policy = "policy" in spec.definition.reads and MODEL_DIR not in spec.definition.writes
-    rewritten = upstream(cfg, spec, "policy") if reads_policy else None
+    refreshes = spec.definition.refreshes  # the evaluation rewrote the final policy's card
+    rewritten = upstream(cfg, spec, refreshes) if refreshes is not None else None
     with rt.sessions.begin() as session:
         run = session.get(RunRow, run_id)
         row = stage_row(session, run_id, stage, lock=True)

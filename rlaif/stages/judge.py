@@ -13,6 +13,9 @@ says which methods labelled the run (`extra.label_methods`, `extra.soft_labels`)
 requests and tokens it took (`counts.judge_*`, `extra.usage`; responses cached in the stage folder, so a
 redelivered shard pays nothing twice).
 
+The labelling itself is library code, `rlaif.judging.judge.judge_comparisons`; this module adds the stage's files,
+metrics and quality gate.
+
     python -c "from rlaif.stages.judge import run_judge; help(run_judge)"
     rlaif judge --comparisons comparisons.jsonl --constitution harmless --out labels.jsonl
 """
@@ -20,20 +23,14 @@ redelivered shard pays nothing twice).
 from __future__ import annotations
 
 import logging
-import random
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
-from rlaif.config import JudgeConfig
-from rlaif.constitution import Constitution, Principle, sample_principles
 from rlaif.endpoints import read_usage, usage_counts
 from rlaif.evaluation.judge_gate import check_labels
-from rlaif.judging.judge import JudgeRequest, as_scorer, cached_judge, judge_requests
-from rlaif.judging.labels import ensemble
-from rlaif.judging.scoring import OptionScorer, PrefixCache
+from rlaif.judging.judge import cached_judge, judge_comparisons
+from rlaif.judging.scoring import OptionScorer
 from rlaif.records import Comparison, LabelRecord
 from rlaif.stages import COMPARISONS_FILE, LABELS_FILE, StageResult
 from rlaif.stages.contract import StageContext, run_sharded
@@ -46,94 +43,6 @@ if TYPE_CHECKING:
     from rlaif.generation import Generator
 
 log = logging.getLogger(__name__)
-
-CHUNK_COMPARISONS = 256  # comparisons scored together: enough prompts per principle group to fill batches
-
-
-def principles_for(comparison_id: str, selected: Sequence[Principle], k: int, seed: int) -> list[Principle]:
-    """The k principles (drawn with replacement) that judge one comparison; depends only on (seed, id)."""
-    return sample_principles(selected, k, random.Random(f"judge:{seed}:{comparison_id}"))
-
-
-def judge_comparisons(
-    comparisons: Iterable[Comparison],
-    model: PreTrainedModel | OptionScorer,
-    tokenizer: PreTrainedTokenizerBase,
-    constitution: Constitution,
-    principles: Sequence[str] | None,
-    cfg: JudgeConfig,
-    seed: int,
-    *,
-    generator: Generator | None = None,
-    progress: bool = True,
-) -> Iterator[LabelRecord]:
-    """LabelRecords in input order, yielded chunk by chunk (both orders x principles per comparison, batched).
-
-    `model` is the judge: a loaded causal LM, or an OptionScorer such as rlaif.judging.endpoint.EndpointScorer
-    (with its tokenizer). `principles` are ids or tag:<tag> selectors (None = all); `generator` is needed only for
-    chain of thought.
-    """
-    selected = constitution.select(principles)
-    examples = constitution.comparison_examples[: cfg.few_shot]
-    items = list(comparisons)
-    seen: set[str] = set()
-    for comparison in items:
-        if comparison.id in seen:
-            raise ValueError(f"comparison {comparison.id!r} appears twice: ids must be unique")
-        seen.add(comparison.id)
-    # One prefix (system prompt + few-shot turns) per principle, kept across chunks.
-    prefix_cache = PrefixCache(max_entries=len(selected) + 1)
-    scorer = as_scorer(
-        model, tokenizer, batch_size=cfg.batch_size, share_prefix=cfg.share_prefix, prefix_cache=prefix_cache
-    )
-    bar = tqdm(total=len(items), desc="judge", unit="pair", disable=not progress)
-    for start in range(0, len(items), CHUNK_COMPARISONS):
-        chunk = items[start : start + CHUNK_COMPARISONS]
-        sampled = [principles_for(c.id, selected, cfg.principles_per_label, seed) for c in chunk]
-        # A principle drawn twice for one pair gives the same judgement: score it once.
-        requests: list[JudgeRequest] = []
-        index: dict[tuple[str, str], int] = {}
-        for comparison, chosen in zip(chunk, sampled, strict=True):
-            for principle in chosen:
-                key = (comparison.id, principle.id)
-                if key not in index:
-                    index[key] = len(requests)
-                    requests.append(
-                        JudgeRequest(
-                            comparison.id, comparison.prompt, comparison.response_a, comparison.response_b, principle
-                        )
-                    )
-        verdicts = judge_requests(
-            scorer,
-            tokenizer,
-            requests,
-            examples=examples,
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            share_prefix=cfg.share_prefix,
-            chain_of_thought=cfg.chain_of_thought,
-            generator=generator,
-            cot_sampling=cfg.cot_sampling,
-            cot_clamp=cfg.cot_clamp,
-            seed=seed,
-            prefix_cache=prefix_cache,
-        )
-        for comparison, chosen in zip(chunk, sampled, strict=True):
-            pair_verdicts = [verdicts[index[(comparison.id, p.id)]] for p in chosen]
-            coverages = [v.coverage for v in pair_verdicts if v.coverage is not None]
-            yield LabelRecord(
-                id=comparison.id,
-                prompt=comparison.prompt,
-                response_a=comparison.response_a,
-                response_b=comparison.response_b,
-                p_a=min(max(ensemble(pair_verdicts), 0.0), 1.0),
-                judgements=pair_verdicts,
-                truncated=any(v.truncated for v in pair_verdicts),
-                coverage=sum(coverages) / len(coverages) if coverages else None,
-                method=pair_verdicts[0].method,
-            )
-        bar.update(len(chunk))
-    bar.close()
 
 
 def label_metrics(labels: Sequence[LabelRecord]) -> dict[str, float]:

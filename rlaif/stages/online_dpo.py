@@ -5,7 +5,7 @@ Algorithm 1): offline DPO learns from pairs the SFT model sampled once, so the f
 its training pairs look like what it now writes. OAIF samples the pairs from the *current* policy at every step:
 for each prompt of the step's batch, two responses from the policy being trained (eval mode for sampling, each
 prompt under a seed from (seed, step, prompt id)); the run's judge labels each pair in both orders under principles
-sampled from the run's selection (rlaif/stages/judge.py `judge_comparisons`: in process, or the judge endpoint);
+sampled from the run's selection (rlaif/judging/judge.py `judge_comparisons`: in process, or the judge endpoint);
 then one soft-label DPO update (rlaif.rl.losses.dpo_loss, the batching of rlaif/stages/dpo.py) against the frozen
 reference, the SFT model. The pairs are new every step, so the reference stays in memory and scores each step's
 pairs before the update (offline DPO scores its fixed pairs once).
@@ -49,7 +49,7 @@ from rlaif.distributed import init_distributed, wrap_ddp
 from rlaif.generation import Generator
 from rlaif.generation.common import derive_seed
 from rlaif.generation.hf import HFGenerator
-from rlaif.judging.judge import cached_judge
+from rlaif.judging.judge import cached_judge, judge_comparisons
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import load_causal_lm, load_tokenizer
 from rlaif.records import Comparison, LabelRecord, PromptItem
@@ -62,7 +62,7 @@ from rlaif.stages.dpo import (
     pair_metrics,
     tokenize_dpo,
 )
-from rlaif.stages.judge import judge_comparisons, judge_generator
+from rlaif.stages.judge import judge_generator
 from rlaif.store import StoreError, read_jsonl, read_manifest, write_jsonl
 from rlaif.training import (
     LossModule,

@@ -26,6 +26,7 @@ from rlaif.constitution import Constitution
 from rlaif.evaluation.run_compare import RunComparison
 from rlaif.peak_memory import records_peak_rss
 from rlaif.service.db import RunRow, StageRunRow, get_engine, session_factory
+from rlaif.stages.contract import StageContext
 from rlaif.stages.evaluate import run_evaluate
 from rlaif.store import ArtifactStore, write_jsonl
 
@@ -76,10 +77,10 @@ def _finish(api_service: Service, tiny_model: str, packaged_data: Path, run_id: 
         rows = [{"step": s, "objective/kl": 0.1 * s, "objective/scores": 0.1 * s} for s in range(1, 5)]
         write_jsonl(store.path(run_id, "ppo", "metrics.jsonl"), rows)
     constitution = Constitution.model_validate(json.loads((inputs / "constitution.json").read_text()))
-    result = records_peak_rss(run_evaluate)(
-        cfg, store, run_id, tiny_model, tiny_model, tiny_model, None, constitution,
-        data_dir=packaged_data, ppo_stage=None if dpo else "ppo", progress=False,
-    )  # fmt: skip
+    # The run's own models replaced by the tiny one (nothing was trained); its PPO metrics are read from the plan.
+    models = {"base": tiny_model, "sft": tiny_model, "policy": tiny_model, "reward_model": None}
+    ctx = StageContext.of(store, run_id, "evaluate", cfg=cfg, constitution=constitution, models=models)
+    result = records_peak_rss(run_evaluate)(ctx, data_dir=packaged_data, progress=False)
     with session_factory(get_engine(api_service.db_url)).begin() as session:
         rows = session.scalars(select(StageRunRow).where(StageRunRow.run_id == run_id).order_by(StageRunRow.position))
         start = T0
@@ -169,9 +170,11 @@ def test_ids_are_checked(api: TestClient, two_runs: tuple[str, str]) -> None:
     assert api.get("/v1/runs/compare", params={"ids": f"{ppo},{dpo}"}).status_code == 401
 
 
+# The CLI prints what GET /v1/runs/compare answers, and the route's answer is checked on both databases above; the
+# CLI's own code has nothing database-specific, so this test runs once, against SQLite: its PostgreSQL parameter is
+# left out here (the test is never collected for it) instead of being skipped at run time.
+@pytest.mark.parametrize("api_service", ["sqlite"], indirect=True)
 def test_rlaif_compare_prints_the_table_and_the_json(api_service: Service, two_runs: tuple[str, str]) -> None:
-    if not api_service.db_url.startswith("sqlite"):
-        pytest.skip("the CLI reads the same answer on either database: once is enough")
     ppo, dpo = two_runs
     url = api_service.start_api()
     proc = api_service.procs[-1]

@@ -24,13 +24,13 @@ from rlaif.endpoints import CACHE_DIR, USAGE_DIR, EndpointConfig, parse_endpoint
 from rlaif.generation.endpoint import EndpointGenerator
 from rlaif.generation.endpoint_client import EndpointClient, EndpointError, backoff_seconds, retry_after_seconds
 from rlaif.judging.endpoint import EndpointScorer
-from rlaif.judging.judge import JudgeRequest, build_prompts
+from rlaif.judging.judge import JudgeRequest, build_prompts, judge_comparisons
 from rlaif.judging.prompts import ANSWER_PREFIX, option_token_ids
 from rlaif.modeling import load_tokenizer
 from rlaif.records import Comparison, LabelRecord
 from rlaif.stages import COMPARISONS_FILE, LABELS_FILE
 from rlaif.stages.contract import StageContext
-from rlaif.stages.judge import judge_comparisons, run_judge
+from rlaif.stages.judge import run_judge
 from rlaif.store import ArtifactStore, read_jsonl, write_jsonl, write_manifest
 
 SECRET = "sk-test-0123456789abcdef-never-log-me"

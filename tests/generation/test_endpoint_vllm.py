@@ -31,13 +31,14 @@ from rlaif.constitution import Constitution, load_constitution
 from rlaif.endpoints import EndpointConfig
 from rlaif.generation.endpoint_client import EndpointClient
 from rlaif.judging.endpoint import EndpointScorer
+from rlaif.judging.judge import judge_comparisons
 from rlaif.prompts import load_prompts
 from rlaif.records import Comparison, CritiqueRecord, LabelRecord
 from rlaif.settings import settings
 from rlaif.stages import COMPARISONS_FILE, CRITIQUE_RECORDS_FILE, INPUTS, LABELS_FILE, PROMPTS_FILE, SFT_DATA_FILE
 from rlaif.stages.contract import StageContext
 from rlaif.stages.critique_revise import run_critique_revise
-from rlaif.stages.judge import judge_comparisons, run_judge
+from rlaif.stages.judge import run_judge
 from rlaif.store import ArtifactStore, read_jsonl, verify_manifest, write_jsonl, write_manifest
 
 pytestmark = pytest.mark.endpoint

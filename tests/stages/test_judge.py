@@ -10,13 +10,20 @@ import pytest
 
 from rlaif.config import JudgeConfig, RunConfig, SamplingConfig
 from rlaif.constitution import Constitution, load_constitution
-from rlaif.judging.judge import JudgeRequest, judge_pair, judgements_from_scores, score_requests
+from rlaif.judging.judge import (
+    JudgeRequest,
+    judge_comparisons,
+    judge_pair,
+    judgements_from_scores,
+    principles_for,
+    score_requests,
+)
 from rlaif.judging.labels import clamp
 from rlaif.records import Comparison, LabelRecord
 from rlaif.settings import settings
 from rlaif.stages import COMPARISONS_FILE, LABELS_FILE
 from rlaif.stages.contract import StageContext
-from rlaif.stages.judge import judge_comparisons, principles_for, run_judge
+from rlaif.stages.judge import run_judge
 from rlaif.store import ArtifactStore, StoreError, read_jsonl, verify_manifest, write_jsonl, write_manifest
 
 
