@@ -433,8 +433,11 @@ def test_ppo_raises_the_refusal_score_of_the_embedded_model(
     prompts = [p for p in red_team if looks_harmful(p) and len(p) < 80][:32]
     # lam = 1: the value model starts at zero, so the whole end-of-response score reaches the opening tokens,
     # where a refusal is decided. No annealing: 6 updates are too few to spend half of them at a small lr.
+    # 16 episodes per update: with 8 the score is sparse enough (1 refusal in 8 at the start) that the outcome
+    # hung on the sampling seed (+0.42 with one random stream, +0.03 with another); with 16 seeds 0 and 1 both
+    # gave +0.50 and +0.30.
     cfg = PPOConfig(
-        total_episodes=48, prompts_per_step=8, num_minibatches=1, micro_batch_size=4, ppo_epochs=2,
+        total_episodes=96, prompts_per_step=16, num_minibatches=1, micro_batch_size=4, ppo_epochs=2,
         response_length=24, learning_rate=2e-5, anneal_lr=False, lam=1.0, temperature=0.7, kl_coef=0.05,
         sample_every=2,
     )  # fmt: skip
