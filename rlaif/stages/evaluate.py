@@ -42,9 +42,11 @@ from rlaif.endpoints import is_endpoint, read_usage, usage_counts
 from rlaif.evaluation import monitors
 from rlaif.evaluation.best_of_n import BestOfN, choose, distinct_fraction, label, mean_best_and_mean_score
 from rlaif.evaluation.compare import generate_answers, generate_candidates, judge_axis
-from rlaif.evaluation.datasets import EvalPrompt, load_eval_prompts, set_path
+from rlaif.evaluation.datasets import EvalPrompt, load_eval_prompts, load_human_pairs, set_path
+from rlaif.evaluation.judge_gate import ADVICE, check_labels
 from rlaif.evaluation.label_stats import principle_stats
 from rlaif.evaluation.refusal import detect_refusal
+from rlaif.evaluation.refusal_judge import refusal_probabilities
 from rlaif.evaluation.report import (
     ANSWERS_FILE,
     BEST_OF_N,
@@ -69,11 +71,18 @@ from rlaif.evaluation.report import (
 from rlaif.evaluation.report_html import render_html
 from rlaif.evaluation.stats import rate, win_rate
 from rlaif.generation import release_cached_generator
+from rlaif.judging.audit import audit_judge
+from rlaif.judging.endpoint import EndpointScorer
 from rlaif.judging.judge import release_cached_judge
+from rlaif.modeling import load_causal_lm, load_tokenizer
 from rlaif.pipeline import plan
-from rlaif.records import HumanPair, LabelRecord, WinOutcome
-from rlaif.stages import LABELS_FILE, METRICS_FILE, StageResult
+from rlaif.records import CritiqueRecord, HumanPair, LabelRecord, WinOutcome
+from rlaif.settings import settings
+from rlaif.stages import CRITIQUE_RECORDS_FILE, LABELS_FILE, METRICS_FILE, StageResult
 from rlaif.stages.contract import StageContext
+from rlaif.stages.critique_revise import TRUNCATED
+from rlaif.stages.judge import judge_generator, label_metrics
+from rlaif.stages.reward_model import evaluate_reward_model, reward_score_fn
 from rlaif.store import (
     StoreError,
     atomic_write_json,
@@ -85,6 +94,7 @@ from rlaif.store import (
     write_jsonl,
     write_manifest,
 )
+from rlaif.training import split_holdout
 from rlaif.truncation import LongItems
 
 if TYPE_CHECKING:
@@ -145,8 +155,6 @@ def evaluate_models(
     score: ScoreFn | None = None
     reranked: list[BestOfN] = []
     if eval_cfg.best_of_n is not None and reward_model is not None:
-        from rlaif.stages.reward_model import reward_score_fn
-
         source, n = eval_cfg.best_of_n_source, eval_cfg.best_of_n
         candidates = generate_candidates(models[source], prompts, cfg, n, progress=progress)
         log.info("reranking %d candidates per prompt with the reward model %s", n, reward_model)
@@ -169,19 +177,13 @@ def evaluate_models(
         or any(texts[m][i].strip() != texts[b][i].strip() for m, b in comparisons for i in range(len(prompts)))
     )
     if needs_judge:
-        from rlaif.modeling import load_causal_lm, load_tokenizer
-
         log.info("loading the judge %s", judge_name)
         if is_endpoint(judge_name):  # (its requests and tokens are cached and counted in the stage folder)
-            from rlaif.judging.endpoint import EndpointScorer
-
             judge = EndpointScorer(judge_name, stage_dir=stage_dir)
             tokenizer = judge.tokenizer
         else:
             judge, tokenizer = load_causal_lm(judge_name, dtype=cfg.judge.dtype), load_tokenizer(judge_name)
         if cfg.judge.chain_of_thought:
-            from rlaif.stages.judge import judge_generator
-
             generator = judge_generator(judge, tokenizer, judge_name, cfg.generation.batch_size)
 
     # --- win rates --------------------------------------------------------------------------------------------
@@ -211,8 +213,6 @@ def evaluate_models(
 
     # --- refusals ---------------------------------------------------------------------------------------------
     if eval_cfg.refusal_judge and judge is not None:
-        from rlaif.evaluation.refusal_judge import refusal_probabilities
-
         judged: dict[str, list[float]] = {}
         for role, name in roles.items():
             if name not in judged:
@@ -251,8 +251,6 @@ def evaluate_models(
             )
     audit = None
     if human_pairs and judge is not None:
-        from rlaif.judging.audit import audit_judge
-
         log.info("auditing the judge on %d human-labelled pairs", len(human_pairs))
         audit = audit_judge(
             human_pairs,
@@ -441,7 +439,6 @@ def _reward_section(
 
     `score` is the reward model when the caller already loaded it; `known` maps model names to scores already
     computed (the best-of-n choices), which are not scored again."""
-    from rlaif.stages.reward_model import evaluate_reward_model, reward_score_fn
 
     log.info("scoring the answers with the reward model %s", path)
     score = score or reward_score_fn(path)
@@ -510,8 +507,6 @@ def _model_summaries(
 
 def _judge_alerts(labels: Sequence[LabelRecord], cfg: RunConfig) -> list[monitors.Alert]:
     """The judge quality gate (rlaif/evaluation/judge_gate.py) over the run's labels, as report alerts."""
-    from rlaif.evaluation.judge_gate import ADVICE, check_labels
-    from rlaif.stages.judge import label_metrics
 
     if not labels:
         return []
@@ -675,9 +670,6 @@ def report_metrics(report: EvalReport) -> dict[str, float]:
 
 def _stage_long_items(ctx: StageContext, labels: Sequence[LabelRecord], judge_stage: str) -> dict[str, LongItems]:
     """The run's critique records and judge labels that were cut to fit the context (for the report)."""
-    from rlaif.records import CritiqueRecord
-    from rlaif.stages import CRITIQUE_RECORDS_FILE
-    from rlaif.stages.critique_revise import TRUNCATED
 
     out: dict[str, LongItems] = {}
     records_path = (
@@ -766,16 +758,12 @@ def _evaluate(
 ) -> StageResult:
     cfg, store, run_id, stage, out_dir = ctx.cfg, ctx.store, ctx.run_id, ctx.name, ctx.out_dir
     if data_dir is None:
-        from rlaif.settings import settings
-
         data_dir = settings.data_dir
     if len(models) < 2:
         raise ValueError(f"run {run_id}: evaluation needs the base model and at least one of sft_model / policy_model")
     prompts = load_eval_prompts(store, run_id, cfg.eval, data_dir, cfg.seed)
     human_pairs: list[HumanPair] = []
     if cfg.eval.human_pairs:
-        from rlaif.evaluation.datasets import load_human_pairs
-
         human_pairs = load_human_pairs(
             set_path(data_dir, "preference_pairs", cfg.eval.data_split, "eval.human_pairs"), limit=cfg.eval.human_pairs
         )
@@ -784,8 +772,6 @@ def _evaluate(
     labels = read_jsonl(labels_path, LabelRecord) if labels_path is not None and labels_path.is_file() else []
     ai_heldout: list[LabelRecord] = []
     if reward_model is not None and labels:
-        from rlaif.training import split_holdout
-
         # The same split the reward-model stage made (rlaif/stages/reward_model.py), so these pairs were unseen.
         _, held = split_holdout(len(labels), cfg.reward_model.eval_fraction, cfg.seed)
         ai_heldout = [labels[i] for i in held]
