@@ -63,7 +63,9 @@ StageKind = Literal[
 
 # Where a read comes from: the run's pinned inputs, a stage kind (the stage of that kind in the reader's iteration,
 # or the run's only one for critique and sft), or the policy at the start / end of the reader's iteration.
-Source = Literal["inputs", "critique", "sft", "pairs", "judge", "reward_model", "ppo", "policy@start", "policy@end"]
+Source = Literal[
+    "inputs", "critique", "sft", "pairs", "judge", "reward_model", "ppo", "online_dpo", "policy@start", "policy@end"
+]
 
 
 class StageDef(NamedTuple):
@@ -132,7 +134,7 @@ STAGES: dict[StageKind, StageDef] = {
     "evaluate": StageDef(
         "generate.evaluate", "evaluate", "run_evaluate", False,
         {"sft": "sft", "policy": "policy@end", "reward_model": "reward_model", "labels": "judge", "ppo": "ppo",
-         "critique": "critique", "eval_prompts": "inputs"},
+         "online_labels": "online_dpo", "critique": "critique", "eval_prompts": "inputs"},
         REPORT_FILES, "prompts", False, evaluate_cost, refreshes="policy",
     ),
 }  # fmt: skip

@@ -116,9 +116,16 @@ def test_a_run_of_each_method_ships_its_last_policy(
                 labels = sorted((run_dir / name / "labels").iterdir())
                 assert [p.name for p in labels] == ["step-000001.jsonl", "step-000002.jsonl"]
             assert report["reward_model"] is None and report["reward"] is None
+            # The per-principle statistics are the last iteration's step labels, marked as such (no judge stage).
+            stored = [line for p in (run_dir / last / "labels").iterdir() for line in p.read_text().splitlines()]
+            online = report["online_labels"]
+            assert report["labels"] is None and (online["source"], online["stage"]) == ("online_dpo", last)
+            assert online["labels"] == len(stored) and sum(p["judgements"] for p in online["principles"]) > 0
         else:
             for name in (first, last):
                 best = [json.loads(line) for line in (run_dir / name / "best.jsonl").read_text().splitlines()]
                 assert len(best) == train_prompts and all(b["score"] == max(b["scores"]) for b in best)
             assert meta["reward_model"] == str(run_dir / "reward_model-2" / "model")
             assert report["reward_model"] == str(run_dir / "reward_model-2" / "model")
+            assert report["online_labels"] is None and report["labels"]["stage"] == "judge-2"
+            assert report["labels"]["source"] == "judge"

@@ -73,6 +73,9 @@ def test_an_online_dpo_run_is_one_stage_per_iteration_from_the_newest_policy() -
     evaluate = spec_of(cfg, "evaluate")
     assert [upstream(cfg, evaluate, role) for role in ("labels", "reward_model", "ppo")] == [None, None, None]
     assert final_reward_stage(cfg) is None
+    # Its per-principle statistics read the step labels of the last iteration's online DPO stage instead.
+    assert upstream(cfg, evaluate, "online_labels") == "online_dpo-2"
+    assert upstream(RunConfig(), spec_of(RunConfig(), "evaluate"), "online_labels") is None  # (a PPO run)
 
 
 def test_a_best_of_n_run_trains_a_reward_model_and_no_ppo() -> None:

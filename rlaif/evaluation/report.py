@@ -183,7 +183,14 @@ class EvalReport(BaseModel):
         default=None,
         description="rlaif.judging.audit.AuditReport as JSON (kept untyped here so reading a report needs no torch).",
     )
-    labels: LabelSummary | None = None
+    labels: LabelSummary | None = Field(
+        default=None, description="Per-principle statistics of the judge stage's labels (source judge); null: none."
+    )
+    online_labels: LabelSummary | None = Field(
+        default=None,
+        description="Per-principle statistics of the labels the online DPO stage's judge made at its steps (source "
+        "online_dpo), kept apart from the judge stage's; null: not an online DPO run.",
+    )
     training: TrainingCurves | None = None
     monitors: MonitorSummary | None = None
     alerts: list[Alert] = Field(default_factory=list, description="Evaluation-time Goodhart alerts.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from html import escape
 
+from rlaif.evaluation.label_stats import LabelSummary
 from rlaif.evaluation.report import HARMFUL, ROLE_ORDER, SAFE_LOOKALIKE, EvalReport, headline
 from rlaif.evaluation.svg import PALETTE, PlanePoint, bar_chart, line_chart, plane
 
@@ -194,14 +195,23 @@ def _monitor_section(report: EvalReport) -> str:
 
 
 def _principle_section(report: EvalReport) -> str:
-    labels = report.labels
-    if labels is None or not labels.principles:
+    summaries = [s for s in (report.labels, report.online_labels) if s is not None and s.principles]
+    if not summaries:
         chart = bar_chart("principles", "Per-principle label statistics", [], [], "")
         return f'<div class="plots">{chart}</div><p>No AI labels in this run (labels.jsonl).</p>'
+    return "\n".join(_principle_table(labels, i) for i, labels in enumerate(summaries))
+
+
+# A table per source, so the judge stage's labels and those online DPO judged at its steps are never mixed.
+SOURCE_TITLES = {"judge": "judge stage", "online_dpo": "online DPO steps"}
+
+
+def _principle_table(labels: LabelSummary, index: int) -> str:
+    where = SOURCE_TITLES[labels.source] + (f" ({labels.stage})" if labels.stage else "")
     names = [p.principle_id for p in labels.principles]
     chart = bar_chart(
-        "principles",
-        "Per-principle label statistics",
+        "principles" if index == 0 else f"principles-{labels.source}",
+        f"Per-principle label statistics: {where}",
         names,
         [
             ("share sampled", [p.share for p in labels.principles]),
@@ -218,7 +228,8 @@ def _principle_section(report: EvalReport) -> str:
         for p in labels.principles
     )
     table = (
-        f"<p>{labels.labels} labels, {labels.judgements} principle judgements, flip rate {labels.flip_rate:.2f}.</p>"
+        f"<p>{escape(where)}: {labels.labels} labels, {labels.judgements} principle judgements, "
+        f"flip rate {labels.flip_rate:.2f}.</p>"
         "<table><tr><th>principle</th><th>judgements</th><th>share</th><th>mean P(A better)</th><th>mean confidence</th>"
         f"<th>flip rate</th><th>first-position rate</th></tr>{rows}</table>"
     )

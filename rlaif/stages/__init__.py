@@ -36,6 +36,7 @@ SFT_DATA_FILE = "sft.jsonl"  # stage critique: SFTExample (kept records only)
 RESPONSES_FILE = "responses.jsonl"  # stage pairs: ResponseSet
 COMPARISONS_FILE = "comparisons.jsonl"  # stage pairs: Comparison
 LABELS_FILE = "labels.jsonl"  # stage judge: LabelRecord
+STEP_LABELS_DIR = "labels"  # stage online_dpo: labels/step-000001.jsonl, the LabelRecords of each optimizer step
 MODEL_DIR = "model"  # training stages: the Hugging Face folder (with its own manifest.json)
 STEPS_DIR = "steps"  # training stages: resumable step checkpoints
 METRICS_FILE = "metrics.jsonl"  # training stages: one JSON object of namespaced metrics per step

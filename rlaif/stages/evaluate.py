@@ -11,7 +11,7 @@ This stage measures, on the run's held-out prompts plus the named sets of `eval.
 4. the **reward model**: accuracy on the AI-labelled pairs it held out and on human pairs; its preference for the
    aligned answers next to the judge's (a gap is a Goodhart sign);
 5. a **judge audit** on human-labelled pairs (agreement, flip rate, calibration) and per-principle statistics of
-   the run's labels;
+   the run's labels: the judge stage's and, apart, those the online DPO stage judged at its steps;
 6. the **Goodhart monitors** over the PPO metrics and samples (KL, length drift, boilerplate, RM vs judge);
 7. with `eval.best_of_n` N, an **inference-time baseline**: N sampled answers per prompt from the SFT model (or
    the base, `eval.best_of_n_source`), the one the reward model scores highest kept (rlaif/evaluation/best_of_n.py),
@@ -44,7 +44,7 @@ from rlaif.evaluation.best_of_n import BestOfN, choose, distinct_fraction, label
 from rlaif.evaluation.compare import generate_answers, generate_candidates, judge_axis
 from rlaif.evaluation.datasets import EvalPrompt, load_eval_prompts, load_human_pairs, set_path
 from rlaif.evaluation.judge_gate import ADVICE, check_labels
-from rlaif.evaluation.label_stats import principle_stats
+from rlaif.evaluation.label_stats import LabelSummary, principle_stats, read_step_labels
 from rlaif.evaluation.refusal import detect_refusal
 from rlaif.evaluation.refusal_judge import refusal_probabilities
 from rlaif.evaluation.report import (
@@ -78,7 +78,7 @@ from rlaif.modeling import load_causal_lm, load_tokenizer
 from rlaif.pipeline import plan
 from rlaif.records import CritiqueRecord, HumanPair, LabelRecord, WinOutcome
 from rlaif.settings import settings
-from rlaif.stages import CRITIQUE_RECORDS_FILE, LABELS_FILE, METRICS_FILE, StageResult
+from rlaif.stages import CRITIQUE_RECORDS_FILE, LABELS_FILE, METRICS_FILE, STEP_LABELS_DIR, StageResult
 from rlaif.stages.contract import StageContext
 from rlaif.stages.critique_revise import TRUNCATED
 from rlaif.stages.judge import judge_generator, label_metrics
@@ -127,6 +127,8 @@ def evaluate_models(
     ai_heldout_pairs: Sequence[LabelRecord] = (),
     human_pairs: Sequence[HumanPair] = (),
     labels: Sequence[LabelRecord] = (),
+    labels_stage: str | None = None,
+    online_labels: LabelSummary | None = None,
     ppo_history: Sequence[dict[str, Any]] = (),
     run_id: str | None = None,
     stage_long_items: dict[str, LongItems] | None = None,
@@ -138,6 +140,8 @@ def evaluate_models(
 
     The judge is `judge_model`, else `cfg.judge.model`, else the base model. `ppo_history` is the PPO metric
     records (with `val/boilerplate_fraction` filled in from the PPO samples when the caller has them).
+    `labels` are the judge stage's (read from the folder `labels_stage`), `online_labels` the per-principle
+    statistics of an online DPO stage's step labels (`online_dpo_label_stats`); each gets its own table.
     `stage_long_items` (the run's stages' items cut to fit the context) is copied into the report's long_items.
     A judge `endpoint:<name>` keeps its response cache and usage ledger in `stage_dir` (none without one).
     `check` (the stage hooks' stop check) runs after the answers are generated, the longest part.
@@ -281,7 +285,8 @@ def evaluate_models(
         reward=reward,
         best_of_n=_best_of_n_summary(reranked, models, cfg, reward_model),
         judge_audit=audit,
-        labels=principle_stats(labels) if labels else None,
+        labels=principle_stats(labels, "judge", labels_stage) if labels else None,
+        online_labels=online_labels,
         training=_training_curves(history) if history else None,
         monitors=monitors.summarise(history, eval_cfg.monitor) if history else None,
         alerts=alerts,
@@ -668,6 +673,16 @@ def report_metrics(report: EvalReport) -> dict[str, float]:
     return out
 
 
+def online_dpo_label_stats(ctx: StageContext) -> LabelSummary | None:
+    """Per-principle statistics of the labels the run's (last) online DPO stage judged at its steps, marked source
+    online_dpo; None when the run has no online DPO stage or it stored no labels."""
+    stage = ctx.source("online_labels")
+    if stage is None:
+        return None
+    labels = read_step_labels(ctx.store.stage_dir(ctx.run_id, stage, create=False) / STEP_LABELS_DIR)
+    return principle_stats(labels, "online_dpo", stage) if labels else None
+
+
 def _stage_long_items(ctx: StageContext, labels: Sequence[LabelRecord], judge_stage: str) -> dict[str, LongItems]:
     """The run's critique records and judge labels that were cut to fit the context (for the report)."""
 
@@ -796,6 +811,8 @@ def _evaluate(
         ai_heldout_pairs=ai_heldout,
         human_pairs=human_pairs,
         labels=labels,
+        labels_stage=judge_stage,
+        online_labels=online_dpo_label_stats(ctx),
         ppo_history=history,
         run_id=run_id,
         stage_long_items=_stage_long_items(ctx, labels, judge_stage or "judge"),

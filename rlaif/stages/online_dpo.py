@@ -12,7 +12,8 @@ pairs before the update (offline DPO scores its fixed pairs once).
 
 Each step's judged pairs are written to `<stage>/labels/step-000001.jsonl` (atomically) before the update, so a
 step redone after a resume (or a redelivered task) re-reads them and judges nothing twice; identical responses
-carry no preference and are not judged. Step checkpoints every `online_dpo.checkpoint_every` steps resume as in
+carry no preference and are not judged. The evaluation's per-principle statistics read these labels too, apart
+from the judge stage's (report.json `online_labels`, rlaif/evaluation/label_stats.py). Step checkpoints every `online_dpo.checkpoint_every` steps resume as in
 dpo.py. Metrics: `loss/dpo`, `rewards/*`, `logps/*` (chosen = the side the judge prefers), `online/judge_p_a_mean`,
 `online/flip_rate` (principle judgements whose two orders disagree), `online/pairs`, `online/identical_pairs`.
 One process: the samples and labels of a step are made on one device (no torchrun).
@@ -46,6 +47,7 @@ from rlaif.checkpoints import (
 from rlaif.config import OnlineDPOConfig, RunConfig, SamplingConfig
 from rlaif.constitution import Constitution
 from rlaif.distributed import init_distributed, wrap_ddp
+from rlaif.evaluation.label_stats import read_step_labels
 from rlaif.generation import Generator
 from rlaif.generation.common import derive_seed
 from rlaif.generation.hf import HFGenerator
@@ -53,7 +55,7 @@ from rlaif.judging.judge import cached_judge, judge_comparisons
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import load_causal_lm, load_tokenizer
 from rlaif.records import Comparison, LabelRecord, PromptItem
-from rlaif.stages import METRICS_FILE, MODEL_DIR, PROMPTS_FILE, STEPS_DIR, StageResult
+from rlaif.stages import METRICS_FILE, MODEL_DIR, PROMPTS_FILE, STEP_LABELS_DIR, STEPS_DIR, StageResult
 from rlaif.stages.contract import StageContext, StepCallback
 from rlaif.stages.dpo import (
     compute_reference_logps,
@@ -78,7 +80,7 @@ from rlaif.training import (
 
 log = logging.getLogger(__name__)
 
-LABELS_DIR = "labels"  # labels/step-000001.jsonl: the judged pairs of each optimizer step, written before it
+LABELS_DIR = STEP_LABELS_DIR  # labels/step-000001.jsonl: the judged pairs of each optimizer step, written before it
 # The judge as a function: this step's comparisons in, their soft labels out, in input order (style guide 11).
 LabelFn = Callable[[list[Comparison]], list[LabelRecord]]
 
@@ -191,7 +193,7 @@ def train_online_dpo(
 
     # --- save -----------------------------------------------------------------------------------------------
     # Counted from the stored labels, so a resumed stage counts the steps its earlier attempt made too.
-    judged = sum(len(read_jsonl(path, LabelRecord)) for path in labels_dir.glob("step-*.jsonl"))
+    judged = len(read_step_labels(labels_dir))
     counts = {"prompts": len(prompts), "steps": total_steps, "pairs_judged": judged}
     final = {k: v for k, v in metrics.items() if k.startswith(("loss/", "rewards/", "online/"))}
     full_meta = {**(meta or {}), "counts": {**(meta or {}).get("counts", {}), **counts}, "metrics": final}

@@ -1,11 +1,14 @@
-"""Per-principle statistics of AI labels, by hand."""
+"""Per-principle statistics of AI labels, by hand; the online DPO step labels read in step order, marked by source."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from rlaif.evaluation.label_stats import principle_stats
+from rlaif.evaluation.label_stats import principle_stats, read_step_labels
 from rlaif.records import LabelRecord, PairJudgement
+from rlaif.store import write_jsonl
 
 
 def _j(pid: str, p_a: float, p_a_swapped: float) -> PairJudgement:
@@ -47,3 +50,18 @@ def test_principle_stats_by_hand() -> None:
 def test_no_labels_gives_an_empty_summary() -> None:
     summary = principle_stats([])
     assert summary.principles == [] and summary.flip_rate == 0.0
+
+
+def test_step_labels_are_read_in_step_order_and_marked_online_dpo(tmp_path: Path) -> None:
+    def label(id_: str, pid: str) -> LabelRecord:
+        return LabelRecord(id=id_, prompt="p", response_a="a", response_b="b", p_a=0.8, judgements=[_j(pid, 0.8, 0.8)])
+
+    write_jsonl(tmp_path / "step-000002.jsonl", [label("p0@2", "helpful")])
+    write_jsonl(tmp_path / "step-000001.jsonl", [label("p0@1", "harmful"), label("p1@1", "harmful")])
+    labels = read_step_labels(tmp_path)
+    assert [x.id for x in labels] == ["p0@1", "p1@1", "p0@2"]
+    assert read_step_labels(tmp_path / "absent") == []
+    summary = principle_stats(labels, "online_dpo", "online_dpo-2")
+    assert (summary.source, summary.stage, summary.labels) == ("online_dpo", "online_dpo-2", 3)
+    assert {p.principle_id: p.judgements for p in summary.principles} == {"harmful": 2, "helpful": 1}
+    assert principle_stats(labels).source == "judge"  # (the default: the judge stage's labels.jsonl)

@@ -114,6 +114,19 @@ def test_html_is_self_contained_and_escapes_model_text() -> None:
     assert html.count("<circle") >= 3
 
 
+def test_judge_and_online_dpo_labels_get_a_table_each() -> None:
+    online = LabelSummary(source="online_dpo", stage="online_dpo", labels=4, judgements=4, flip_rate=0.25,
+                          mean_confidence=0.1, principles=[PrincipleStats(principle_id="harmful", judgements=4, share=1.0,
+                          mean_preference=0.5, mean_confidence=0.1, flip_rate=0.25, first_position_rate=0.5)])  # fmt: skip
+    report = make_report().model_copy(update={"online_labels": online})
+    html = render_html(report)
+    assert "Per-principle label statistics: judge stage" in html  # (the fixture's labels name no stage)
+    assert "judge stage: 2 labels, 3 principle judgements" in html
+    assert "Per-principle label statistics: online DPO steps (online_dpo)" in html
+    assert "online DPO steps (online_dpo): 4 labels, 4 principle judgements, flip rate 0.25" in html
+    assert 'data-plot="principles"' in html and 'data-plot="principles-online_dpo"' in html  # a chart each
+
+
 def test_empty_report_still_renders_every_section() -> None:
     report = EvalReport(created_at="now", models={"base": "a", "aligned": "b"}, judge_model="a")
     html = render_html(report)

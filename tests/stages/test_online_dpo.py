@@ -1,9 +1,11 @@
 """Online DPO (OAIF) on the tiny model with the tiny model as its judge: per-prompt sampling seeds, the step metrics
-by hand, a resumed step that re-reads its stored labels instead of judging again, and the stage's lineage."""
+by hand, a resumed step that re-reads its stored labels instead of judging again, the stage's lineage, and the
+evaluation's per-principle statistics of its step labels."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,14 @@ from safetensors.torch import load_file
 
 from rlaif.config import OnlineDPOConfig, RunConfig, SamplingConfig
 from rlaif.constitution import load_constitution, resolve_constitution
+from rlaif.evaluation.report import EvalReport
+from rlaif.evaluation.report_html import render_html
 from rlaif.generation.hf import HFGenerator
 from rlaif.modeling import load_causal_lm, load_tokenizer, prepare_model
 from rlaif.records import Comparison, LabelRecord, PairJudgement, PromptItem
 from rlaif.stages import CONSTITUTION_FILE, INPUTS, PROMPTS_FILE
 from rlaif.stages.contract import StageContext
+from rlaif.stages.evaluate import online_dpo_label_stats
 from rlaif.stages.online_dpo import (
     LABELS_DIR,
     LabelFn,
@@ -163,6 +168,48 @@ def test_run_online_dpo_records_lineage_and_is_not_trained_twice(tiny_model: str
     with pytest.raises(ValueError, match="prompts_per_step 8 is more than the run's 4 training prompts"):
         train_online_dpo(PROMPTS, tiny_model, judge_label_fn(cfg, constitution, tmp_path), OnlineDPOConfig(),
                          tmp_path / "x", seed=0)  # fmt: skip
+
+
+def test_the_evaluation_counts_the_step_labels_per_principle_marked_online_dpo(tiny_model: str, tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    write_jsonl(store.path("r1", INPUTS, PROMPTS_FILE), PROMPTS)
+    constitution = load_constitution(resolve_constitution("minimal"))
+    store.path("r1", INPUTS, CONSTITUTION_FILE).write_text(constitution.model_dump_json())
+    # 2 principles per pair, so one label counts towards two principles (or twice towards one).
+    cfg = _run_config(tiny_model).with_overrides(
+        {"online_dpo": {"total_prompts": 4}, "judge": {"principles_per_label": 2}}
+    )
+    evaluate = StageContext.of(store, "r1", "evaluate", cfg=cfg)
+    assert online_dpo_label_stats(evaluate) is None  # the stage has not run: no labels yet
+
+    models = {"policy": tiny_model, "reference": tiny_model}
+    result = run_online_dpo(StageContext.of(store, "r1", "online_dpo", cfg=cfg, models=models))
+    summary = online_dpo_label_stats(evaluate)
+    assert summary is not None and (summary.source, summary.stage) == ("online_dpo", "online_dpo")
+
+    # The same counts straight from the stored step files: every principle judgement of every label.
+    stored = [
+        json.loads(line)
+        for path in sorted((store.path("r1", "online_dpo", LABELS_DIR)).glob("step-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    per_principle = Counter(j["principle_id"] for label in stored for j in label["judgements"])
+    flips = Counter(j["principle_id"] for label in stored for j in label["judgements"] if j["flip"])
+    assert summary.labels == len(stored) == result.counts["pairs_judged"] > 0
+    assert summary.judgements == sum(per_principle.values()) == 2 * len(stored)
+    assert {p.principle_id: p.judgements for p in summary.principles} == per_principle
+    assert {p.principle_id: p.flip_rate for p in summary.principles} == pytest.approx(
+        {pid: flips[pid] / n for pid, n in per_principle.items()}
+    )
+    assert set(per_principle) <= {p.id for p in constitution.principles}
+
+    # The report keeps them apart from the judge stage's labels (a run with no judge stage has none) and says so.
+    report = EvalReport(created_at="now", models={"base": "a", "aligned": "b"}, judge_model="a", online_labels=summary)
+    assert EvalReport.model_validate_json(report.model_dump_json()).online_labels == summary
+    html = render_html(report)
+    assert "Per-principle label statistics: online DPO steps (online_dpo)" in html
+    assert f"online DPO steps (online_dpo): {len(stored)} labels, {summary.judgements} principle judgements" in html
+    assert "judge stage" not in html
 
 
 def test_bad_sizes_name_the_fields() -> None:
