@@ -7,19 +7,47 @@ and a failing rank fails the attempt with its stderr.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from service_fixtures import Service, make_run, wait_for
 from sqlalchemy import select
 
+from rlaif.config import RunConfig
 from rlaif.modeling import load_causal_lm
-from rlaif.service import execute, state
+from rlaif.service import execute, ranks, state
 from rlaif.service.db import EventRow, RunRow, StageRunRow
-from rlaif.store import verify_manifest
+from rlaif.settings import Settings
+from rlaif.stages.contract import StageContext
+from rlaif.store import ArtifactStore, verify_manifest
 from workers.app import create_celery
 
-pytestmark = pytest.mark.slow
+
+def test_train_devices_is_at_least_one() -> None:
+    assert Settings().train_devices == 1
+    with pytest.raises(ValidationError, match="train_devices"):
+        Settings(train_devices=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "stage", "why"),
+    [
+        ({}, "sft", None),
+        ({}, "reward_model", None),
+        ({}, "ppo", None),
+        ({"policy_optimization": "dpo"}, "dpo", None),
+        ({"ppo": {"rollout_backend": "vllm"}}, "ppo", "ppo.rollout_backend vllm runs in one process"),
+        ({"policy_optimization": "online_dpo"}, "online_dpo", "stage online_dpo (online_dpo) runs in one process"),
+        ({"policy_optimization": "best_of_n"}, "best_of_n", "stage best_of_n (best_of_n) runs in one process"),
+    ],
+)
+def test_which_stages_run_data_parallel(overrides: dict, stage: str, why: str | None, tmp_path) -> None:
+    cfg = RunConfig().with_overrides(overrides)
+    ctx = StageContext.of(ArtifactStore(tmp_path), "r", stage, cfg=cfg)
+    reason = ranks.single_process_reason(importlib.import_module(f"rlaif.stages.{ctx.spec.definition.module}"), ctx)
+    assert reason == why if why is None else reason.startswith(why)
 
 
 def _sft_running(service: Service, overrides: dict[str, Any]) -> tuple[state.Runtime, str]:
@@ -46,6 +74,7 @@ def _events(rt: state.Runtime, run_id: str, kind: str = "message") -> list[Event
         return list(session.scalars(query))
 
 
+@pytest.mark.slow
 def test_sft_runs_on_two_ranks(make_service, service_tiny_model: str) -> None:
     service: Service = make_service("sqlite", train_devices=2)
     rt, run_id = _sft_running(service, {})
@@ -65,6 +94,7 @@ def test_sft_runs_on_two_ranks(make_service, service_tiny_model: str) -> None:
     assert load_causal_lm(str(model_dir), dtype="float32", device="cpu").config.model_type
 
 
+@pytest.mark.slow
 def test_a_cancel_stops_both_ranks(make_service, service_tiny_model: str) -> None:
     service: Service = make_service("sqlite", train_devices=2)
     rt, run_id = _sft_running(service, {"sft": {"epochs": 100, "checkpoint_every": 5}})
@@ -78,6 +108,7 @@ def test_a_cancel_stops_both_ranks(make_service, service_tiny_model: str) -> Non
     assert not (service.artifacts / "runs" / run_id / "sft" / "model").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_attempt(make_service, service_tiny_model: str) -> None:
     service: Service = make_service("sqlite", train_devices=2)
     # 3 sequences per step in one process; not divisible over 2 ranks, so each rank raises.
