@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(
         default=10.0, gt=0, description="Seconds between lease heartbeats (well below lease_ttl_s)."
     )
+    train_devices: int = Field(
+        default=1,
+        ge=1,
+        description="Local devices (GPUs, or CPU processes with gloo) a train worker runs each training stage on: "
+        "above 1 the task starts the stage under torchrun on that many data-parallel ranks (rlaif/service/ranks.py) "
+        "and keeps the lease, progress and stops itself. Stages that run in one process (online_dpo, best_of_n, ppo "
+        "with rollout_backend vllm) still do, with a log line and an event saying why.",
+    )
     visibility_timeout_s: int = Field(
         default=3600,
         ge=1,

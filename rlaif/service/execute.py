@@ -9,7 +9,8 @@
 - `run_training(rt, run_id, stage, owner)`: a single-task stage (training, or the evaluation) under the stage's
   lease: its `run_<stage>(ctx)` resumes from its newest step checkpoint (or finds its work done); a finished model
   folder is registered as a checkpoint (the evaluation instead refreshes the final policy's checkpoint, whose card
-  it rewrote).
+  it rewrote). With RLAIF_TRAIN_DEVICES > 1 a stage that runs data-parallel runs on that many local ranks under
+  torchrun (rlaif/service/ranks.py); this task keeps the lease and relays rank 0's steps and the stop.
 
 Stops are cooperative: the heartbeat thread (rlaif/service/claims.py) only records why the work must stop, and
 the core raises `StageStopped` at its next check (between two records of a shard, two optimizer steps of a
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 from rlaif.constitution import Constitution
 from rlaif.peak_memory import records_peak_rss
 from rlaif.pipeline import StageSpec, spec_of, upstream
-from rlaif.service import claims
+from rlaif.service import claims, ranks
 from rlaif.service.claims import Heartbeat, Unit
 from rlaif.service.db import (
     COMPLETING,
@@ -209,8 +210,7 @@ def run_training(rt: Runtime, run_id: str, stage: str, owner: str) -> list[Dispa
         # Steps an earlier attempt logged but could not report (killed between heartbeats) come first, in order.
         progress.add_logged(curve)
         try:
-            # (the stage's peak memory goes into its result: `rlaif compare` shows it next to the wall time)
-            result: StageResult = records_peak_rss(getattr(stage_module(ctx.spec), ctx.spec.definition.run))(ctx)
+            result = _run_stage(rt, ctx)
         except StageStopped as exc:
             log.warning("run %s: stage %s stopped: %s", run_id, stage, exc.reason)
             with contextlib.suppress(Exception):  # (unreachable database: the next attempt reports them from the log)
@@ -220,6 +220,26 @@ def run_training(rt: Runtime, run_id: str, stage: str, owner: str) -> list[Dispa
     progress.add_logged(curve)  # a redelivered task whose core found its model finished reports no steps itself
     progress.flush()
     return [Dispatch(ADVANCE, (run_id,))] if _finish_training(rt, run_id, stage, owner, result) else []
+
+
+def _run_stage(rt: Runtime, ctx: StageContext) -> StageResult:
+    """The stage's `run_<stage>(ctx)`: in this process, or with RLAIF_TRAIN_DEVICES > 1 on that many data-parallel
+    ranks under torchrun (rlaif/service/ranks.py: this task keeps the lease and relays progress and stops)."""
+    module = stage_module(ctx.spec)
+    reason = ranks.single_process_reason(module, ctx) if rt.train_devices > 1 else None
+    if rt.train_devices > 1:
+        message = (
+            f"stage {ctx.name}: on {rt.train_devices} data-parallel ranks"
+            if reason is None
+            else f"stage {ctx.name}: in one process, not on {rt.train_devices} ranks: {reason}"
+        )
+        log.info("run %s: %s", ctx.run_id, message)
+        with rt.sessions.begin() as session:
+            add_event(session, ctx.run_id, message, stage=ctx.name, data={"ranks": 1 if reason else rt.train_devices})
+        if reason is None:
+            return ranks.run_ranks(ctx, rt.train_devices)  # (rank 0 records its peak memory)
+    # (the stage's peak memory goes into its result: `rlaif compare` shows it next to the wall time)
+    return records_peak_rss(getattr(module, ctx.spec.definition.run))(ctx)
 
 
 class _Progress:

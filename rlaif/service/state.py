@@ -101,6 +101,7 @@ class Runtime:
     lease_ttl_s: float
     heartbeat_s: float
     requeue_after_s: float = 3600.0  # unclaimed work is re-enqueued after this (the broker's visibility timeout)
+    train_devices: int = 1  # data-parallel ranks of a training stage (RLAIF_TRAIN_DEVICES; rlaif/service/ranks.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -110,6 +111,7 @@ class Runtime:
             lease_ttl_s=settings.lease_ttl_s,
             heartbeat_s=settings.heartbeat_s,
             requeue_after_s=settings.visibility_timeout_s,
+            train_devices=settings.train_devices,
         )
 
     def stale_before(self) -> Any:

@@ -14,7 +14,10 @@ rest, write. The service runs the same three functions with its database rows in
 (rlaif/service/execute.py), so there is no second copy of any export or resume logic.
 
 A **training** stage (sft, reward_model, ppo, dpo) and the evaluation are one `run_<stage>(ctx)` each: it resumes
-from its newest step checkpoint, and skips the work when its model folder (or report) is complete.
+from its newest step checkpoint, and skips the work when its model folder (or report) is complete. One that runs
+data-parallel (under torchrun, rlaif/distributed.py) also has `data_parallel(cfg) -> str | None`: None, or why this
+config runs in one process; the service then runs it on RLAIF_TRAIN_DEVICES ranks (rlaif/service/ranks.py).
+A training module without it (online_dpo, best_of_n) always runs in one process.
 
 Every core reports progress and checks for a stop through `ctx.hooks`: training loops call `on_step(step, total,
 metrics)` after each optimizer step, sharded stages are checked by their runner between records. The service's

@@ -46,7 +46,7 @@ from rlaif.checkpoints import (
     save_hf_checkpoint,
     save_step_state,
 )
-from rlaif.config import DPOConfig, OnlineDPOConfig
+from rlaif.config import DPOConfig, OnlineDPOConfig, RunConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import disable_dropout, load_causal_lm, load_tokenizer
@@ -484,6 +484,12 @@ def _add_lora(model: torch.nn.Module, cfg: DPOConfig) -> torch.nn.Module:
 
 
 # --- stage wrapper ---------------------------------------------------------------------------------------------
+
+
+def data_parallel(cfg: RunConfig) -> str | None:
+    """None: this stage runs data-parallel (a Celery task with RLAIF_TRAIN_DEVICES > 1 starts it on that many
+    ranks, rlaif/service/ranks.py)."""
+    return None
 
 
 def run_dpo(ctx: StageContext) -> StageResult:

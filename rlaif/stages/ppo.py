@@ -60,7 +60,7 @@ from rlaif.checkpoints import (
     save_step_state,
     save_weights,
 )
-from rlaif.config import MonitorConfig, PPOConfig, exact_div
+from rlaif.config import MonitorConfig, PPOConfig, RunConfig, exact_div
 from rlaif.distributed import (
     DistInfo,
     all_reduce_grads,
@@ -950,6 +950,14 @@ def log_samples(
 
 
 # --- stage wrapper ----------------------------------------------------------------------------------------------
+
+
+def data_parallel(cfg: RunConfig) -> str | None:
+    """Why this stage runs in one process even when a Celery task has RLAIF_TRAIN_DEVICES > 1 (None: it runs
+    data-parallel on that many ranks, rlaif/service/ranks.py)."""
+    if cfg.ppo.rollout_backend == "vllm":
+        return "ppo.rollout_backend vllm runs in one process (one in-process engine samples every rollout)"
+    return None
 
 
 def run_ppo(ctx: StageContext, progress: bool = True) -> StageResult:

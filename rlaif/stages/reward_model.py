@@ -40,7 +40,7 @@ from rlaif.checkpoints import (
     save_hf_checkpoint,
     save_step_state,
 )
-from rlaif.config import RewardModelConfig
+from rlaif.config import RewardModelConfig, RunConfig
 from rlaif.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, no_sync, wrap_ddp
 from rlaif.metrics_log import MetricsLog
 from rlaif.modeling import ModelError, disable_dropout, load_tokenizer, resolve_model
@@ -547,6 +547,12 @@ def evaluate_reward_model(
 
 
 # --- stage wrapper ---------------------------------------------------------------------------------------------
+
+
+def data_parallel(cfg: RunConfig) -> str | None:
+    """None: this stage runs data-parallel (a Celery task with RLAIF_TRAIN_DEVICES > 1 starts it on that many
+    ranks, rlaif/service/ranks.py)."""
+    return None
 
 
 def run_reward_model(ctx: StageContext) -> StageResult:
