@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from rlaif.constitution import Constitution
 from rlaif.peak_memory import records_peak_rss
-from rlaif.pipeline import StageSpec, spec_of, upstream
+from rlaif.pipeline import TRAINING, StageSpec, spec_of, upstream
 from rlaif.service import claims, ranks
 from rlaif.service.claims import Heartbeat, Unit
 from rlaif.service.db import (
@@ -226,8 +226,9 @@ def _run_stage(rt: Runtime, ctx: StageContext) -> StageResult:
     """The stage's `run_<stage>(ctx)`: in this process, or with RLAIF_TRAIN_DEVICES > 1 on that many data-parallel
     ranks under torchrun (rlaif/service/ranks.py: this task keeps the lease and relays progress and stops)."""
     module = stage_module(ctx.spec)
-    reason = ranks.single_process_reason(module, ctx) if rt.train_devices > 1 else None
-    if rt.train_devices > 1:
+    spread = rt.train_devices > 1 and ctx.spec.kind in TRAINING  # (the evaluation trains nothing: no event for it)
+    reason = ranks.single_process_reason(module, ctx) if spread else None
+    if spread:
         message = (
             f"stage {ctx.name}: on {rt.train_devices} data-parallel ranks"
             if reason is None
