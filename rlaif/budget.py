@@ -8,7 +8,7 @@ against the daily quota of the key. Per stage of the plan (rlaif/pipeline.py):
 - items: what a sharded stage fans out over (prompts, comparisons) and the prompts the evaluation answers;
 - shards: ceil(items / shard_size) per sharded stage, one row and one task each;
 - generated_tokens: an upper bound, every completion at its max_new_tokens (critique: an answer, then a critique
-  and a revision per round; pairs: K responses; the judge's chain of thought, both orders of each principle; PPO:
+  and a revision per round, and with critique.judge_filter the judge's chain of thought in both orders; pairs: K responses; the judge's chain of thought, both orders of each principle; PPO:
   total_episodes x response_length; online DPO: two samples per prompt and the judge's chain of thought; best-of-n:
   n samples per training prompt; the evaluation: base, SFT and aligned model on every evaluation prompt);
 - optimizer_steps: SFT, reward-model and DPO steps (every prompt gives an SFT example, every comparison a label),
@@ -94,13 +94,17 @@ def estimate_budget(cfg: RunConfig, train_prompts: int, eval_prompts: int) -> Ru
     comparisons = train_prompts * k * (k - 1) // 2  # all C(K, 2) pairs of each prompt's responses
     judge = cfg.judge  # with chain of thought: one reasoning per principle and order of each comparison
     reasoning = judge.principles_per_label * 2 * judge.cot_sampling.max_new_tokens if judge.chain_of_thought else 0
+    # The judge filter (rlaif/judging/revision_filter.py) judges each revision against its first answer, both orders
+    # under the one principle it was revised for; every prompt counts, an upper bound (only harmful ones are revised).
+    filtered = cfg.judge_filters_revisions and judge.chain_of_thought
+    revision_filter = 2 * judge.cot_sampling.max_new_tokens if filtered else 0
     eval_items = min(eval_prompts, cfg.eval.max_prompts) + len(set(cfg.eval.extra_sets)) * cfg.eval.prompts_per_set
     ppo, online, best_of_n = cfg.ppo, cfg.online_dpo, cfg.best_of_n
     costs = {
         "critique": _sharded(
             train_prompts,
             cfg.shard_size,
-            train_prompts * (1 + 2 * cfg.critique.rounds) * cfg.critique.sampling.max_new_tokens,
+            train_prompts * ((1 + 2 * cfg.critique.rounds) * cfg.critique.sampling.max_new_tokens + revision_filter),
         ),
         "sft": Cost(
             optimizer_steps=training_steps(
