@@ -9,7 +9,8 @@ table says (`StageDef.cost`, a function of rlaif/costs.py):
 - items: what a sharded stage fans out over (prompts, comparisons) and the prompts the evaluation answers;
 - shards: ceil(items / shard_size) per sharded stage, one row and one task each;
 - generated_tokens: an upper bound, every completion at its max_new_tokens (critique: an answer, then a critique
-  and a revision per round; pairs: K responses; the judge's chain of thought, both orders of each principle; PPO:
+  and a revision per round, and with critique.judge_filter the judge's chain of thought in both orders; pairs: K
+  responses; the judge's chain of thought, both orders of each principle; PPO:
   total_episodes x response_length; online DPO: two samples per prompt and the judge's chain of thought; best-of-n:
   n samples per training prompt; the evaluation: base, SFT and aligned model on every evaluation prompt);
 - optimizer_steps: SFT, reward-model and DPO steps (every prompt gives an SFT example, every comparison a label),

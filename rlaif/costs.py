@@ -67,8 +67,14 @@ def _sharded(items: int, shard_size: int, generated_tokens: int) -> Cost:
 
 
 def critique_cost(cfg: RunConfig, train_prompts: int, eval_prompts: int) -> Cost:
-    """An answer, then a critique and a revision per round, for every prompt."""
-    tokens = train_prompts * (1 + 2 * cfg.critique.rounds) * cfg.critique.sampling.max_new_tokens
+    """An answer, then a critique and a revision per round, for every prompt; with the judge filter
+    (rlaif/judging/revision_filter.py) the judge's reasoning for the revision against the first answer, both orders
+    under the one principle it was revised for (every prompt counts: an upper bound, only harmful ones are revised)."""
+    judge = cfg.judge
+    revision_filter = (
+        2 * judge.cot_sampling.max_new_tokens if cfg.judge_filters_revisions and judge.chain_of_thought else 0
+    )
+    tokens = train_prompts * ((1 + 2 * cfg.critique.rounds) * cfg.critique.sampling.max_new_tokens + revision_filter)
     return _sharded(train_prompts, cfg.shard_size, tokens)
 
 

@@ -77,3 +77,19 @@ def test_best_of_n_samples_n_per_prompt_then_fine_tunes_on_one_a_prompt() -> Non
     assert "ppo" not in budget.stages and "reward_model" in budget.stages
     # 100 prompts x 8 samples x 64 tokens = 51,200 tokens; SFT on 100 best samples, 10 held out, ceil(90 / 8) = 12.
     assert budget.stages["best_of_n"] == Cost(generated_tokens=51_200, optimizer_steps=12)
+
+
+def test_the_judge_filter_adds_its_chain_of_thought_to_the_critique_stage() -> None:
+    cfg = RunConfig().with_overrides({"judge": {"chain_of_thought": True, "principles_per_label": 2}})
+    off = cfg.with_overrides({"critique": {"judge_filter": False}})
+    on = cfg.with_overrides({"critique": {"judge_filter": True}})
+    cot_tokens = cfg.judge.cot_sampling.max_new_tokens
+    before = estimate_budget(off, train_prompts=100, eval_prompts=25).stages["critique"]
+    after = estimate_budget(on, train_prompts=100, eval_prompts=25).stages["critique"]
+    # Without the filter: 100 x 5 x 96 = 48,000 tokens. With it, each prompt's revision is judged against its first
+    # answer in both orders under one principle (not principles_per_label): + 100 x 2 x cot tokens.
+    assert before == Cost(items=100, shards=13, generated_tokens=48_000)
+    assert after == Cost(items=100, shards=13, generated_tokens=48_000 + 100 * 2 * cot_tokens)
+    # Without chain of thought a judge call generates nothing, as in the judge stage.
+    plain = RunConfig().with_overrides({"critique": {"judge_filter": True}})
+    assert estimate_budget(plain, 100, 25).stages["critique"] == before

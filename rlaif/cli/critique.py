@@ -2,6 +2,7 @@
 
 rlaif critique --constitution harmless --prompts examples/demo_prompts.jsonl --limit 3
 rlaif critique --feedback endpoint:big-feedback --limit 3     # a declared endpoint (RLAIF_ENDPOINTS)
+rlaif critique --judge endpoint:big-judge --limit 3           # keep a revision only when this judge prefers it
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
 
-from rlaif.config import DEFAULT_MODEL, CritiqueConfig, GenerationBackendConfig, SamplingConfig
+from rlaif.config import DEFAULT_MODEL, CritiqueConfig, GenerationBackendConfig, JudgeConfig, SamplingConfig
 from rlaif.records import CritiqueRecord
 
 console = Console()
@@ -38,6 +39,11 @@ def render_record(record: CritiqueRecord, index: int) -> Panel:
             Text.assemble((f"Critique {number} ", "bold yellow"), (f"[{rnd.principle_id}]: ", "yellow"), rnd.critique)
         )
         parts.append(Text.assemble((f"Revision {number}: ", "bold green"), rnd.revision))
+    if record.revision_judgement is not None:
+        verdict = record.revision_judgement
+        parts.append(
+            Text(f"judge: P(revision better) {verdict.p_a:.2f} / {verdict.p_a_swapped:.2f} swapped", style="magenta")
+        )
     status = "kept for SFT" if record.kept else "dropped"
     flags = f" (flags: {', '.join(record.flags)})" if record.flags else ""
     parts.append(Text(f"{status}{flags}", style="dim"))
@@ -61,6 +67,13 @@ def critique_command(
         help="The feedback model that answers, critiques and revises: registry name, local Hugging Face folder or "
         "endpoint:<name> (declared in RLAIF_ENDPOINTS).",
     ),
+    judge: str | None = typer.Option(
+        None,
+        "--judge",
+        help="The judge of the revision filter (critique.judge_filter): a revision is kept only when it prefers the "
+        "revision to the first answer in both orders. Registry name, local Hugging Face folder or endpoint:<name>. "
+        "Default: no filter.",
+    ),
     principles: list[str] | None = typer.Option(
         None, "--principles", help="Principle ids / tag:<tag> (repeat or comma-separate)."
     ),
@@ -75,6 +88,8 @@ def critique_command(
     from rlaif.endpoints import check_model_spec
     from rlaif.generation import make_generator
     from rlaif.generation.endpoint_client import EndpointError
+    from rlaif.judging.judge import cached_judge
+    from rlaif.judging.revision_filter import filter_revisions
     from rlaif.modeling import ModelError
     from rlaif.prompts import PromptSetError, load_prompts
     from rlaif.stages.critique_revise import critique_revise
@@ -92,22 +107,30 @@ def critique_command(
         items = load_prompts(prompts, limit=limit)
         loaded.select(selectors)
         check_model_spec(model, "--feedback")
+        if judge is not None:
+            check_model_spec(judge, "--judge")
     except (ValidationError, ConstitutionError, FileNotFoundError, PromptSetError, ValueError) as exc:
         raise _fail(exc) from None
     try:
         generator = make_generator(model, GenerationBackendConfig())
+        judge_cfg = JudgeConfig()
+        judge_loaded = None if judge is None else cached_judge(judge, judge_cfg.dtype)
     except (ModelError, EndpointError) as exc:
         raise _fail(exc) from None
     console.print(
-        f"critique-revise: {len(items)} prompts, {rounds} rounds, constitution {loaded.name!r}, model {model}",
+        f"critique-revise: {len(items)} prompts, {rounds} rounds, constitution {loaded.name!r}, model {model}"
+        + (f", judge {judge}" if judge is not None else ""),
         highlight=False,
     )
     records = []
     try:
         for index, record in enumerate(critique_revise(items, loaded, selectors, cfg, generator, seed), start=1):
+            if judge_loaded is not None:
+                judge_model, judge_tokenizer = judge_loaded
+                (record,) = filter_revisions([record], judge_model, judge_tokenizer, loaded, judge_cfg, seed)
             console.print(render_record(record, index))
             records.append(record)
-    except (ValueError, EndpointError) as exc:
+    except (ValueError, KeyError, EndpointError) as exc:
         raise _fail(exc) from None
     kept = sum(r.kept for r in records)
     console.print(f"{kept} of {len(records)} revisions pass the quality checks", highlight=False)

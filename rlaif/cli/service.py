@@ -309,6 +309,21 @@ def watch_run(client: Client, run_id: str, poll: float = 1.0) -> dict[str, Any]:
     return run
 
 
+def watch_or_cancel(client: Client, run_id: str, poll: float = 1.0) -> dict[str, Any]:
+    """`watch_run`, and on Ctrl-C the run is cancelled through the API (POST /v1/runs/{id}/cancel) rather than left
+    queued or running for nobody: the demo owns its run. Exits 130 (the shell's code for SIGINT) once cancelled."""
+    try:
+        return watch_run(client, run_id, poll)
+    except KeyboardInterrupt:
+        try:
+            client.cancel(run_id)
+        except ApiError as exc:  # (409: it finished meanwhile)
+            err.print(f"interrupted: run {run_id} was not cancelled: {exc}")
+            raise typer.Exit(130) from None
+        err.print(f"interrupted: run {run_id} cancelled")
+        raise typer.Exit(130) from None
+
+
 def fetch_report(client: Client, run_id: str) -> EvalReport:
     """The run's evaluation report (stage 7) from the API."""
     from rlaif.evaluation.report import EvalReport
@@ -624,7 +639,7 @@ def demo_command(
             time.sleep(0.5)
         started = time.monotonic()
         run = submit_run(client, constitution, prompts, overrides)
-        run = watch_run(client, run["id"])
+        run = watch_or_cancel(client, run["id"])
         _stage_times(run, time.monotonic() - started)
         if run["status"] != "succeeded":
             raise typer.Exit(1)
