@@ -676,6 +676,8 @@ def report_metrics(report: EvalReport) -> dict[str, float]:
                 out[key] = stats.win_rate
     if report.best_of_n is not None:
         out["eval/best_of_n_reward_gain"] = report.best_of_n.mean_best_score - report.best_of_n.mean_candidate_score
+    if report.kl_to_sft is not None:
+        out["eval/kl_to_sft"] = report.kl_to_sft.mean
     if report.judge_audit is not None:
         out["eval/judge_agreement"] = float(report.judge_audit["agreement"])
         out["eval/judge_flip_rate"] = float(report.judge_audit["flip_rate"])

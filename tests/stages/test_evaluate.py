@@ -218,7 +218,7 @@ def test_kl_to_sft_is_sampled_on_the_held_out_prompts(evaluated) -> None:
     kl = report.kl_to_sft  # aligned and SFT are differently perturbed copies of the tiny model
     assert kl is not None and kl.prompts == sum(report.prompts.values()) and kl.samples_per_prompt == 1
     assert kl.mean > 0 and kl.se is not None and kl.se > 0
-    assert kl.max_new_tokens == 12
+    assert kl.max_new_tokens == 12 and evaluated[2].metrics["eval/kl_to_sft"] == kl.mean
 
 
 def test_kl_to_sft_is_zero_when_the_policy_is_the_sft_weights(tiny_model: str, tmp_path: Path) -> None:
