@@ -735,6 +735,13 @@ class EvalConfig(_Section):
         default=8, ge=0, le=1000, description="Side-by-side sample answers shown in the report."
     )
     monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Goodhart monitors over PPO.")
+    kl_samples: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Responses sampled (temperature 1) from the aligned policy per held-out prompt to measure "
+        "KL(aligned || SFT) alike for every method (report kl_to_sft, the k1 estimator); 0 = off.",
+    )
     best_of_n: int | None = Field(
         default=None,
         ge=2,

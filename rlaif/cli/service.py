@@ -37,7 +37,7 @@ from rlaif.config import RunConfig, deep_merge, parse_dotted_overrides, upgrade_
 from rlaif.settings import settings
 
 if TYPE_CHECKING:
-    from rlaif.evaluation.report import EvalReport
+    from rlaif.evaluation.report import EvalReport, KLEstimate
     from rlaif.evaluation.run_compare import RunColumn, RunComparison
     from rlaif.evaluation.stats import Rate, WinRate
 
@@ -401,6 +401,12 @@ def _number_cell(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}{unit}"
 
 
+def _kl_cell(kl: KLEstimate | None) -> str:
+    if kl is None:
+        return "-"
+    return f"{kl.mean:.3f}" + (f" ± {kl.se:.3f}" if kl.se is not None else "")
+
+
 def comparison_table(comparison: RunComparison) -> Table:
     """The comparison as a table: one column per run, a row per measure, then a row per stage (wall time, and
     peak RSS where recorded). Intervals are 95 % Wilson; '-' = not measured (no report, no PPO, still running)."""
@@ -425,7 +431,9 @@ def comparison_table(comparison: RunComparison) -> Table:
         "mean answer tokens (base)",
         lambda r: "-" if r.mean_tokens is None else f"{r.mean_tokens:.1f} ({_number_cell(r.base_mean_tokens)})",
     )
-    row("KL to SFT (end of PPO)", lambda r: _number_cell(r.kl_to_sft, digits=3))
+    row("KL to SFT (held-out, sampled)", lambda r: _kl_cell(r.kl_to_sft))
+    if any(r.ppo_kl is not None for r in runs):
+        row("PPO KL, last update (training)", lambda r: _number_cell(r.ppo_kl, digits=3))
     table.add_section()
     memory = any(r.peak_rss_mb is not None for r in runs)
     for name in comparison.stage_names:

@@ -163,6 +163,19 @@ class TrainingCurves(BaseModel):
     series: dict[str, list[float | None]] = Field(default_factory=dict)
 
 
+class KLEstimate(BaseModel):
+    """KL(aligned || SFT) on the held-out prompts, sampled (rlaif/evaluation/kl.py): the same for every method."""
+
+    mean: float = Field(
+        description="Mean over prompts of the k1 estimate sum_t (log pi_aligned - log pi_sft) over the tokens of "
+        "responses sampled from the aligned policy at temperature 1 (nats per sequence)."
+    )
+    se: float | None = Field(description="Standard error of the mean across prompts; null with one prompt.")
+    prompts: int = Field(description="Held-out prompts measured.")
+    samples_per_prompt: int = Field(description="Sampled responses per prompt (eval.kl_samples).")
+    max_new_tokens: int = Field(description="Most tokens per sampled response (eval.sampling.max_new_tokens).")
+
+
 class EvalReport(BaseModel):
     """Everything the evaluation measured."""
 
@@ -190,6 +203,11 @@ class EvalReport(BaseModel):
         default=None,
         description="Per-principle statistics of the labels the online DPO stage's judge made at its steps (source "
         "online_dpo), kept apart from the judge stage's; null: not an online DPO run.",
+    )
+    kl_to_sft: KLEstimate | None = Field(
+        default=None,
+        description="KL(aligned || SFT) sampled on the held-out prompts, measured alike for PPO, DPO, online DPO and "
+        "best-of-n; null without an SFT model and a distinct aligned policy, or with eval.kl_samples 0.",
     )
     training: TrainingCurves | None = None
     monitors: MonitorSummary | None = None

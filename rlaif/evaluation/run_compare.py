@@ -4,7 +4,8 @@ A pure function over what the service already stores: the run's evaluation repor
 and its stage rows (name, kind, status, started_at, finished_at, the StageResult as JSON). For each run: how its
 labels became a policy (ppo or dpo), the evaluated model's harmlessness and helpfulness win rates against the
 base with their Wilson intervals, refusal on harmful prompts and over-refusal on safe ones (Wilson intervals),
-mean answer length, the KL to the SFT model at the end of PPO (the report's training curve; a DPO run has none),
+mean answer length, the KL to the SFT model sampled on the held-out prompts (the report's kl_to_sft, measured alike
+for every method) and apart from it PPO's own KL at its last update (the training curve; other methods have none),
 and per stage the wall time and, where the stage recorded it, its peak RSS (`peak_rss_mb` in the result's
 `extra` or `metrics`; rlaif/peak_memory.py).
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rlaif.evaluation.report import HARMFUL, SAFE_LOOKALIKE, EvalReport, Role
+from rlaif.evaluation.report import HARMFUL, SAFE_LOOKALIKE, EvalReport, KLEstimate, Role
 from rlaif.evaluation.stats import Rate, WinRate
 from rlaif.peak_memory import PEAK_RSS_KEY
 
@@ -86,8 +87,15 @@ class RunColumn(BaseModel):
     over_refusal_judge: Rate | None = Field(default=None, description="Over-refusal by the judge detector.")
     mean_tokens: float | None = Field(description="Mean generated tokens per evaluation answer of the evaluated model.")
     base_mean_tokens: float | None = Field(default=None, description="The same for the base model.")
-    kl_to_sft: float | None = Field(
-        description="Last PPO KL(policy || SFT) from the report's training curve; null without PPO metrics (DPO)."
+    kl_to_sft: KLEstimate | None = Field(
+        default=None,
+        description="KL(aligned || SFT) sampled on the held-out prompts by the evaluation (the report's kl_to_sft), "
+        "the same for every method; null when the report has none.",
+    )
+    ppo_kl: float | None = Field(
+        default=None,
+        description="PPO's KL(policy || SFT) at its last update (training prompts, the report's training curve); "
+        "null without PPO metrics.",
     )
     stages: list[StageCost] = Field(default_factory=list)
     seconds: float | None = Field(description="Sum of the finished stages' wall times.")
@@ -156,7 +164,8 @@ def _column(run: RunFacts) -> RunColumn:
         over_refusal_judge=refusal(SAFE_LOOKALIKE, "judge"),
         mean_tokens=summaries[top].mean_tokens if top in summaries else None,
         base_mean_tokens=summaries["base"].mean_tokens if "base" in summaries else None,
-        kl_to_sft=_last(training.series.get(KL_KEY, [])) if training is not None else None,
+        kl_to_sft=report.kl_to_sft if report is not None else None,
+        ppo_kl=_last(training.series.get(KL_KEY, [])) if training is not None else None,
         stages=stages,
         seconds=round(sum(timed), 3) if timed else None,
         peak_rss_mb=max(peaks) if peaks else None,

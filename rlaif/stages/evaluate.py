@@ -12,7 +12,8 @@ This stage measures, on the run's held-out prompts plus the named sets of `eval.
    aligned answers next to the judge's (a gap is a Goodhart sign);
 5. a **judge audit** on human-labelled pairs (agreement, flip rate, calibration) and per-principle statistics of
    the run's labels: the judge stage's and, apart, those the online DPO stage judged at its steps;
-6. the **Goodhart monitors** over the PPO metrics and samples (KL, length drift, boilerplate, RM vs judge);
+6. **KL(aligned || SFT)** sampled on the held-out prompts, alike for every method (rlaif/evaluation/kl.py), and
+   the **Goodhart monitors** over the PPO metrics and samples (KL, length drift, boilerplate, RM vs judge);
 7. with `eval.best_of_n` N, an **inference-time baseline**: N sampled answers per prompt from the SFT model (or
    the base, `eval.best_of_n_source`), the one the reward model scores highest kept (rlaif/evaluation/best_of_n.py),
    judged like a model (role `best_of_n`, named `sft+best-of-N`) against the base and against the aligned policy.
@@ -44,6 +45,7 @@ from rlaif.evaluation.best_of_n import BestOfN, choose, distinct_fraction, label
 from rlaif.evaluation.compare import generate_answers, generate_candidates, judge_axis
 from rlaif.evaluation.datasets import EvalPrompt, load_eval_prompts, load_human_pairs, set_path
 from rlaif.evaluation.judge_gate import ADVICE, check_labels
+from rlaif.evaluation.kl import sampled_kl
 from rlaif.evaluation.label_stats import LabelSummary, principle_stats, read_step_labels
 from rlaif.evaluation.refusal import detect_refusal
 from rlaif.evaluation.refusal_judge import refusal_probabilities
@@ -172,6 +174,18 @@ def evaluate_models(
         check()
     for sample, chosen in zip(samples, reranked, strict=False):  # (no pairs when best-of-n is off)
         sample.candidates, sample.candidate_scores = chosen.candidates, chosen.scores
+    kl_to_sft = None
+    if eval_cfg.kl_samples and "sft" in models and models.get("aligned", models["sft"]) != models["sft"]:
+        log.info("sampling KL(aligned || sft) on %d prompts, %d samples each", len(prompts), eval_cfg.kl_samples)
+        kl_to_sft = sampled_kl(
+            models["aligned"],
+            models["sft"],
+            [p.prompt for p in prompts],
+            [p.id for p in prompts],
+            max_new_tokens=eval_cfg.sampling.max_new_tokens,
+            seed=cfg.seed,
+            samples_per_prompt=eval_cfg.kl_samples,
+        )
 
     judge, tokenizer, generator = None, None, None
     comparisons = _comparisons(roles)
@@ -287,6 +301,7 @@ def evaluate_models(
         judge_audit=audit,
         labels=principle_stats(labels, "judge", labels_stage) if labels else None,
         online_labels=online_labels,
+        kl_to_sft=kl_to_sft,
         training=_training_curves(history) if history else None,
         monitors=monitors.summarise(history, eval_cfg.monitor) if history else None,
         alerts=alerts,
@@ -661,6 +676,8 @@ def report_metrics(report: EvalReport) -> dict[str, float]:
                 out[key] = stats.win_rate
     if report.best_of_n is not None:
         out["eval/best_of_n_reward_gain"] = report.best_of_n.mean_best_score - report.best_of_n.mean_candidate_score
+    if report.kl_to_sft is not None:
+        out["eval/kl_to_sft"] = report.kl_to_sft.mean
     if report.judge_audit is not None:
         out["eval/judge_agreement"] = float(report.judge_audit["agreement"])
         out["eval/judge_flip_rate"] = float(report.judge_audit["flip_rate"])

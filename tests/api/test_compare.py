@@ -132,7 +132,9 @@ def test_two_finished_runs_side_by_side(api: TestClient, two_runs: tuple[str, st
         evaluate = column.stages[-1]
         assert evaluate.name == "evaluate" and evaluate.peak_rss_mb is not None and evaluate.peak_rss_mb > 50
         assert all(s.peak_rss_mb is None for s in column.stages[:-1]) and column.peak_rss_mb == evaluate.peak_rss_mb
-    assert comparison.runs[0].kl_to_sft == pytest.approx(0.4) and comparison.runs[1].kl_to_sft is None
+    assert comparison.runs[0].ppo_kl == pytest.approx(0.4) and comparison.runs[1].ppo_kl is None
+    # (the sampled KL needs a distinct aligned policy: here sft and policy are the same tiny model)
+    assert [r.kl_to_sft for r in comparison.runs] == [None, None]
     # the union of both plans, each run's order kept
     assert comparison.stage_names.index("dpo") < comparison.stage_names.index("evaluate")
     assert {"reward_model", "ppo", "dpo"} <= set(comparison.stage_names)
@@ -192,8 +194,10 @@ def test_rlaif_compare_prints_the_table_and_the_json(api_service: Service, two_r
             "evaluate (time, peak",
         ):
             assert any(label in line for line in lines), (label, table.stdout)
-        kl = next(line for line in lines if "KL to SFT" in line)
+        kl = next(line for line in lines if "PPO KL, last update" in line)
         assert "0.400" in kl and kl.rstrip(" │").endswith("-")  # the DPO run has no PPO KL
+        sampled = next(line for line in lines if "KL to SFT (held-out, sampled)" in line)
+        assert "0.400" not in sampled  # PPO's curve value stays out of the sampled row
         as_json = subprocess.run([*argv, "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert as_json.returncode == 0, as_json.stderr
         printed = RunComparison.model_validate_json(as_json.stdout)

@@ -213,6 +213,34 @@ def test_reward_model_audit_labels_and_monitors(evaluated) -> None:
     assert card_headline(report).startswith("## Evaluation")
 
 
+def test_kl_to_sft_is_sampled_on_the_held_out_prompts(evaluated) -> None:
+    report, _ = _report(evaluated[0])
+    kl = report.kl_to_sft  # aligned and SFT are differently perturbed copies of the tiny model
+    assert kl is not None and kl.prompts == sum(report.prompts.values()) and kl.samples_per_prompt == 1
+    assert kl.mean > 0 and kl.se is not None and kl.se > 0
+    assert kl.max_new_tokens == 12 and evaluated[2].metrics["eval/kl_to_sft"] == kl.mean
+
+
+def test_kl_to_sft_is_zero_when_the_policy_is_the_sft_weights(tiny_model: str, tmp_path: Path) -> None:
+    """A policy saved from the SFT weights (another folder, the same numbers): every sampled log-ratio is 0."""
+    from rlaif.modeling import load_causal_lm, load_tokenizer
+
+    copy = tmp_path / "copy"
+    load_causal_lm(tiny_model).save_pretrained(copy)
+    load_tokenizer(tiny_model).save_pretrained(copy)
+    store = ArtifactStore(tmp_path / "artifacts")
+    write_jsonl(store.path("run1", "inputs", "eval_prompts.jsonl"), [PromptItem(id=f"h{i}", prompt=p) for i, p in enumerate(PROMPTS)])  # fmt: skip
+    cfg = RunConfig(policy_model=tiny_model).with_overrides(
+        {"eval": {"refusal_judge": False, "kl_samples": 2, "sampling": {"max_new_tokens": 12}}}
+    )
+    constitution = load_constitution(REPO / "constitutions" / "minimal.yaml")
+    _evaluate(cfg, store, "run1", tiny_model, tiny_model, str(copy), None, constitution, progress=False)
+    report, _ = _report(store)
+    kl = report.kl_to_sft
+    assert kl is not None and (kl.prompts, kl.samples_per_prompt) == (4, 2)
+    assert abs(kl.mean) < 1e-4 and kl.se is not None and kl.se < 1e-4
+
+
 def test_finished_stage_is_not_run_again(evaluated) -> None:
     store, cfg, result, _, constitution, models = evaluated
     path = store.stage_dir("run1", "evaluate", create=False) / "report.json"
