@@ -12,16 +12,19 @@ expectation under the aligned policy is the sequence-level KL). The mean over pr
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
 import torch
 
 from rlaif.evaluation.report import KLEstimate
-from rlaif.generation.common import derive_seed
+from rlaif.generation.common import context_length, derive_seed
 from rlaif.modeling import load_causal_lm, load_tokenizer
 from rlaif.rl.sequences import forward_logits, logprobs_from_logits, sample_responses, truncate_at_stop_token
 from rlaif.training import chat_prompt_ids
+
+log = logging.getLogger(__name__)
 
 TEMPERATURE = 1.0  # the policy's own distribution: the KL is of pi_aligned, not of a sharpened copy of it
 
@@ -41,15 +44,22 @@ def sampled_kl(
     """The k1 estimate of KL(aligned || sft) per held-out prompt, averaged: mean and standard error over prompts.
 
     One prompt at a time, its `samples_per_prompt` rows in one batch (one prompt, no padding), row k seeded by
-    derive_seed(seed, "kl", prompt id, k): a prompt's samples do not depend on the other prompts.
+    derive_seed(seed, "kl", prompt id, k): a prompt's samples do not depend on the other prompts. A prompt whose
+    tokens and `max_new_tokens` exceed the models' context is left out of the estimate (logged), never fatal.
     """
     tokenizer = load_tokenizer(sft)
     policy, reference = load_causal_lm(aligned, dtype=dtype), load_causal_lm(sft, dtype=dtype)
     device = next(policy.parameters()).device
     stop_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    context = min(context_length(policy.config, tokenizer), context_length(reference.config, tokenizer))
     per_prompt: list[float] = []
+    too_long: list[str] = []
     for prompt, prompt_id in zip(prompts, ids, strict=True):
-        query = torch.tensor([chat_prompt_ids(tokenizer, prompt)] * samples_per_prompt, device=device)  # (S, Q)
+        prompt_ids = chat_prompt_ids(tokenizer, prompt)
+        if len(prompt_ids) + max_new_tokens > context:
+            too_long.append(prompt_id)
+            continue
+        query = torch.tensor([prompt_ids] * samples_per_prompt, device=device)  # (S, Q)
         query_mask = torch.ones_like(query)
         generators = [
             torch.Generator(device=device).manual_seed(derive_seed(seed, "kl", prompt_id, k))
@@ -68,6 +78,8 @@ def sampled_kl(
         )
         kl = ((logprobs - ref_logprobs) * response_mask).sum(dim=1)  # (S,) k1 per sequence
         per_prompt.append(float(kl.mean()))
+    if too_long:
+        log.warning("KL to SFT: %d prompt(s) longer than the context left out: %s", len(too_long), ", ".join(too_long))
     n = len(per_prompt)
     mean = sum(per_prompt) / n if n else 0.0
     se = math.sqrt(sum((x - mean) ** 2 for x in per_prompt) / (n - 1) / n) if n > 1 else None
