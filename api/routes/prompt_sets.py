@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 from sqlalchemy import func, select
 
 from api.crud import get_prompt_set, refuse_if_used
@@ -48,14 +48,20 @@ def _unprocessable(detail: str, errors: list[str] | None = None) -> ApiError:
     return ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors or [])
 
 
-def _rows(body: bytes) -> tuple[list[Any], str | None, list[int] | None]:
+def _rows(body: bytes, json_body: bool = False) -> tuple[list[Any], str | None, list[int] | None]:
     """Rows of a JSON document (a list, or {"name", "prompts"}) or of JSONL; the name if the body gave one; the
-    line of each row of JSONL (blank lines are skipped)."""
+    line of each row of JSONL (blank lines are skipped). A body sent as application/json (`json_body`) must be a
+    list or an object, as the declared schema says: a bare JSON string or number there is refused, not read as JSONL."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _unprocessable(f"the upload is not UTF-8 text (byte {exc.start})") from None
     start = len(text) - len(text.lstrip())
+    if json_body and not text.startswith(("[", "{"), start):
+        raise _unprocessable(
+            'an application/json body is a JSON list of prompts or {"name": ..., "prompts": [...]}; '
+            "send JSONL lines as application/x-ndjson"
+        )
     if text.startswith("[", start):
         listed = _json_list(text, start)
         if listed is not None:
@@ -152,13 +158,15 @@ def _too_many(count: int) -> ApiError:
     responses={413: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
 )
 def create_prompt_set(
+    request: Request,
     body: UploadDep,
     session: SessionDep,
     owner: OwnerDep,
     name: ColumnText | None = Query(default=None, max_length=200, description="A label for the set (JSONL uploads)."),
 ) -> PromptSetPublic:
     """Store a validated, de-duplicated prompt set of the caller's."""
-    rows, body_name, lines = _rows(body)
+    json_body = request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+    rows, body_name, lines = _rows(body, json_body)
     if len(rows) > MAX_PROMPTS:
         raise _too_many(len(rows))
     try:

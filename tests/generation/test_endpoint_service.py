@@ -170,8 +170,10 @@ def test_a_run_with_judge_and_feedback_over_vllm_succeeds_and_never_shows_the_ke
         counts = check_run_integrity(service, run_id)
         assert counts["critique"] == 6 and counts["judge"] >= 1
         events, report = _all_events(client, run_id), client.report(run_id)
-        # critique: the feedback model's answers, critiques and revisions; judge and evaluate: the judge's readings
-        _check_usage(run, events, report, {("critique", "feedback"), ("judge", "judge"), ("evaluate", "judge")})
+        # critique: the feedback model's answers, critiques and revisions, and the judge's check of each revision
+        # (critique.judge_filter is on when the judge is not the policy); judge and evaluate: the judge's readings
+        expected = {("critique", "feedback"), ("critique", "judge"), ("judge", "judge"), ("evaluate", "judge")}
+        _check_usage(run, events, report, expected)
         stages = {s["name"]: s for s in run["stages"]}
         judge = stages["judge"]["counts"]
         # One token read per request (max_tokens 1), both orders of each label's principle (1 per label).
@@ -219,7 +221,13 @@ def test_a_judge_endpoint_killed_mid_shard_then_rate_limiting_loses_and_repeats_
     service: Service = make_service("sqlite", endpoints=json.dumps({"fake": cfg}))
     rt = state.Runtime.from_settings(service.settings())
     service.start_worker("w1", env={KEY_ENV: FAKE_KEY})
-    config = {**TINY_RUN, "judge": {**TINY_RUN["judge"], "model": "endpoint:fake"}}
+    # The revision filter is off so that the judge stage's shards are the first to call the endpoint (with it on,
+    # the critique stage would meet the dead server first; that path is the same shard retry).
+    config = {
+        **TINY_RUN,
+        "critique": {**TINY_RUN["critique"], "judge_filter": False},
+        "judge": {**TINY_RUN["judge"], "model": "endpoint:fake"},
+    }
     with TestClient(create_app(service.settings())) as api:
         client = _api_client(api)
         run_id = _submit(client, config, tmp_path)

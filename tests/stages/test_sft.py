@@ -138,7 +138,7 @@ def test_count_critiqued_reads_the_harmful_records(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_name_the_problem(tiny_model: str, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="sft.batch_size per rank 6 / sft.micro_batch_size"):
+    with pytest.raises(ValueError, match="sft.batch_size per rank 6 is not divisible by sft.micro_batch_size"):
         train_sft(
             _examples(4), tiny_model, FAST.model_copy(update={"batch_size": 6, "micro_batch_size": 4}), tmp_path, 0
         )
