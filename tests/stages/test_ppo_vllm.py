@@ -146,7 +146,7 @@ def test_after_an_update_the_engine_samples_the_trainers_policy(
     stop = tokenizer.eos_token_id
 
     data = rollout(policy, reference, value_net, tokenizer, prompts, b_queries, b_query_mask, refusal_scorer(), 0.05,
-                   cfg, torch.Generator().manual_seed(0), sampler)  # fmt: skip
+                   cfg, torch.Generator().manual_seed(0), sampler=sampler)  # fmt: skip
     # The same fp32 weights on both sides: the sampled tokens' log-probs agree as closely as the greedy ones below.
     gap = rollout_metrics(1, data, 0.05, [""] * len(prompts), cfg)["val/sampler_logprob_gap"]
     assert 0 <= gap < LOGPROB_ATOL
