@@ -64,7 +64,12 @@ PPO_VARIANTS = {
     "rlaif-ppo-vllm": {"value_network": "separate", "gradient_checkpointing": False, "rollout_backend": "vllm"},
     "rlaif-ppo-lora-vllm": {"value_network": "shared", "gradient_checkpointing": True, "rollout_backend": "vllm"},
 }
-WORKERS = [*PPO_VARIANTS, "trl-rloo"]
+# Online DPO (OAIF) on the same prompts and episodes per step: prompts_per_step = 8 / 2, each prompt sampled twice
+# and the pair labelled. `rlaif-online-dpo` labels with the same refusal scorer as the PPO rows (P(a better) =
+# sigmoid(score_a - score_b)), so only the training loops differ; `rlaif-online-dpo-judge` labels with the run's
+# in-process judge (the same model as the policy, harmless constitution, both orders), what a run does.
+ONLINE_DPO_VARIANTS = ("rlaif-online-dpo", "rlaif-online-dpo-judge")
+WORKERS = [*PPO_VARIANTS, *ONLINE_DPO_VARIANTS, "trl-rloo"]
 VLLM_PAIRS = {"rlaif-ppo-vllm": "rlaif-ppo", "rlaif-ppo-lora-vllm": "rlaif-ppo-lora"}  # vLLM row -> its peer
 PROMPTS_PER_STEP = 2
 SAMPLES_PER_PROMPT = 4  # 8 completions per step
@@ -178,6 +183,57 @@ class EngineTimes(logging.Handler):
             self.times["sync_s"] = self.times.get("sync_s", 0.0) + float(record.args[0])  # type: ignore[index]
 
 
+def run_rlaif_online_dpo(args: argparse.Namespace, prompts: list[str], out: Path, clock: StepClock) -> dict[str, Any]:
+    import torch
+
+    from rlaif.config import OnlineDPOConfig, RunConfig, SamplingConfig
+    from rlaif.constitution import load_constitution
+    from rlaif.records import Comparison, LabelRecord, PairJudgement, PromptItem
+    from rlaif.scorers import refusal_scorer
+    from rlaif.stages.online_dpo import judge_label_fn, train_online_dpo
+
+    pairs_per_step = PROMPTS_PER_STEP * SAMPLES_PER_PROMPT // 2  # two completions per pair: 8 episodes per step
+    cfg = OnlineDPOConfig(
+        prompts_per_step=pairs_per_step, total_prompts=(args.steps + 1) * pairs_per_step, micro_batch_size=2,
+        sampling=SamplingConfig(temperature=TEMPERATURE, top_p=1.0, max_new_tokens=args.response_length),
+        learning_rate=LEARNING_RATE, checkpoint_every=10**6, warmup_ratio=0.0,
+    )  # fmt: skip
+    score = refusal_scorer()
+
+    def rule_labels(comparisons: list[Comparison]) -> list[LabelRecord]:
+        users = [c.prompt for c in comparisons]
+        margin = score(users, [c.response_a for c in comparisons]) - score(users, [c.response_b for c in comparisons])
+        labels = []
+        for c, p in zip(comparisons, torch.sigmoid(margin).tolist(), strict=True):
+            verdict = PairJudgement(principle_id="refusal-rule", p_a=p, p_a_swapped=p, p_a_mean=p, flip=False)
+            labels.append(LabelRecord(**c.model_dump(), p_a=p, judgements=[verdict]))
+        return labels
+
+    if args.worker == "rlaif-online-dpo-judge":
+        run = RunConfig(policy_model=args.model)
+        label_fn = judge_label_fn(run, load_constitution(REPO / "constitutions" / "harmless.yaml"), out)
+    else:
+        label_fn = rule_labels
+
+    def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
+        clock.tick()
+
+    items = [PromptItem(id=f"p{i}", prompt=p) for i, p in enumerate(prompts)]
+    train_online_dpo(items, args.model, label_fn, cfg, out, seed=0, progress=False, on_step=on_step)
+    return {"mean_completion_tokens": _mean_response_tokens(out, args.model)}
+
+
+def _mean_response_tokens(out: Path, model: str) -> float:
+    """Mean tokens per sampled response (all steps, warm-up included), read from the stage's stored step labels."""
+    from rlaif.evaluation.label_stats import read_step_labels
+    from rlaif.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    labels = read_step_labels(out / "labels")
+    texts = [t for label in labels for t in (label.response_a, label.response_b)]
+    return sum(len(tokenizer(t)["input_ids"]) for t in texts) / max(len(texts), 1)
+
+
 def run_trl_rloo(args: argparse.Namespace, prompts: list[str], out: Path, clock: StepClock) -> dict[str, Any]:
     import torch
     from datasets import Dataset
@@ -232,6 +288,8 @@ def worker(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         if args.worker in PPO_VARIANTS:
             extra = run_rlaif_ppo(args, prompts, Path(tmp), clock)
+        elif args.worker in ONLINE_DPO_VARIANTS:
+            extra = run_rlaif_online_dpo(args, prompts, Path(tmp), clock)
         else:
             extra = run_trl_rloo(args, prompts, Path(tmp), clock)
         total = time.perf_counter() - started
@@ -311,9 +369,19 @@ def run_all(args: argparse.Namespace, response_length: int) -> None:
             ),
             flush=True,
         )
-    for name in PPO_VARIANTS:
+    if "rlaif-ppo" in results:
+        for name in ONLINE_DPO_VARIANTS:
+            if name in results:
+                dpo, ppo = results[name], results["rlaif-ppo"]
+                wall = (dpo["episodes"] / dpo["wall_s"]) / (ppo["episodes"] / ppo["wall_s"])
+                cpu = (dpo["episodes"] / dpo["cpu_s"]) / (ppo["episodes"] / ppo["cpu_s"])
+                print(
+                    f"{name} / rlaif-ppo: {wall:.2f}x episodes/s (wall), {cpu:.2f}x episodes/CPU-s, "
+                    f"{dpo['peak_rss_mib'] / ppo['peak_rss_mib']:.2f}x peak RSS"
+                )
+    for name in [*PPO_VARIANTS, *ONLINE_DPO_VARIANTS]:
         if name in results and "trl-rloo" in results:
-            ppo, rloo = results[name], results["trl-rloo"]
+            ppo, rloo = results[name], results["trl-rloo"]  # (an online DPO row is compared the same way)
             wall = (ppo["episodes"] / ppo["wall_s"]) / (rloo["episodes"] / rloo["wall_s"])
             cpu = (ppo["episodes"] / ppo["cpu_s"]) / (rloo["episodes"] / rloo["cpu_s"])
             print(
