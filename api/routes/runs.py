@@ -336,6 +336,7 @@ def _evaluation_problem(session: Session, store: ArtifactStore, run: RunRow) -> 
         200: {"model": HeadToHeadState, "description": "Already judged for these two evaluations: the result."},
         **_NOT_FOUND,
         409: {"model": ErrorPublic, "description": "A run's evaluation has not succeeded."},
+        503: {"model": ErrorPublic, "description": "The broker did not answer: nothing was queued; POST again."},
     },
 )
 def create_head_to_head(
