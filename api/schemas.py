@@ -276,6 +276,19 @@ class RunsPublic(BaseModel):
     count: int
 
 
+class HeadToHeadCreate(BaseModel):
+    """POST /v1/runs/compare/head-to-head: judge run A's evaluated answers against run B's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_ids: list[ColumnText] = Field(
+        min_length=2,
+        max_length=2,
+        description="[A, B], two of the caller's runs with succeeded evaluations; the win rates are A's over B, "
+        "judged by A's evaluation judge. [A, A] is allowed (a check of the judge: exactly 0.5).",
+    )
+
+
 class EventPublic(_Public):
     id: int
     stage: str | None

@@ -116,6 +116,16 @@ class Client:
         """Runs side by side (rlaif.evaluation.run_compare.RunComparison as JSON); 2 to 8 of the key's runs."""
         return self.json("GET", "/v1/runs/compare", params={"ids": ",".join(run_ids)})
 
+    def queue_head_to_head(self, run_a: str, run_b: str) -> dict[str, Any]:
+        """Queue run A against run B head to head (rlaif.evaluation.head_to_head.HeadToHeadState as JSON): 202
+        pending or running, 200 when already done for these evaluations; 409 while a run's evaluation has not
+        succeeded."""
+        return self.json("POST", "/v1/runs/compare/head-to-head", json={"run_ids": [run_a, run_b]})
+
+    def head_to_head(self, run_a: str, run_b: str) -> dict[str, Any]:
+        """The state of run A against run B head to head: pending | running | done (with the result) | failed."""
+        return self.json("GET", "/v1/runs/compare/head-to-head", params={"ids": f"{run_a},{run_b}"})
+
     def report_html(self, run_id: str) -> str:
         """The evaluation report as one self-contained HTML page."""
         return self.request("GET", f"/v1/runs/{run_id}/report.html").text

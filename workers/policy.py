@@ -133,8 +133,11 @@ def reason_of(exc: BaseException) -> str:
     return text if isinstance(exc, DATA_ERRORS) else f"{type(exc).__name__}: {text}"
 
 
-def stage_task(name: str) -> Callable[[Callable[..., None]], Task]:
-    """Register `fn(task, run_id, *ids)` as Celery task `name` on the queue its prefix names, with the policy above."""
+def stage_task(
+    name: str, record: Callable[[str, tuple[Any, ...], str], None] | None = None
+) -> Callable[[Callable[..., None]], Task]:
+    """Register `fn(task, run_id, *ids)` as Celery task `name` on the queue its prefix names, with the policy above.
+    `record(run_id, ids, reason)` records a failure (default: the stage `ids[0]` and its run are marked failed)."""
     queue = Queue(name.split(".", 1)[0])
     soft, hard = TIME_LIMITS[queue]
 
@@ -161,7 +164,10 @@ def stage_task(name: str) -> Callable[[Callable[..., None]], Task]:
                 else:
                     log.exception("%s %s %s failed", name, run_id, ids)
                     reason = failure_reason(exc, run_id)
-                record_failure(run_id, stage, reason)
+                if record is None:
+                    record_failure(run_id, stage, reason)
+                else:
+                    record(run_id, ids, reason)
 
         return task
 

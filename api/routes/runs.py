@@ -1,5 +1,5 @@
 """/v1/runs: start a run (config validated here, at the edge), list, status, events, metrics, cancel, checkpoints,
-and compare runs side by side."""
+and compare runs side by side (and two of them head to head, judged by a worker)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -35,6 +35,7 @@ from api.schemas import (
     ErrorPublic,
     EventPublic,
     EventsPublic,
+    HeadToHeadCreate,
     MetricsPublic,
     RunCreate,
     RunDeleted,
@@ -45,12 +46,13 @@ from api.schemas import (
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.endpoints import endpoint_name
-from rlaif.evaluation.report import REPORT_FILE, EvalReport, load_report
+from rlaif.evaluation.head_to_head import HeadToHead, HeadToHeadState
+from rlaif.evaluation.report import ANSWERS_FILE, REPORT_FILE, EvalReport, load_report
 from rlaif.evaluation.run_compare import MAX_COMPARED_RUNS, RunComparison, RunFacts, StageFacts, compare_runs
 from rlaif.modeling import HUB_ID, REGISTRY
 from rlaif.pipeline import EVALUATE_STAGE
 from rlaif.preference_sets import pin_preference_set
-from rlaif.service import state
+from rlaif.service import head_to_head, state
 from rlaif.service.db import CheckpointRow, EventRow, RunRow, StageRunRow
 from rlaif.store import ArtifactStore, StoreError
 from workers.app import send_all
@@ -294,7 +296,102 @@ def compare_runs_route(
             [f"ids: {i} is given {wanted.count(i)} times; give each run once" for i in repeated],
         )
     found = [get_run(session, owner, run_id) for run_id in wanted]  # every id is checked before any report is read
-    return compare_runs([_run_facts(session, store, run) for run in found])
+    return compare_runs([_run_facts(session, store, run) for run in found], _head_to_heads(store, wanted))
+
+
+def _head_to_heads(store: ArtifactStore, ids: list[str]) -> list[HeadToHead]:
+    """The finished head-to-heads of the current evaluations among these runs, either way round, in id order."""
+    results = []
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            for first, second in ((a, b), (b, a)):
+                found = head_to_head.current(store, first, second)
+                if found is not None and found.result is not None:
+                    results.append(found.result)
+    return results
+
+
+def _evaluation_problem(session: Session, store: ArtifactStore, run: RunRow) -> str | None:
+    """Why the run cannot be compared head to head (None when its evaluation succeeded and its answers are there)."""
+    row = session.scalars(
+        select(StageRunRow).where(StageRunRow.run_id == run.id, StageRunRow.name == EVALUATE_STAGE)
+    ).one_or_none()
+    if row is None:
+        return f"run {run.id} has no evaluate stage"
+    if row.status != "succeeded":
+        return f"run {run.id}: its evaluation has not succeeded (evaluate stage {row.status})"
+    try:
+        load_report(store, run.id, EVALUATE_STAGE)
+    except StoreError:
+        return f"run {run.id}: its evaluation report cannot be read"
+    if not (store.stage_dir(run.id, EVALUATE_STAGE, create=False) / ANSWERS_FILE).is_file():
+        return f"run {run.id}: its evaluation kept no answers ({ANSWERS_FILE})"
+    return None
+
+
+@router.post(
+    "/compare/head-to-head",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        200: {"model": HeadToHeadState, "description": "Already judged for these two evaluations: the result."},
+        **_NOT_FOUND,
+        409: {"model": ErrorPublic, "description": "A run's evaluation has not succeeded."},
+        503: {"model": ErrorPublic, "description": "The broker did not answer: nothing was queued; POST again."},
+    },
+)
+def create_head_to_head(
+    body: HeadToHeadCreate,
+    response: Response,
+    session: ReadSessionDep,
+    owner: OwnerDep,
+    store: StoreDep,
+    celery: CeleryDep,
+) -> HeadToHeadState:
+    """Queue the judging of run A's evaluated answers against run B's on the prompts both evaluations answered
+    (same id and text), harmlessness and helpfulness, by A's evaluation judge, on a `judge` worker. 202 with the
+    state (pending, or running when a request before this one queued it); 200 with the result when it is already
+    done for these evaluations (it is never judged twice). 404 for a run unknown or another key's; 409 when a run's
+    evaluation has not succeeded."""
+    a, b = body.run_ids
+    runs = [get_run(session, owner, run_id) for run_id in dict.fromkeys((a, b))]
+    problems = [p for run in runs if (p := _evaluation_problem(session, store, run)) is not None]
+    if problems:
+        raise ApiError(status.HTTP_409_CONFLICT, "cannot compare these runs head to head", problems)
+    found, send = head_to_head.queue(store, a, b)
+    if send:
+        try:
+            send_all(celery, [state.Dispatch(head_to_head.TASK, (a, b))])
+        except Exception as exc:  # (the broker does not answer: a failed state lets the next POST queue it again)
+            reason = f"not queued: the broker did not answer ({type(exc).__name__}); POST again"
+            head_to_head.fail(store, a, b, reason)
+            raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, reason) from None
+    if found.status == "done":
+        response.status_code = status.HTTP_200_OK
+    return found
+
+
+@router.get("/compare/head-to-head", responses={**_NOT_FOUND, 422: {"model": ErrorPublic}})
+def read_head_to_head(
+    session: ReadSessionDep,
+    owner: OwnerDep,
+    store: StoreDep,
+    ids: ColumnText = Query(..., max_length=512, description="Run A and run B, comma-separated: ?ids=run-a,run-b"),
+) -> HeadToHeadState:
+    """The head-to-head of A against B: pending | running | done (with the result) | failed (with the reason).
+    404 for a run unknown or another key's, or when none was requested for these evaluations (POST first)."""
+    wanted = [part.strip() for part in ids.split(",") if part.strip()]
+    if len(wanted) != 2:
+        raise _unprocessable("cannot read this head to head", [f"ids: give 2 run ids (A,B), got {len(wanted)}"])
+    a, b = wanted
+    for run_id in dict.fromkeys(wanted):
+        get_run(session, owner, run_id)
+    found = head_to_head.current(store, a, b)
+    if found is None:
+        raise ApiError(
+            status.HTTP_404_NOT_FOUND,
+            f"no head to head of {a} against {b} for their present evaluations: POST /v1/runs/compare/head-to-head",
+        )
+    return found
 
 
 @router.get("/{run_id}", responses=_NOT_FOUND)

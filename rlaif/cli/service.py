@@ -7,6 +7,7 @@
     rlaif pull RUN_ID --stage policy
     rlaif delete RUN_ID                           # a stopped run and all its artifacts
     rlaif compare RUN_A RUN_B [--json]            # runs side by side: win rates, refusals, KL, stage times
+    rlaif compare RUN_A RUN_B --head-to-head      # ... and A's answers judged against B's (on a judge worker)
     rlaif demo                                    # all of it, start to finish, on the embedded model
 
 The client commands use RLAIF_API_URL and RLAIF_API_KEY.
@@ -37,6 +38,7 @@ from rlaif.config import RunConfig, deep_merge, parse_dotted_overrides, upgrade_
 from rlaif.settings import settings
 
 if TYPE_CHECKING:
+    from rlaif.evaluation.head_to_head import HeadToHeadState
     from rlaif.evaluation.report import EvalReport, KLEstimate
     from rlaif.evaluation.run_compare import RunColumn, RunComparison
     from rlaif.evaluation.stats import Rate, WinRate
@@ -450,20 +452,61 @@ def comparison_table(comparison: RunComparison) -> Table:
         "all stages",
         lambda r: _number_cell(r.seconds, " s") + (f", peak {r.peak_rss_mb:.0f} MiB" if r.peak_rss_mb else ""),
     )
+    if comparison.head_to_head:
+        table.add_section()
+    for match in comparison.head_to_head:
+        for entry in match.axes:
+            # A's win rate over B in A's column; B's column stays empty (it is 1 - A's, ties counting half).
+            label = f"{match.run_a} vs {match.run_b} (head to head), {AXIS_NAMES[entry.axis]}"
+            row(label, lambda r, m=match, s=entry.stats: _win_cell(s) if r.id == m.run_a else "")
     return table
+
+
+AXIS_NAMES = {"harmless": "harmlessness", "helpful": "helpfulness"}
+
+
+def wait_head_to_head(client: Client, run_a: str, run_b: str, poll: float = 1.0) -> HeadToHeadState:
+    """POST the head-to-head, then poll it until it is done or failed, with a progress line on stderr."""
+    from rlaif.evaluation.head_to_head import HeadToHeadState
+
+    found = HeadToHeadState.model_validate(client.queue_head_to_head(run_a, run_b))
+    start, shown = time.monotonic(), None
+    while True:
+        # One line per change of state (and every PLAIN_PROGRESS_EVERY_S), readable in a terminal and in a log.
+        elapsed = time.monotonic() - start
+        if shown is None or found.status != shown[0] or elapsed - shown[1] >= PLAIN_PROGRESS_EVERY_S:
+            err.print(f"head to head {run_a} vs {run_b}: {found.status} ({elapsed:.0f} s)", highlight=False)
+            shown = (found.status, elapsed)
+        if found.status not in ("pending", "running"):
+            return found
+        time.sleep(poll)
+        found = HeadToHeadState.model_validate(client.head_to_head(run_a, run_b))
 
 
 @app.command("compare")
 def compare_command(
     run_ids: list[str] = typer.Argument(..., help="2 to 8 run ids of this key's runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON (GET /v1/runs/compare)."),
+    head_to_head: bool = typer.Option(
+        False,
+        "--head-to-head",
+        help="Also judge RUN_A's evaluated answers against RUN_B's (two runs; POST /v1/runs/compare/head-to-head, on "
+        "a judge worker), wait for it, and add its win rates: one row per axis.",
+    ),
 ) -> None:
     """Runs side by side: policy optimisation, win rates vs base and refusal / over-refusal with 95 % intervals,
-    answer length, KL to the SFT model, wall time and peak memory per stage."""
+    answer length, KL to the SFT model, wall time and peak memory per stage; with --head-to-head, the two runs'
+    win rates against each other."""
     from rlaif.evaluation.run_compare import RunComparison
 
     client = _client()
     try:
+        if head_to_head:
+            if len(run_ids) != 2:
+                raise _fail(ValueError(f"--head-to-head compares 2 runs (A against B), got {len(run_ids)}"))
+            judged = wait_head_to_head(client, run_ids[0], run_ids[1])
+            if judged.status == "failed":
+                raise _fail(ValueError(f"the head to head failed: {judged.error}"))
         comparison = RunComparison.model_validate(client.compare(run_ids))
     except ApiError as exc:
         raise _fail(exc) from None
@@ -473,6 +516,12 @@ def compare_command(
     console.print(comparison_table(comparison), highlight=False)
     if not any(r.peak_rss_mb is not None for r in comparison.runs):
         console.print("(no stage recorded its peak memory)", highlight=False)
+    for match in comparison.head_to_head:
+        console.print(
+            f"{match.run_a} vs {match.run_b}: {match.prompts} shared prompts, judged by {match.judge_model}"
+            + (f" ({match.note})" if match.note else ""),
+            highlight=False,
+        )
 
 
 def _size(n_bytes: float) -> str:

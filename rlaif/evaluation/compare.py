@@ -5,6 +5,7 @@ from the weights. A comparison "model vs baseline" on an axis (harmless or helpf
 answers with `rlaif.judging.judge.judge_comparisons`: `eval.principles_per_pair` principles of the axis (drawn per
 pair from a seed and the pair id), each read in both orders, averaged into P(model's answer is better). Identical
 answers are a tie (P = 1/2) without asking the judge: the judge would only measure its own rounding.
+`judge_head_to_head` judges two runs' answers against each other the same way (rlaif/evaluation/head_to_head.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import TYPE_CHECKING
 from rlaif.config import RunConfig
 from rlaif.constitution import Constitution
 from rlaif.evaluation.datasets import EvalPrompt
+from rlaif.evaluation.head_to_head import AXES, HeadToHeadAxis, PairedAnswers
+from rlaif.evaluation.head_to_head import ROLES as HEAD_TO_HEAD_ROLES
+from rlaif.evaluation.stats import win_rate
 from rlaif.generation import Completion, make_generator
 from rlaif.generation.common import derive_seed
 from rlaif.judging.judge import judge_comparisons
@@ -127,3 +131,47 @@ def judge_axis(
                 truncated=label.truncated,
             )
     return [outcomes[p.id] for p in prompts]
+
+
+def judge_head_to_head(
+    pairs: PairedAnswers,
+    judge_model: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase | None,
+    constitution: Constitution,
+    cfg: RunConfig,
+    *,
+    generator: Generator | None = None,
+    progress: bool = True,
+) -> list[HeadToHeadAxis]:
+    """A's win rate over B per axis (the prompts of the axis's kinds), judged as the evaluation judges its
+    win rates (`judge_axis`) and summed up as its report does (eval.tie_margin, eval.bootstrap_resamples, the
+    run's seed). `judge_model` may be None only when every pair is identical (nothing to ask the judge)."""
+    if not pairs.prompts:
+        raise ValueError("the two runs' evaluations share no prompt (same id and text): nothing to compare")
+    axes = []
+    for axis in AXES:
+        chosen = [i for i, p in enumerate(pairs.prompts) if axis in p.axes]
+        if not chosen:
+            continue
+        outcomes = judge_axis(
+            [pairs.prompts[i] for i in chosen],
+            [pairs.answers_a[i] for i in chosen],
+            [pairs.answers_b[i] for i in chosen],
+            HEAD_TO_HEAD_ROLES,
+            axis,
+            judge_model,  # type: ignore[arg-type]
+            tokenizer,  # type: ignore[arg-type]
+            constitution,
+            cfg,
+            generator=generator,
+            progress=progress,
+        )
+        stats = win_rate(
+            [o.p for o in outcomes],
+            tie_margin=cfg.eval.tie_margin,
+            flips=[f for o in outcomes for f in o.flips],
+            resamples=cfg.eval.bootstrap_resamples,
+            seed=cfg.seed,
+        )
+        axes.append(HeadToHeadAxis(axis=axis, stats=stats))
+    return axes

@@ -277,6 +277,15 @@ def _best_of_n_rows(report: EvalReport) -> list[tuple[str, str]]:
     return rows
 
 
+KL_LABEL = "KL to SFT (held-out, sampled)"
+
+
+def fmt_kl(kl: KLEstimate) -> str:
+    """'0.123 ± 0.045 nats (n=8)': mean ± standard error over the held-out prompts (no ± with one prompt)."""
+    se = f" ± {kl.se:.3f}" if kl.se is not None else ""
+    return f"{kl.mean:.3f}{se} nats (n={kl.prompts})"
+
+
 def headline(report: EvalReport) -> str:
     """The few lines a command prints at the end: win rates with 95 % intervals, refusal rates, audits, alerts."""
     top = report.top_model
@@ -300,6 +309,8 @@ def headline(report: EvalReport) -> str:
         lines.append(
             f"  {word} (patterns / judge): {', '.join(parts) if parts else 'n/a (add eval.extra_sets xstest or advbench)'}"
         )
+    if report.kl_to_sft is not None:
+        lines.append(f"  {KL_LABEL}: {fmt_kl(report.kl_to_sft)}")
     if report.judge_audit is not None:
         audit = report.judge_audit
         lines.append(
@@ -366,6 +377,8 @@ def card_headline(report: EvalReport) -> str:
         for role in ROLE_ORDER:
             if role in report.models and report.refusal(group, role) is not None:
                 rows.append(f"| {word} ({role}) | {_fmt_rate(report.refusal(group, role))} |")
+    if report.kl_to_sft is not None:
+        rows.append(f"| {KL_LABEL} | {fmt_kl(report.kl_to_sft)} |")
     if report.judge_audit is not None:
         audit = report.judge_audit
         rows.append(f"| Judge agreement with human labels | {audit['agreement']:.2f} (n={audit['pairs']}) |")

@@ -9,7 +9,9 @@ for every method) and apart from it PPO's own KL at its last update (the trainin
 and per stage the wall time and, where the stage recorded it, its peak RSS (`peak_rss_mb` in the result's
 `extra` or `metrics`; rlaif/peak_memory.py).
 
-`GET /v1/runs/compare?ids=a,b` returns `RunComparison`; `rlaif compare A B` prints it as a table.
+`GET /v1/runs/compare?ids=a,b` returns `RunComparison`; `rlaif compare A B` prints it as a table. Its
+`head_to_head` rows are the runs judged against each other (rlaif/evaluation/head_to_head.py), when a worker has
+judged them (POST /v1/runs/compare/head-to-head, `rlaif compare A B --head-to-head`).
 
     from rlaif.evaluation.run_compare import RunFacts, compare_runs
     compare_runs([RunFacts(id="run-a", status="succeeded", report=report_a, stages=[...]), ...])
@@ -23,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from rlaif.evaluation.head_to_head import HeadToHead
 from rlaif.evaluation.report import HARMFUL, SAFE_LOOKALIKE, EvalReport, KLEstimate, Role
 from rlaif.evaluation.stats import Rate, WinRate
 from rlaif.peak_memory import PEAK_RSS_KEY
@@ -107,6 +110,10 @@ class RunComparison(BaseModel):
 
     runs: list[RunColumn]
     stage_names: list[str] = Field(description="Every stage name of the runs, in plan order (table rows).")
+    head_to_head: list[HeadToHead] = Field(
+        default_factory=list,
+        description="The finished head-to-heads among these runs (A's win rates over B per axis), when judged.",
+    )
 
 
 def _seconds(stage: StageFacts) -> float | None:
@@ -172,8 +179,9 @@ def _column(run: RunFacts) -> RunColumn:
     )
 
 
-def compare_runs(runs: Sequence[RunFacts]) -> RunComparison:
-    """The comparison of 2 to MAX_COMPARED_RUNS runs, columns in the order given; ValueError otherwise."""
+def compare_runs(runs: Sequence[RunFacts], head_to_head: Sequence[HeadToHead] = ()) -> RunComparison:
+    """The comparison of 2 to MAX_COMPARED_RUNS runs, columns in the order given, with the head-to-heads judged
+    among them; ValueError otherwise."""
     if not 2 <= len(runs) <= MAX_COMPARED_RUNS:
         raise ValueError(f"compare 2 to {MAX_COMPARED_RUNS} runs, got {len(runs)}")
     ids = [r.id for r in runs]
@@ -181,7 +189,9 @@ def compare_runs(runs: Sequence[RunFacts]) -> RunComparison:
     if repeated:
         raise ValueError(f"each run once: {', '.join(repeated)} given more than once")
     return RunComparison(
-        runs=[_column(r) for r in runs], stage_names=merge_orders([[s.name for s in r.stages] for r in runs])
+        runs=[_column(r) for r in runs],
+        stage_names=merge_orders([[s.name for s in r.stages] for r in runs]),
+        head_to_head=list(head_to_head),
     )
 
 

@@ -34,10 +34,14 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from rlaif.config import EvalConfig, RunConfig
 from rlaif.constitution import Constitution
+from rlaif.endpoints import is_endpoint
+from rlaif.evaluation.head_to_head import HeadToHead, HeadToHeadState, needs_judge, pair_answers
+from rlaif.evaluation.report import ANSWERS_FILE, EvalReport, Sample, load_report
 from rlaif.peak_memory import records_peak_rss
-from rlaif.pipeline import TRAINING, StageSpec, spec_of, upstream
-from rlaif.service import claims, ranks
+from rlaif.pipeline import EVALUATE_STAGE, TRAINING, StageSpec, spec_of, upstream
+from rlaif.service import claims, head_to_head, ranks
 from rlaif.service.claims import Heartbeat, Unit
 from rlaif.service.db import (
     COMPLETING,
@@ -72,7 +76,7 @@ from rlaif.service.state import (
 )
 from rlaif.stages import CONSTITUTION_FILE, INPUTS, METRICS_FILE, MODEL_DIR, StageResult
 from rlaif.stages.contract import ShardedStage, StageContext, StageHooks, StageStopped
-from rlaif.store import StoreError, read_manifest
+from rlaif.store import ArtifactStore, StoreError, read_jsonl, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -369,3 +373,84 @@ def _heartbeat(rt: Runtime, unit: Unit, row_id: int, owner: str, on_tick: Any = 
     heartbeat = Heartbeat(lambda: claims.renew(rt.sessions, unit, row_id, owner), rt.heartbeat_s, on_tick)
     with heartbeat:
         yield StageHooks(should_stop=lambda: heartbeat.stop_reason)
+
+
+# ---------------------------------------------------------------- head to head
+
+
+def _eval_answers(store: ArtifactStore, run_id: str) -> list[Sample]:
+    path = store.stage_dir(run_id, EVALUATE_STAGE, create=False) / ANSWERS_FILE
+    if not path.is_file():
+        raise StoreError(f"run {run_id}: its evaluation wrote no {ANSWERS_FILE}")
+    return read_jsonl(path, Sample)
+
+
+def _head_to_head_config(cfg: RunConfig, report: EvalReport) -> RunConfig:
+    """Run A's config with the evaluation settings its report was judged with (the same principles per pair,
+    tie margin and resamples as its own win rates)."""
+    try:
+        return cfg.model_copy(update={"eval": EvalConfig.model_validate(report.config)})
+    except ValueError:  # (a report of an older rlaif: the run's stored eval section is the next best)
+        return cfg
+
+
+def run_head_to_head(rt: Runtime, a: str, b: str, progress: bool = False) -> HeadToHeadState:
+    """Judge run A's evaluated answers against run B's and write the result (rlaif/service/head_to_head.py);
+    a result already done for these two evaluations is returned as it is (a redelivered message)."""
+    # Imported here, as the stage modules are (stage_module): torch loads when a task judges, not when a worker starts.
+    from rlaif.evaluation.compare import judge_head_to_head
+    from rlaif.judging.endpoint import EndpointScorer
+    from rlaif.modeling import load_causal_lm, load_tokenizer
+    from rlaif.stages.judge import judge_generator
+
+    store = rt.store
+    for run_id in (a, b):
+        run_config(rt, run_id)  # re-fetched: both runs must still exist (ValueError otherwise)
+    found = head_to_head.current(store, a, b)
+    if found is not None and found.status == "done":
+        log.info("head to head %s vs %s is already judged; not judging again", a, b)
+        return found
+    report_a, report_b = load_report(store, a, EVALUATE_STAGE), load_report(store, b, EVALUATE_STAGE)
+    state = HeadToHeadState(
+        run_ids=(a, b),
+        status="running",
+        reports={a: report_a.created_at, b: report_b.created_at},
+        queued_at=found.queued_at if found is not None else None,
+        started_at=head_to_head.now(),
+    )
+    head_to_head.write_state(store, state)
+    cfg = _head_to_head_config(run_config(rt, a), report_a)
+    constitution_path = store.stage_dir(a, INPUTS, create=False) / CONSTITUTION_FILE
+    constitution = Constitution.model_validate_json(constitution_path.read_text(encoding="utf-8"))
+    role_a, role_b = report_a.top_model, report_b.top_model
+    pairs = pair_answers(_eval_answers(store, a), _eval_answers(store, b), role_a, role_b)
+    judge_name = report_a.judge_model
+    judge, tokenizer, generator = None, None, None
+    if needs_judge(pairs):
+        log.info("head to head %s vs %s: %d shared prompts, judge %s", a, b, len(pairs.prompts), judge_name)
+        if is_endpoint(judge_name):  # (its requests are cached and counted next to the result)
+            judge = EndpointScorer(judge_name, stage_dir=store.stage_dir(a, head_to_head.FOLDER))
+            tokenizer = judge.tokenizer
+        else:
+            judge, tokenizer = load_causal_lm(judge_name, dtype=cfg.judge.dtype), load_tokenizer(judge_name)
+        if cfg.judge.chain_of_thought:
+            generator = judge_generator(judge, tokenizer, judge_name, cfg.generation.batch_size)
+    axes = judge_head_to_head(pairs, judge, tokenizer, constitution, cfg, generator=generator, progress=progress)  # type: ignore[arg-type]
+    differ = report_b.judge_model != judge_name
+    result = HeadToHead(
+        run_a=a,
+        run_b=b,
+        role_a=role_a,
+        role_b=role_b,
+        judge_model=judge_name,
+        judge_model_b=report_b.judge_model,
+        note=f"the runs' judges differ: judged by run {a}'s ({judge_name}), not run {b}'s ({report_b.judge_model})"
+        if differ
+        else None,
+        prompts=len(pairs.prompts),
+        mismatched=pairs.mismatched,
+        axes=axes,
+    )
+    state = state.model_copy(update={"status": "done", "finished_at": head_to_head.now(), "result": result})
+    head_to_head.write_state(store, state)
+    return state

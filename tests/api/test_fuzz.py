@@ -168,10 +168,16 @@ def _config(ids: dict[str, list[str]]) -> SchemathesisConfig:
                     "include-path-regex": CREATES,
                     "checks": {"positive_data_acceptance": {"enabled": False}},
                 },
-                {  # GET /v1/runs/compare: ids that fit the schema (a string) may split into fewer than 2 runs or
-                    # name one twice (422 with the reason)
+                {  # GET /v1/runs/compare (and its head-to-head): ids that fit the schema (a string) may split into
+                    # fewer than 2 runs or name one twice (422 with the reason)
                     "include-method": "GET",
-                    "include-path-regex": "^/v1/runs/compare$",
+                    "include-path-regex": "^/v1/runs/compare(/head-to-head)?$",
+                    "checks": {"positive_data_acceptance": {"enabled": False}},
+                },
+                {  # POST /v1/runs/compare/head-to-head: a real run id fits the schema, and its evaluation has not
+                    # run (409 with the reason)
+                    "include-method": "POST",
+                    "include-path-regex": "^/v1/runs/compare/head-to-head$",
                     "checks": {"positive_data_acceptance": {"enabled": False}},
                 },
                 {  # PATCH /v1/constitutions/{id}: changes that fit the schema may name no principle, or make the

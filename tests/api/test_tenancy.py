@@ -53,7 +53,9 @@ CREATES = {
 # A body that is valid, so that what answers is the route (a request without one is a 422 before it runs).
 BODIES = {("PATCH", "/v1/constitutions/{constitution_id}"): {"changes": [{"op": "remove", "id": "helpful"}]}}
 OWN_FIGURES = {("GET", "/v1/usage")}  # 200 with the caller's own figures, counting nothing of another key's
-OWNED_IN_QUERY = {("GET", "/v1/runs/compare")}  # another owner's run id in ?ids=: 404, as for one that does not exist
+# another owner's run id in ?ids=: 404, as for one that does not exist
+OWNED_IN_QUERY = {("GET", "/v1/runs/compare"), ("GET", "/v1/runs/compare/head-to-head")}
+OWNED_IN_BODY = {("POST", "/v1/runs/compare/head-to-head")}  # the same, for run ids in the body's run_ids
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def _ids_in(body: Any) -> set[str]:
 
 def test_every_route_is_classified(api: TestClient) -> None:
     routes = {(m.upper(), p) for p, item in api.app.openapi()["paths"].items() if p.startswith("/v1/") for m in item}  # type: ignore[attr-defined]
-    assert routes == OWNED | LISTS | CREATES | OWN_FIGURES | OWNED_IN_QUERY
+    assert routes == OWNED | LISTS | CREATES | OWN_FIGURES | OWNED_IN_QUERY | OWNED_IN_BODY
 
 
 def test_a_second_key_sees_nothing_of_the_first(api: TestClient, alices: dict[str, str]) -> None:
@@ -126,6 +128,11 @@ def test_a_second_key_sees_nothing_of_the_first(api: TestClient, alices: dict[st
             api.request(method, path, params={"ids": f"{unknown},run-1111111111111111"}, headers=auth("bob"))
         )
         assert other[:2] == (404, f"run {unknown!r} not found")
+    for method, path in sorted(OWNED_IN_BODY):
+        unknown = "run-0000000000000000"
+        for ids, missing in (([alices["run_id"], unknown], alices["run_id"]), ([unknown, alices["run_id"]], unknown)):
+            status, detail, _ = error_of(api.request(method, path, json={"run_ids": ids}, headers=auth("bob")))
+            assert (status, detail) == (404, f"run {missing!r} not found"), (ids, status, detail)
     # Alice's run is queued, and counts among bob's runs queued or running no more than it lists among his runs.
     assert api.get(f"/v1/runs/{alices['run_id']}", headers=auth()).json()["status"] == "queued"
     bobs_runs = api.get("/v1/runs", params={"limit": 500}, headers=auth("bob")).json()["data"]

@@ -11,6 +11,7 @@ from rlaif.evaluation.label_stats import LabelSummary, PrincipleStats
 from rlaif.evaluation.monitors import Alert, Boilerplate, MonitorSummary
 from rlaif.evaluation.report import (
     EvalReport,
+    KLEstimate,
     ModelSummary,
     RefusalEntry,
     Sample,
@@ -112,6 +113,22 @@ def test_html_is_self_contained_and_escapes_model_text() -> None:
     assert "no data" not in html  # every plot of this report has data
     # the plane shows base at (1/2, 1/2) and the aligned point at (helpful 0.375, harmless 0.75)
     assert html.count("<circle") >= 3
+
+
+def test_the_sampled_kl_to_sft_is_in_the_summary_and_the_card() -> None:
+    kl = KLEstimate(mean=0.25, se=0.0125, prompts=6, samples_per_prompt=1, max_new_tokens=12)
+    report = make_report().model_copy(update={"kl_to_sft": kl})
+    line = "KL to SFT (held-out, sampled): 0.250 ± 0.013 nats (n=6)"  # (se 0.0125 shown to 3 places)
+    assert f"  {line}" in headline(report).splitlines()
+    html = render_html(report)
+    summary = html.split('<pre class="headline">', 1)[1].split("</pre>", 1)[0]
+    assert line in summary
+    assert "| KL to SFT (held-out, sampled) | 0.250 ± 0.013 nats (n=6) |" in card_headline(report)
+    # one prompt has no standard error: the mean alone
+    single = report.model_copy(update={"kl_to_sft": kl.model_copy(update={"se": None, "prompts": 1})})
+    assert "KL to SFT (held-out, sampled): 0.250 nats (n=1)" in headline(single)
+    # a report without it (the policy is the SFT model, or eval.kl_samples 0) says nothing of a KL
+    assert "KL to SFT" not in headline(make_report()) and "KL to SFT" not in card_headline(make_report())
 
 
 def test_judge_and_online_dpo_labels_get_a_table_each() -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 
 from rlaif.checkpoints import CARD_FILE, META_FILE, model_card
 from rlaif.config import RunConfig
-from rlaif.evaluation.report import EvalReport, WinRateEntry
+from rlaif.evaluation.report import EvalReport, KLEstimate, WinRateEntry
 from rlaif.evaluation.stats import win_rate
 from rlaif.pipeline import plan
 from rlaif.service import execute, state
@@ -113,3 +113,14 @@ def test_the_policy_card_gets_the_evaluation_and_its_manifest_still_verifies(tmp
     # A redelivered evaluate task rewrites the same bytes.
     add_evaluation_to_checkpoint(folder, report, metrics, "evaluate")
     assert read_manifest(folder) == manifest and (folder / CARD_FILE).read_text() == card
+    assert "KL to SFT" not in card  # (this report measured none)
+
+
+def test_the_policy_card_shows_the_sampled_kl_to_sft(tmp_path: Path) -> None:
+    folder = tmp_path / "ppo" / "model"
+    _checkpoint(folder)
+    kl = KLEstimate(mean=0.1234, se=0.0456, prompts=8, samples_per_prompt=2, max_new_tokens=16)
+    add_evaluation_to_checkpoint(folder, _report().model_copy(update={"kl_to_sft": kl}), {}, "evaluate")
+    verify_manifest(folder)
+    card = (folder / CARD_FILE).read_text()
+    assert "| KL to SFT (held-out, sampled) | 0.123 ± 0.046 nats (n=8) |" in card.split("## Evaluation", 1)[1]
