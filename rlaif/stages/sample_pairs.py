@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from rlaif.config import PairsConfig
+from rlaif.costs import pairs_cost
 from rlaif.generation import Generator, cached_generator
 from rlaif.generation.backend_choice import BackendChoice, generation_backend
 from rlaif.generation.common import derive_seed
@@ -152,9 +153,10 @@ def finished(ctx: StageContext) -> StageResult:
 
 def backend_choice(ctx: StageContext) -> BackendChoice:
     """The engine of this stage by the rule of rlaif/generation/backend_choice.py, for the whole stage's estimated
-    tokens (every prompt x K responses x max_new_tokens), whichever shard asks: the same on every worker."""
+    tokens (the run budget's: every prompt x K responses x max_new_tokens), whichever shard asks: the same on every
+    worker."""
     cfg = ctx.cfg
-    tokens = len(read_items(ctx)) * cfg.pairs.responses_per_prompt * cfg.pairs.sampling.max_new_tokens
+    tokens = pairs_cost(cfg, len(read_items(ctx)), 0).generated_tokens
     return generation_backend(
         ctx.model("policy", verify=False), cfg.generation.backend, tokens, cfg.generation.vllm_break_even_tokens
     )
