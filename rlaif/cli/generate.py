@@ -36,7 +36,9 @@ def generate_command(
     prompt: list[str] | None = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Registry name or local Hugging Face folder."),
     backend: Literal["auto", "transformers", "vllm"] = typer.Option(
-        "transformers", help="Engine: transformers, vllm, or auto (vLLM when installed)."
+        "transformers",
+        help="Engine: transformers, vllm, or auto (vLLM when installed and on a GPU or for at least 2,500 tokens: "
+        "prompts x n x max-new-tokens; rlaif/generation/backend_choice.py).",
     ),
     dtype: Literal["auto", "float32", "bfloat16"] = typer.Option("auto", help="Compute dtype."),
     batch_size: int = typer.Option(16, help="Sequences per generate call (transformers backend)."),
@@ -51,6 +53,7 @@ def generate_command(
 ) -> None:
     """Generate completions for prompts from a file and/or --prompt options, and print them."""
     from rlaif.generation import make_generator
+    from rlaif.generation.backend_choice import generation_backend
     from rlaif.modeling import ModelError
     from rlaif.prompts import PromptSetError, load_prompts, parse_prompt_items
 
@@ -68,8 +71,12 @@ def generate_command(
         raise typer.Exit(2)
     prefix = [{"role": "system", "content": system}] if system else []
     conversations = [[*prefix, {"role": "user", "content": item.prompt}] for item in items]
+    # 'auto' by the rule every stage uses, for this call's estimated tokens; the choice and why go to stderr.
+    choice = generation_backend(model, backend, len(items) * n * max_new_tokens, backend_cfg.vllm_break_even_tokens)
+    if backend == "auto":
+        errors.print(f"backend {choice.reason}", highlight=False, soft_wrap=True)
     try:
-        generator = make_generator(model, backend_cfg)
+        generator = make_generator(model, choice.applied_to(backend_cfg))
         results = generator.generate(conversations, n, sampling, seed=seed)
     except (ModelError, ImportError, ValueError) as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)

@@ -1,7 +1,7 @@
 """Generation backends behind one protocol: chat conversations in, n sampled completions each out.
 
-`make_generator(model, backend_cfg)` picks the engine: transformers (`hf.py`, the CPU default), vLLM
-(`vllm.py`, imported lazily) or, for an `endpoint:<name>` spec, the declared OpenAI-compatible endpoint
+`make_generator(model, backend_cfg)` picks the engine (the rule for 'auto': `backend_choice.py`): transformers
+(`hf.py`), vLLM (`vllm.py`, imported lazily) or, for an `endpoint:<name>` spec, the declared OpenAI-compatible endpoint
 (`endpoint.py`, over `endpoint_client.py`). Everything that is not the engine call (chat templating, seeding, stop handling,
 result types) is shared in `common.py`.
 """
@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from rlaif.config import GenerationBackendConfig, SamplingConfig
 from rlaif.endpoints import is_endpoint
+from rlaif.generation.backend_choice import generation_backend
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 Conversation = list[Message]
@@ -62,20 +63,16 @@ class Generator(Protocol):
 
 
 def resolve_backend(name: str) -> str:
-    """'transformers' or 'vllm' for a configured backend name; 'auto' = vLLM when importable."""
-    if name == "auto":
-        from rlaif.generation.vllm import vllm_available
-
-        return "vllm" if vllm_available() else "transformers"
-    if name not in ("transformers", "vllm"):
-        raise ValueError(f"unknown generation backend {name!r}: use 'auto', 'transformers' or 'vllm'")
-    return name
+    """'transformers' or 'vllm' for a configured backend name, for a caller that does not estimate its tokens:
+    'auto' = vLLM when importable and a CUDA GPU is present (the rule of backend_choice.py without an estimate)."""
+    return generation_backend(None, name, None).backend
 
 
 def make_generator(
     model: str, backend: GenerationBackendConfig, *, role: str = "feedback", stage_dir: Path | None = None
 ) -> Generator:
-    """The generator for `model` on the configured backend; 'auto' = vLLM when importable, else transformers.
+    """The generator for `model` on the configured backend ('auto': `resolve_backend`; a stage that estimates its
+    tokens resolves 'auto' itself with backend_choice.generation_backend and passes the result).
     An `endpoint:<name>` spec is the declared endpoint whatever the backend, its result cache and usage ledger in
     `stage_dir` (a stage folder; none without one) under `role`.
 

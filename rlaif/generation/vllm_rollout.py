@@ -209,11 +209,12 @@ def kv_cache_bytes(model_name: str, cfg: PPOConfig, max_model_len: int) -> int:
 
 
 def rollout_sampler(
-    model_name: str, policy: PreTrainedModel, stop_token_id: int, pad_token_id: int, cfg: PPOConfig
+    model_name: str, policy: PreTrainedModel, stop_token_id: int, pad_token_id: int, cfg: PPOConfig, backend: str
 ) -> VLLMRolloutSampler | None:
-    """The vLLM sampler of `ppo.rollout_backend = "vllm"`, holding the trainer's current weights (a resumed run's
-    included); None for "transformers", where the training policy samples its own rollouts."""
-    if cfg.rollout_backend != "vllm":
+    """The vLLM sampler when the rollout `backend` (ppo.rollout_backend, 'auto' resolved by
+    rlaif/generation/backend_choice.py) is "vllm", holding the trainer's current weights (a resumed run's included);
+    None for "transformers", where the training policy samples its own rollouts."""
+    if backend != "vllm":
         return None
     sampler = VLLMRolloutSampler(model_name, cfg, stop_token_id, pad_token_id)
     sampler.load_policy(policy)

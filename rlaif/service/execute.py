@@ -62,6 +62,7 @@ from rlaif.service.state import (
     ADVANCE,
     Dispatch,
     Runtime,
+    add_backend_event,
     add_event,
     add_long_items_event,
     add_usage_event,
@@ -346,6 +347,7 @@ def _finish_training(rt: Runtime, run_id: str, stage: str, owner: str, result: S
             )
         add_event(session, run_id, f"stage {stage} succeeded", stage=stage, data=result.metrics or None)
         add_usage_event(session, run_id, stage, result)
+        add_backend_event(session, run_id, stage, result)
         add_long_items_event(session, run_id, stage, result)
     log.info("run %s: stage %s succeeded", run_id, stage)
     return True

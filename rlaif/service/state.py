@@ -135,6 +135,21 @@ def add_usage_event(session: Session, run_id: str, stage: str, result: StageResu
         )
 
 
+def add_backend_event(session: Session, run_id: str, stage: str, result: StageResult) -> None:
+    """An event saying which engine a stage generated with and why (rlaif/generation/backend_choice.py), when the
+    stage generates: data {backend, reason}."""
+    if "backend" not in result.extra:
+        return
+    backend, reason = result.extra["backend"], result.extra.get("backend_reason", "")
+    add_event(
+        session,
+        run_id,
+        f"stage {stage}: generated with {backend} ({reason})",
+        stage=stage,
+        data={"backend": backend, "reason": reason},
+    )
+
+
 def add_long_items_event(session: Session, run_id: str, stage: str, result: StageResult) -> None:
     """A warning event naming the items a stage cut to fit the context (rlaif/truncation.py), when there are any."""
     raw = result.extra.get("long_items")
@@ -349,6 +364,7 @@ def stage_exported(rt: Runtime, run_id: str, stage: str, result: StageResult) ->
         row.done, row.result = row.total or row.done, result.model_dump(mode="json")
         add_event(session, run_id, f"stage {stage} succeeded: {result.counts}", stage=stage, data=result.counts)
         add_usage_event(session, run_id, stage, result)
+        add_backend_event(session, run_id, stage, result)
         add_long_items_event(session, run_id, stage, result)
         if gate is None or gate.passed:
             return None

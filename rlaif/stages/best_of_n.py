@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif.checkpoints import checkpoint_meta, read_meta, remove_resume_states
 from rlaif.config import BestOfNConfig
+from rlaif.costs import best_of_n_cost
 from rlaif.generation import Generator, cached_generator, release_cached_generator
+from rlaif.generation.backend_choice import generation_backend
 from rlaif.generation.common import derive_seed
 from rlaif.records import PromptItem, ResponseSet, SFTExample
 from rlaif.scorers import ScoreFn
@@ -158,8 +160,13 @@ def run_best_of_n(ctx: StageContext) -> StageResult:
     prompts = read_jsonl(ctx.path("prompts", PROMPTS_FILE), PromptItem)
     policy_model, reward_model = ctx.model("policy"), ctx.model("reward_model")
     best = _stored_best(ctx, prompts)
+    # The sampling engine by the rule of rlaif/generation/backend_choice.py, for the run budget's estimate of the
+    # stage's tokens (prompts x n x max_new_tokens).
+    tokens = best_of_n_cost(cfg, len(prompts), 0).generated_tokens
+    choice = generation_backend(policy_model, cfg.generation.backend, tokens, cfg.generation.vllm_break_even_tokens)
     if best is None:
-        generator = cached_generator(policy_model, cfg.generation)
+        log.info("stage %s: generation backend %s", ctx.name, choice.reason)
+        generator = cached_generator(policy_model, choice.applied_to(cfg.generation))
         # The stage name is part of the seed so that each RLAIF iteration samples afresh.
         candidates = sample_candidates(
             prompts, cfg.best_of_n, generator, derive_seed(cfg.seed, ctx.name), ctx.hooks.check
@@ -190,6 +197,7 @@ def run_best_of_n(ctx: StageContext) -> StageResult:
         outputs=[MODEL_DIR, METRICS_FILE, BEST_FILE],
         counts={**counts, **result.counts},
         metrics={**result.metrics, **summary},
+        extra=choice.as_extra(),
     )
 
 

@@ -42,6 +42,7 @@ from rlaif.config import CritiqueConfig, RunConfig
 from rlaif.constitution import Constitution, CritiqueExample, Principle, sample_principles
 from rlaif.endpoints import read_usage, usage_counts
 from rlaif.generation import Completion, Conversation, Generator, cached_generator
+from rlaif.generation.backend_choice import BackendChoice, generation_backend
 from rlaif.generation.common import derive_seed
 from rlaif.judging.judge import cached_judge
 from rlaif.judging.revision_filter import PREFERS_INITIAL, SPLIT_ORDERS, filter_revisions, needs_judging
@@ -499,7 +500,9 @@ def process(
         )
     cfg = ctx.cfg
     if generator is None:
-        generator = cached_generator(cfg.feedback_model, cfg.generation, stage_dir=ctx.out_dir)
+        choice = backend_choice(ctx)
+        log.info("stage %s: generation backend %s", ctx.name, choice.reason)
+        generator = cached_generator(cfg.feedback_model, choice.applied_to(cfg.generation), stage_dir=ctx.out_dir)
     log.info("critique-revise: %d prompts, %d rounds, model %s", len(items), cfg.critique.rounds, generator.model_name)
     records = critique_revise(
         items, ctx.constitution, cfg.critique.principles, cfg.critique, generator, cfg.seed, progress=False
@@ -521,6 +524,7 @@ def write(ctx: StageContext, records: Sequence[CritiqueRecord]) -> StageResult:
     write_jsonl(out_dir / CRITIQUE_RECORDS_FILE, records)
     write_jsonl(out_dir / SFT_DATA_FILE, sft)
     result = stage_result(records, len(sft), read_usage(out_dir))
+    result.extra.update(backend_choice(ctx).as_extra())
     write_manifest(out_dir, extra={"stage": ctx.name, "counts": result.counts, "metrics": result.metrics})
     log.info("kept %d of %d revisions for SFT (%s)", len(sft), len(records), result.extra["flags"])
     return result
@@ -528,7 +532,19 @@ def write(ctx: StageContext, records: Sequence[CritiqueRecord]) -> StageResult:
 
 def finished(ctx: StageContext) -> StageResult:
     records = read_jsonl(ctx.out_dir / CRITIQUE_RECORDS_FILE, CritiqueRecord)
-    return stage_result(records, sum(r.kept for r in records), read_usage(ctx.out_dir))
+    result = stage_result(records, sum(r.kept for r in records), read_usage(ctx.out_dir))
+    result.extra.update(backend_choice(ctx).as_extra())
+    return result
+
+
+def backend_choice(ctx: StageContext) -> BackendChoice:
+    """The feedback model's engine by the rule of rlaif/generation/backend_choice.py, for the whole stage's
+    estimated tokens, whichever shard asks: a harmful prompt is an answer and a critique and a revision per round,
+    a helpful one an answer, each up to max_new_tokens."""
+    cfg = ctx.cfg
+    calls = sum(1 + 2 * cfg.critique.rounds if item.kind == "harmful" else 1 for item in read_items(ctx))
+    tokens = calls * cfg.critique.sampling.max_new_tokens
+    return generation_backend(cfg.feedback_model, cfg.generation.backend, tokens, cfg.generation.vllm_break_even_tokens)
 
 
 def run_critique_revise(ctx: StageContext, generator: Generator | None = None) -> StageResult:

@@ -73,6 +73,7 @@ from rlaif.distributed import (
     init_distributed,
 )
 from rlaif.evaluation.monitors import best_step, boilerplate, early_stop_decision
+from rlaif.generation.backend_choice import rollout_backend
 from rlaif.generation.common import check_context, context_length, derive_seed
 from rlaif.generation.vllm_rollout import VLLMRolloutSampler, rollout_sampler
 from rlaif.metrics_log import MetricsLog
@@ -226,7 +227,11 @@ def train_ppo(
         raise ValueError(
             "ppo.rollout_backend vllm runs in one process: use rollout_backend transformers under torchrun"
         )
-    sampler = rollout_sampler(policy_model, policy, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg)
+    backend = rollout_backend(cfg.rollout_backend, cfg.num_updates, info.world_size)  # 'auto' resolved, and why
+    log.info("PPO rollouts: %s", backend.reason)
+    sampler = rollout_sampler(
+        policy_model, policy, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg, backend.backend
+    )
     log.info(
         "PPO of %s (%s) on %d prompts (%d too long): %d updates of %d episodes (%d per rank x %d ranks), %d epochs "
         "x %d minibatches of %d, value model from %s, autocast %s, start at update %d",
@@ -316,6 +321,7 @@ def train_ppo(
     full_meta = {**(meta or {}), "counts": {**(meta or {}).get("counts", {}), **counts}, "metrics": final}
     if extra:
         full_meta["monitor"] = extra
+    full_meta["rollout"] = backend.as_extra()
     full_meta.setdefault("stage", "ppo")
     full_meta.setdefault("base_model", policy_model)
     if info.is_main:
@@ -323,7 +329,11 @@ def train_ppo(
         remove_resume_states(out_dir, STEPS_DIR, BEST_DIR)  # the finished model supersedes the resume states
     barrier(info)  # no rank returns (and reports the stage done) before the model is on disk
     return StageResult(
-        stage="ppo", outputs=[MODEL_DIR, METRICS_FILE, SAMPLES_FILE], counts=counts, metrics=final, extra=extra
+        stage="ppo",
+        outputs=[MODEL_DIR, METRICS_FILE, SAMPLES_FILE],
+        counts=counts,
+        metrics=final,
+        extra={**extra, **backend.as_extra()},
     )
 
 
@@ -1004,7 +1014,7 @@ def _finished_result(stage: str, out_dir: Path) -> StageResult:
         outputs=[MODEL_DIR, METRICS_FILE, SAMPLES_FILE],
         counts=meta.get("counts", {}),
         metrics=meta.get("metrics", {}),
-        extra=meta.get("monitor", {}),
+        extra={**meta.get("monitor", {}), **meta.get("rollout", {})},
     )
 
 

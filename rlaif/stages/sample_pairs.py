@@ -22,7 +22,9 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from rlaif.config import PairsConfig
+from rlaif.costs import pairs_cost
 from rlaif.generation import Generator, cached_generator
+from rlaif.generation.backend_choice import BackendChoice, generation_backend
 from rlaif.generation.common import derive_seed
 from rlaif.records import Comparison, PromptItem, ResponseSet
 from rlaif.stages import COMPARISONS_FILE, PROMPTS_FILE, RESPONSES_FILE, StageResult
@@ -110,7 +112,9 @@ def process(
     if not items:
         return
     if generator is None:
-        generator = cached_generator(ctx.model("policy"), ctx.cfg.generation)
+        choice = backend_choice(ctx)
+        log.info("stage %s: generation backend %s", ctx.name, choice.reason)
+        generator = cached_generator(ctx.model("policy"), choice.applied_to(ctx.cfg.generation))
     # The stage name is part of the seed so that each RLAIF iteration samples afresh.
     yield from sample_responses(items, ctx.cfg.pairs, generator, derive_seed(ctx.cfg.seed, ctx.name))
 
@@ -123,6 +127,7 @@ def write(ctx: StageContext, records: Sequence[ResponseSet]) -> StageResult:
     write_jsonl(folder / COMPARISONS_FILE, comparisons)
     policy = ctx.model("policy", verify=False)
     result = stage_result(ctx.name, policy, list(records), comparisons)
+    result.extra.update(backend_choice(ctx).as_extra())
     manifest = {"stage": ctx.name, "model": policy, "seed": ctx.cfg.seed, "counts": result.counts}
     write_manifest(folder, {**manifest, "metrics": result.metrics})
     log.info(
@@ -139,8 +144,21 @@ def write(ctx: StageContext, records: Sequence[ResponseSet]) -> StageResult:
 def finished(ctx: StageContext) -> StageResult:
     folder = ctx.out_dir
     comparisons = read_jsonl(folder / COMPARISONS_FILE, Comparison)
-    return stage_result(
+    result = stage_result(
         ctx.name, ctx.model("policy", verify=False), read_jsonl(folder / RESPONSES_FILE, ResponseSet), comparisons
+    )
+    result.extra.update(backend_choice(ctx).as_extra())
+    return result
+
+
+def backend_choice(ctx: StageContext) -> BackendChoice:
+    """The engine of this stage by the rule of rlaif/generation/backend_choice.py, for the whole stage's estimated
+    tokens (the run budget's: every prompt x K responses x max_new_tokens), whichever shard asks: the same on every
+    worker."""
+    cfg = ctx.cfg
+    tokens = pairs_cost(cfg, len(read_items(ctx)), 0).generated_tokens
+    return generation_backend(
+        ctx.model("policy", verify=False), cfg.generation.backend, tokens, cfg.generation.vllm_break_even_tokens
     )
 
 

@@ -166,7 +166,8 @@ def test_make_generator_backends(tiny_model: str) -> None:
     assert chosen.model.dtype == torch.float32
     from rlaif.generation import resolve_backend
 
-    assert resolve_backend("auto") == ("vllm" if vllm_available() else "transformers")
+    # A caller without a token estimate (evaluation, `rlaif generate`): vLLM under 'auto' only on a GPU.
+    assert resolve_backend("auto") == ("vllm" if vllm_available() and torch.cuda.is_available() else "transformers")
     assert resolve_backend("transformers") == "transformers"
 
 

@@ -15,6 +15,7 @@ import torch
 
 from rlaif.config import GenerationBackendConfig, SamplingConfig
 from rlaif.generation import make_generator
+from rlaif.generation.backend_choice import generation_backend
 from rlaif.generation.common import encode_conversations
 from rlaif.generation.hf import HFGenerator
 from rlaif.generation.vllm import INSTALL_HINT, VLLMGenerator, vllm_available
@@ -37,8 +38,15 @@ PROMPTS = [
 def engine(embedded_model: str) -> Iterator[VLLMGenerator]:
     if not vllm_available():
         pytest.fail(f"the vllm package is missing: {INSTALL_HINT}; or deselect these tests with -m 'not vllm'")
-    generator = make_generator(embedded_model, GenerationBackendConfig(backend="auto", dtype="float32"))
-    assert isinstance(generator, VLLMGenerator), "backend 'auto' must pick vLLM where it is installed"
+    # 'auto' for a stage past the CPU break-even (rlaif/generation/backend_choice.py) picks vLLM where it is
+    # installed; without a token estimate it would only on a GPU.
+    backend = GenerationBackendConfig(backend="auto", dtype="float32")
+    choice = generation_backend(embedded_model, backend.backend, 64 * 3 * 64, backend.vllm_break_even_tokens)
+    assert choice.reason == "auto: vllm (vllm importable, ~12,288 generated tokens >= 2,500 break-even)" or (
+        torch.cuda.is_available() and choice.backend == "vllm"
+    )
+    generator = make_generator(embedded_model, choice.applied_to(backend))
+    assert isinstance(generator, VLLMGenerator)
     yield generator
     generator.close()
 

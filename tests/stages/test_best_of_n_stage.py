@@ -120,4 +120,10 @@ def test_run_best_of_n_fine_tunes_on_the_reward_models_favourites_and_resumes(ti
     )
     assert meta["best_of_n"]["best_of_n/score_best"] == pytest.approx(sum(b.score for b in best) / 5)
     assert result.counts["samples"] == 15 and result.counts["steps"] == 2  # 5 prompts, 1 held out: 4 / 2
+    # generation.backend auto, 5 prompts x n=3 x 6 tokens = 90 tokens: far below the break-even, or no vllm at all.
+    assert result.extra["backend"] == "transformers"
+    assert result.extra["backend_reason"] in (
+        "auto: transformers (vllm not installed)",
+        "auto: transformers (vllm importable, no CUDA GPU, ~90 generated tokens < 2,500 break-even)",
+    )
     assert "- policy optimization: `best_of_n`" in (folder / "README.md").read_text()

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from rlaif.config import EvalConfig, MonitorConfig, PPOConfig, RunConfig
 from rlaif.evaluation.monitors import best_step, boilerplate
+from rlaif.generation.backend_choice import detect_vllm
 from rlaif.modeling import load_causal_lm, load_tokenizer, prepare_model
 from rlaif.records import LabelRecord, PromptItem, SFTExample
 from rlaif.rl.advantages import masked_mean, masked_var
@@ -235,7 +236,10 @@ def test_early_stop_when_a_monitor_alerts_for_patience_updates(tiny_model: str, 
     assert result.extra["early_stop"]["step"] == 3
     assert result.extra["early_stop"]["reasons"] == [f"KL {rows[2]['objective/kl']:.3g} nats above 1e-09"]
     meta = json.loads((tmp_path / "model" / "meta.json").read_text())
-    assert meta["monitor"] == result.extra and meta["counts"]["updates"] == 3
+    assert meta["monitor"] == {k: v for k, v in result.extra.items() if not k.startswith("backend")}
+    assert meta["counts"]["updates"] == 3
+    # The rollout engine and why (rlaif/generation/backend_choice.py), in the result and in meta.json.
+    assert meta["rollout"] == {"backend": result.extra["backend"], "backend_reason": result.extra["backend_reason"]}
     assert not (tmp_path / "steps").exists()
 
 
@@ -392,6 +396,12 @@ def test_run_ppo_reads_the_run_and_skips_a_finished_stage(tiny_model: str, tmp_p
     assert meta["reward_model"] == str(tmp_path / "rm" / "model") and meta["run_config"]["ppo"]["total_episodes"] == 8
     assert meta["counts"]["prompts_in"] == 8 and meta["metrics"] == result.metrics
     assert result.extra["keep_best"]["metric"] == "objective/rlhf_reward"  # eval.monitor reached train_ppo
+    if not detect_vllm():  # 'auto' without vllm installed: the policy samples, as before auto was the default
+        assert cfg.ppo.rollout_backend == "auto"
+        assert (result.extra["backend"], result.extra["backend_reason"]) == (
+            "transformers",
+            "auto: transformers (vllm not installed)",
+        )
 
     weights = store.path("r1", "ppo", "model", "model.safetensors").stat().st_mtime_ns
     again = run_ppo(

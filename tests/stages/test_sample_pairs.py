@@ -132,6 +132,8 @@ def test_run_sample_pairs_writes_responses_comparisons_and_manifest(tmp_path: Pa
     }
     assert result.outputs == ["pairs/responses.jsonl", "pairs/comparisons.jsonl"]
     assert result.metrics["pairs/finished_fraction"] == 0.0
+    # Which engine generated and why (rlaif/generation/backend_choice.py), also in a finished stage's result below.
+    assert (result.extra["backend"], result.extra["backend_reason"]) == ("transformers", "configured: transformers")
 
     # A finished stage is not run again: the same result, the files untouched.
     before = (folder / RESPONSES_FILE).stat().st_mtime_ns
