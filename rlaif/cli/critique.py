@@ -208,7 +208,7 @@ def _run_config(config: Path | None, overrides: list[str] | None, flags: dict[st
         raise _fail("invalid run config:\n" + "\n".join(run_config_file_problems(config, exc))) from None
     except (ValueError, OSError) as exc:
         raise _fail(exc) from None
-    for source, change in (("--set", lambda: parse_dotted_overrides(overrides or [])), ("a flag", lambda: flags)):
+    for source, change in (("--set", lambda: parse_dotted_overrides(overrides or [])), ("flags", lambda: flags)):
         try:
             cfg = cfg.with_overrides(change())
         except ValidationError as exc:

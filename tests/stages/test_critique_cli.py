@@ -92,3 +92,6 @@ def test_critique_reports_a_bad_run_config_with_its_file_line_and_field(tmp_path
     bad_set = runner.invoke(app, ["critique", "--model", tiny_model, "--set", "judge.batch_size=0"])
     text = " ".join(bad_set.output.split())
     assert bad_set.exit_code == 2 and "invalid --set: judge.batch_size" in text, bad_set.output
+    bad_flag = runner.invoke(app, ["critique", "--model", tiny_model, "--rounds", "99"])
+    text = " ".join(bad_flag.output.split())
+    assert bad_flag.exit_code == 2 and "invalid flags: critique.rounds" in text, bad_flag.output
