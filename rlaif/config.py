@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlaif.constitution import format_loc, line_of
 from rlaif.endpoints import check_model_spec, is_endpoint
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -1017,3 +1018,14 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
             raise ValueError(f"{path}: a run config must be a mapping")
         data = loaded or {}
     return RunConfig().with_overrides(data).with_overrides(parse_dotted_overrides(overrides or []))
+
+
+def run_config_file_problems(path: str | Path, exc: ValidationError | yaml.YAMLError) -> list[str]:
+    """`file:line: field: message` for each problem of the run config file `path` (load_run_config(path) raised
+    `exc`), the line found as the constitution loader finds it, so a CLI can point at the line to fix."""
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        line = 1 if mark is None else mark.line + 1
+        return [f"{path}:{line}: <document>: {getattr(exc, 'problem', None) or exc}"]
+    node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    return [f"{path}:{line_of(node, e['loc'])}: {format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]

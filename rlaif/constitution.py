@@ -312,7 +312,7 @@ def _compose_checked(loader: _BoundedLoader, source: str) -> yaml.Node | None:
     return node
 
 
-def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int:
+def line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int:
     """1-based line of the YAML node at pydantic location `loc` (the deepest existing ancestor)."""
     if node is None:
         return 1
@@ -332,7 +332,7 @@ def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int:
     return current.start_mark.line + 1
 
 
-def _format_loc(loc: Sequence[int | str]) -> str:
+def format_loc(loc: Sequence[int | str]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -360,11 +360,11 @@ def _problems(exc: ValidationError, node: yaml.Node | None, source: str) -> list
             for line in message.removeprefix("Value error, ").splitlines():
                 field, _, text = line.partition(": ")
                 sub_loc = loc + _parse_loc(field)
-                problems.append(f"{source}:{_line_of(node, sub_loc)}: {_format_loc(sub_loc)}: {text}")
+                problems.append(f"{source}:{line_of(node, sub_loc)}: {format_loc(sub_loc)}: {text}")
             continue
         if error["type"] == "missing":
             message = "field required"
-        problems.append(f"{source}:{_line_of(node, loc)}: {_format_loc(loc)}: {message}")
+        problems.append(f"{source}:{line_of(node, loc)}: {format_loc(loc)}: {message}")
     return problems
 
 
@@ -407,7 +407,7 @@ def parse_constitution(text: str | bytes, source: str = "<request>") -> Constitu
     for line in _cross_reference_problems(data):
         field, _, text = line.partition(": ")
         loc = _parse_loc(field)
-        problem = f"{source}:{_line_of(node, loc)}: {_format_loc(loc)}: {text}"
+        problem = f"{source}:{line_of(node, loc)}: {format_loc(loc)}: {text}"
         if problem not in problems:
             problems.append(problem)
     raise ConstitutionError(source, problems)

@@ -47,6 +47,13 @@ def sampled_kl(
     derive_seed(seed, "kl", prompt id, k): a prompt's samples do not depend on the other prompts. A prompt whose
     tokens and `max_new_tokens` exceed the models' context is left out of the estimate (logged), never fatal.
     """
+    # Loaded here, by name, although the evaluate stage has just generated with both models: it generates through
+    # generator objects (rlaif/evaluation/compare.py generate_answers) on the run's backend, which may be vLLM (an
+    # engine, no torch module to score with) and whose dtype is generation.dtype ("auto": bfloat16 where fast),
+    # while this estimate is float32; and it frees each model before loading the next on purpose, one model in
+    # memory at a time. Handing its models over would make the KL depend on the generation backend and dtype, and
+    # hold two models during generation; the reload costs ~0.6 s per 135M model on CPU (measured: tiny-random-llama
+    # 0.55 s, SmolLM2-135M 0.68 s, model and tokenizer, from the cache), small beside the sampling below.
     tokenizer = load_tokenizer(sft)
     policy, reference = load_causal_lm(aligned, dtype=dtype), load_causal_lm(sft, dtype=dtype)
     device = next(policy.parameters()).device

@@ -30,7 +30,7 @@ import math
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from tqdm.auto import tqdm
 
@@ -305,6 +305,32 @@ def judgements_from_scores(
     return out
 
 
+class JudgeOptions(TypedDict):
+    """The keyword arguments of `judge_requests` that come from a JudgeConfig (and its constitution's examples)."""
+
+    examples: Sequence[ComparisonExample]
+    batch_size: int
+    max_length: int | None
+    share_prefix: bool
+    chain_of_thought: bool
+    cot_sampling: SamplingConfig
+    cot_clamp: tuple[float, float]
+
+
+def judge_options(cfg: JudgeConfig, constitution: Constitution) -> JudgeOptions:
+    """`judge_requests(model, tokenizer, requests, **judge_options(cfg, constitution), seed=..., ...)`: one place
+    that maps the judge config onto the scorer, so the judge stage and the revision filter cannot drift apart."""
+    return JudgeOptions(
+        examples=constitution.comparison_examples[: cfg.few_shot],
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        share_prefix=cfg.share_prefix,
+        chain_of_thought=cfg.chain_of_thought,
+        cot_sampling=cfg.cot_sampling,
+        cot_clamp=cfg.cot_clamp,
+    )
+
+
 def judge_requests(
     model: PreTrainedModel | OptionScorer,
     tokenizer: PreTrainedTokenizerBase,
@@ -411,7 +437,7 @@ def judge_comparisons(
     chain of thought.
     """
     selected = constitution.select(principles)
-    examples = constitution.comparison_examples[: cfg.few_shot]
+    options = judge_options(cfg, constitution)
     items = list(comparisons)
     seen: set[str] = set()
     for comparison in items:
@@ -444,14 +470,8 @@ def judge_comparisons(
             scorer,
             tokenizer,
             requests,
-            examples=examples,
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            share_prefix=cfg.share_prefix,
-            chain_of_thought=cfg.chain_of_thought,
+            **options,
             generator=generator,
-            cot_sampling=cfg.cot_sampling,
-            cot_clamp=cfg.cot_clamp,
             seed=seed,
             prefix_cache=prefix_cache,
         )

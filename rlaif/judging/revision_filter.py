@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from rlaif.config import JudgeConfig
 from rlaif.constitution import Constitution
 from rlaif.generation.common import derive_seed
-from rlaif.judging.judge import JudgeRequest, judge_requests
+from rlaif.judging.judge import JudgeRequest, judge_options, judge_requests
 from rlaif.judging.scoring import OptionScorer, PrefixCache
 from rlaif.records import CritiqueRecord
 
@@ -98,14 +98,8 @@ def filter_revisions(
         model,
         tokenizer,
         requests,
-        examples=constitution.comparison_examples[: cfg.few_shot],
-        batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
-        share_prefix=cfg.share_prefix,
-        chain_of_thought=cfg.chain_of_thought,
+        **judge_options(cfg, constitution),
         generator=generator,
-        cot_sampling=cfg.cot_sampling,
-        cot_clamp=cfg.cot_clamp,
         # (only chain of thought samples; its default sampling is greedy, so a record's verdict does not depend on
         # which records share its shard)
         seed=derive_seed(seed, "revision-filter"),

@@ -177,6 +177,7 @@ def evaluate_models(
     kl_to_sft = None
     if eval_cfg.kl_samples and "sft" in models and models.get("aligned", models["sft"]) != models["sft"]:
         log.info("sampling KL(aligned || sft) on %d prompts, %d samples each", len(prompts), eval_cfg.kl_samples)
+        # (by name: the generators above are freed and may be vLLM or bfloat16; rlaif/evaluation/kl.py says why)
         kl_to_sft = sampled_kl(
             models["aligned"],
             models["sft"],

@@ -9,9 +9,12 @@ issue 12, item 7 at the service level, and item 4's token counts per role and st
 - The judge endpoint dies in the middle of a judge shard and comes back on the same port answering 429 twice: the
   shard task retries (an endpoint down through all of the client's retries is transient, workers/policy.py), the
   client backs off through the 429s inside the shard without another task retry, and the run succeeds with every
-  item once. This part runs against tests/generation/fake_openai.py (a real HTTP server in this process) rather
-  than vLLM: vLLM takes 2-3 minutes to start on CI's 2 cores, so a restart would add that much again, and what
-  is under test (our client, the task policy, the leases) sees the same dropped and refused connections from either.
+  item once. This part runs against tests/generation/fake_openai.py (a real HTTP server in this process), which
+  can die on exactly the request chosen and answer 429 on cue.
+- The real vLLM server (the session's) SIGKILLed with the judge shard's requests in flight, restarted on the same
+  port after a pause: the shard task retries, every comparison is labelled once, and the labels are those of an
+  uninterrupted pass. One restart (a minute or two on CPU) is the price; the session's server is the one killed,
+  so no second engine is started, and it serves at the same URL with the same key afterwards.
 
     python -m pytest tests/generation/test_endpoint_service.py
 """
@@ -19,6 +22,8 @@ issue 12, item 7 at the service level, and item 4's token counts per role and st
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,6 +276,108 @@ def test_a_judge_endpoint_killed_mid_shard_then_rate_limiting_loses_and_repeats_
         # request, then refused twice) and at least 2 for the 429s.
         assert usage["cached"] >= 1 and usage["retries"] >= 4
         _assert_secret_kept(FAKE_KEY, service, client, run_id, tmp_path)
+
+
+# ---------------------------------------------------------------- the real vLLM server killed and restarted
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections to 127.0.0.1:`port` from a client, as the kernel lists them (a frozen server
+    does not accept, but the kernel completes the handshake, so a sent request shows here)."""
+    established = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        _, _, remote, st, *_ = line.split()
+        established += st == "01" and int(remote.split(":")[1], 16) == port
+    return established
+
+
+@pytest.mark.slow
+@pytest.mark.endpoint
+def test_a_vllm_judge_killed_mid_shard_and_restarted_labels_every_pair_once_as_an_uninterrupted_pass(
+    make_service, service_tiny_model: str, vllm_server: VLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's vLLM server is SIGKILLed with the judge shard's requests in flight and started again on the
+    same port with the same key (so the fixture is as valid afterwards as before), while the shard task retries.
+
+    To have requests in flight for certain, the server is frozen (SIGSTOP) before the run reaches the judge: the
+    judge stage is the first to call the endpoint (the revision filter is off and the feedback model is in
+    process), its requests connect and hang, and the kill drops them. The server stays down until the shard's
+    task has failed with EndpointUnavailable and retried (workers/policy.py): the client's own retries
+    (max_retries 6) take 16-32 s, and a restart can take less, which would leave the task retry untested. The 8
+    attempts left, 16 s or more each plus the task's backoff, outlast a restart (30 s to 2-3 min on CPU)."""
+    from api.main import create_app
+    from rlaif.judging.endpoint import EndpointScorer
+    from rlaif.judging.judge import judge_comparisons
+    from rlaif.records import LabelRecord
+    from rlaif.service import execute
+    from rlaif.stages import LABELS_FILE
+    from rlaif.stages import judge as judge_stage
+    from rlaif.store import read_jsonl
+
+    local = EndpointConfig(
+        base_url=vllm_server.base_url, model=SERVED, tokenizer="smollm2-135m-instruct", context_length=2048,
+        api_key_env=KEY_ENV, max_concurrency=4, max_retries=6, timeout_s=120,
+    )  # fmt: skip
+    service: Service = make_service("sqlite", endpoints=json.dumps({"local": local.model_dump(mode="json")}))
+    rt = state.Runtime.from_settings(service.settings())
+    service.start_worker("w1", env={KEY_ENV: vllm_server.key})
+    config = {
+        **TINY_RUN,
+        "critique": {**TINY_RUN["critique"], "judge_filter": False},
+        "judge": {**TINY_RUN["judge"], "model": "endpoint:local"},
+    }
+    with TestClient(create_app(service.settings())) as api:
+        client = _api_client(api)
+        run_id = _submit(client, config, tmp_path)
+        vllm_server.freeze()
+        try:
+            _until(lambda: _connections_to(vllm_server.port), client, run_id, RUN_TIMEOUT, "the judge's requests")
+            judge = _stage_row(rt, run_id, "judge")
+            assert judge is not None and judge.status == "running" and judge.shards_done == 0
+        finally:
+            vllm_server.kill()  # (in the finally too: a frozen server would hang every later test of the session)
+        shard_retry = rf"{TRANSIENT_RETRY}\({run_id}, judge, (\d+)\): transient error"
+        _until(lambda: re.search(shard_retry, service.log("w1")), client, run_id, 120, "the shard task retried")
+        seconds = vllm_server.restart()
+        print(f"vLLM server restarted in {seconds:.0f} s", file=sys.stderr)
+        _finished(client, run_id, service)
+
+        counts = check_run_integrity(service, run_id)  # every comparison labelled exactly once, in input order
+        assert counts["judge"] >= 1
+        retried = re.findall(shard_retry, service.log("w1"))  # the shard in flight when the server died
+        with rt.sessions() as session:
+            judge_id = session.scalars(
+                select(StageRunRow.id).where(StageRunRow.run_id == run_id, StageRunRow.name == "judge")
+            ).one()
+            attempts = session.scalar(
+                select(ShardRow.attempts).where(ShardRow.stage_run_id == judge_id, ShardRow.index == int(retried[0]))
+            )
+        assert attempts is not None and attempts >= 2
+        usage = _usage_events(_all_events(client, run_id))[("judge", "judge")]
+        assert usage["retries"] >= 1  # the dropped requests and the refused connections, before the task retry
+
+        # An uninterrupted pass over the same comparisons, by the restarted server with no cache: the same labels.
+        ctx = execute.stage_context(rt, run_id, "judge")
+        labels = read_jsonl(ctx.out_dir / LABELS_FILE, LabelRecord)
+        monkeypatch.setenv(KEY_ENV, vllm_server.key)
+        scorer = EndpointScorer("endpoint:local", client=EndpointClient("local", local, role="judge"))
+        cfg = ctx.cfg
+        assert ctx.constitution is not None
+        again = list(
+            judge_comparisons(
+                judge_stage.read_items(ctx), scorer, scorer.tokenizer, ctx.constitution, cfg.judge.principles,
+                cfg.judge, cfg.seed, progress=False,
+            )
+        )  # fmt: skip
+        assert [label.id for label in again] == [label.id for label in labels]
+        for ours, theirs in zip(labels, again, strict=True):
+            assert [j.principle_id for j in ours.judgements] == [j.principle_id for j in theirs.judgements]
+            # (float32 on both passes; requests batched differently by the server may differ in the last bits)
+            assert ours.p_a == pytest.approx(theirs.p_a, abs=1e-4), ours.id
+            for a, b in zip(ours.judgements, theirs.judgements, strict=True):
+                assert (a.p_a, a.p_a_swapped) == pytest.approx((b.p_a, b.p_a_swapped), abs=1e-4), ours.id
+    # The session's server answers again, at the same URL and with the same key, for the tests after this one.
+    assert scorer.usage["requests"] == 2 * sum(len(label.judgements) for label in labels)
 
 
 # ---------------------------------------------------------------- what the task policy counts as transient
