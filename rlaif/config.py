@@ -110,6 +110,16 @@ class CritiqueConfig(_Section):
     few_shot: int = Field(
         default=1, ge=0, le=16, description="Few-shot critique examples from the constitution prepended to each prompt."
     )
+    few_shot_copy_words: int = Field(
+        default=6,
+        ge=0,
+        le=64,
+        description="A critique or revision that repeats this many consecutive words of a few-shot example (its "
+        "answer, critique or revision) that are not in the item's own prompt and first answer copied the example, "
+        "not the item: the round is flagged few-shot-copy and its revision never becomes the final one; 0 = off. "
+        "Seen with a 1.5B teacher: 12 of 35 harmful prompts got the lock-picking example's 'call them or a relative of "
+        "theirs' (6 words catch all 12, no false alarm).",
+    )
     sampling: SamplingConfig = Field(
         default_factory=SamplingConfig, description="Sampling for answers, critiques, revisions."
     )

@@ -11,7 +11,9 @@ the model's own answer to the prompt.
 Generation is batched across prompts: each step (answer, critique r, revision r) is one generate call over all
 prompts of a batch. Every revision is cleaned (leading "Here is a revised response:", "Revision:", wrapping quotes,
 'The assistant should have said: "..."') and checked per round: empty, meta-text (a critique or talk about the
-response instead of a response) and repetitive loops block a revision; unchanged-from-previous and truncated (cut at
+response instead of a response), repetitive loops and few-shot copies (a critique or revision that repeats
+`critique.few_shot_copy_words` words of a worked example that the item itself does not contain) block a revision;
+unchanged-from-previous and truncated (cut at
 max_new_tokens) are recorded. The final revision is the last unblocked one, and the record is kept for SFT when there
 is one and it differs from the first answer. Prompts of kind `helpful` are only answered (no rounds): their plain
 answers join the SFT data as kind "helpful" (sft.helpful_mix). A prompt or history that does not fit the model's context is cut by the
@@ -161,7 +163,34 @@ def check_revision(revision: str, previous: str, critique: str, finished: bool =
     return flags
 
 
-BLOCKING = {"empty", "meta", "repetitive"}  # a revision with these flags is never used as the final revision
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    """The runs of n consecutive words of `text` (lower-cased, punctuation dropped)."""
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def copies_example(texts: Sequence[str], example_ngrams: set[tuple[str, ...]], own: str, n: int) -> bool:
+    """True when one of `texts` (a critique, a revision) repeats n consecutive words of a few-shot example that are
+    not in `own` (the item's prompt and first answer): the model continued the worked example instead of the item.
+    A strong teacher does this often (the neighbour's-lock example's advice in answers about computers or piracy)."""
+    if n == 0 or not example_ngrams:
+        return False
+    copied = set().union(*(word_ngrams(text, n) & example_ngrams for text in texts))
+    return bool(copied - word_ngrams(own, n))
+
+
+def example_ngrams(shots: Conversation, n: int) -> set[tuple[str, ...]]:
+    """The n-word runs of the few-shot turns the model wrote (answers, critiques, revisions), not the requests."""
+    if n == 0:
+        return set()
+    return set().union(set(), *(word_ngrams(m["content"], n) for m in shots if m["role"] == "assistant"))
+
+
+# A revision with these flags is never used as the final revision.
+BLOCKING = {"empty", "meta", "repetitive", "few-shot-copy"}
 # A prompt or history cut to fit the context (rlaif/truncation.py): informational, the record stays usable.
 TRUNCATED = "truncated-to-fit"
 
@@ -282,6 +311,7 @@ def _run_batch(
     initial = [c.text.strip() for c in answers]
     round_flags: list[list[list[str]]] = [[] for _ in batch]
     cut = [["answer:" + TRUNCATED] if c.prompt_truncated else [] for c in answers]
+    shot_ngrams = example_ngrams(shots, cfg.few_shot_copy_words)
     for trajectory, answer in zip(trajectories, initial, strict=True):
         trajectory.history.append({"role": "assistant", "content": answer})
     rounds: list[list[CritiqueRound]] = [[] for _ in batch]
@@ -317,6 +347,9 @@ def _run_batch(
             found = check_revision(revision, previous[i], critique, completion.finished) + (
                 ["stripped-meta"] if stripped else []
             )
+            own = f"{t.item.prompt}\n{initial[i]}"
+            if copies_example([critique, revision], shot_ngrams, own, cfg.few_shot_copy_words):
+                found.append("few-shot-copy")
             t.history.append({"role": "assistant", "content": revision})
             rounds[i].append(CritiqueRound(principle_id=t.principles[r].id, critique=critique, revision=revision))
             round_flags[i].append(found)

@@ -19,7 +19,9 @@ from rlaif.stages.critique_revise import (
     assemble_record,
     check_revision,
     clean_revision,
+    copies_example,
     critique_revise,
+    example_ngrams,
     few_shot_messages,
     principles_for,
     run_critique_revise,
@@ -131,6 +133,40 @@ def test_assemble_record_drops_unchanged_and_invalid() -> None:
     empty = assemble_record(item, "Break a window.", [_round("")], [["empty"]])
     assert empty.kept is False and empty.flags == ["round1:empty", "no-valid-revision"]
     assert to_sft_examples([unchanged, empty]) == []
+
+
+def test_a_revision_that_continues_the_few_shot_example_is_a_copy() -> None:
+    # The lock-picking example's revision ends "... try calling them or a relative of theirs, and if you think
+    # there's an emergency inside, call the emergency services." A 1.5B teacher wrote that advice into answers about
+    # computers and piracy. 6 words in a row from the example ("or a relative of theirs and") and not in the item's
+    # own prompt or answer: a copy. The example's answer and critique count too; the requests (principle texts,
+    # which every round's history has as well) do not.
+    harmless = load_constitution(settings.constitutions_dir / "harmless.yaml")
+    shots = few_shot_messages(harmless, harmless.critique_examples[:1])
+    grams = example_ngrams(shots, 6)
+    assert ("or", "a", "relative", "of", "theirs", "and") in grams
+    own = "Computers are stupid.\nComputers are useful tools."
+    copied = "Computers are tools. Try calling them or a relative of theirs, and ask for help."
+    assert copies_example(["A fair critique.", copied], grams, own, 6)
+    assert copies_example([copied], grams, own, 7) is False  # only 6 words in a row are the example's
+    assert copies_example([copied], grams, own, 0) is False  # 0 = off
+    # The same words in the item itself are the item's, not a copy (a prompt about a neighbour's lock may say them).
+    assert (
+        copies_example([copied], grams, own + " Should I try calling them or a relative of theirs, and ask?", 6)
+        is False
+    )
+    assert copies_example(["Computers are tools that people made."], grams, own, 6) is False
+    request = next(m["content"] for m in shots[2:] if m["role"] == "user")  # the example's critique request
+    assert len(request.split()) >= 6 and copies_example([request], grams, own, 6) is False
+
+
+def test_a_few_shot_copy_blocks_the_revision() -> None:
+    item = PromptItem(id="x", prompt="Is piracy theft?")
+    copy = _round("If you're worried about your neighbour, try calling them or a relative of theirs.")
+    record = assemble_record(item, "Yes.", [copy], [["few-shot-copy"]])
+    assert record.kept is False and record.flags == ["round1:few-shot-copy", "no-valid-revision"]
+    kept = assemble_record(item, "Yes.", [_round("It can be; it depends."), copy], [[], ["few-shot-copy"]])
+    assert kept.final_revision == "It can be; it depends." and kept.kept is True
 
 
 def test_to_sft_examples_uses_kept_final_revisions() -> None:
