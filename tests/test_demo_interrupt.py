@@ -12,6 +12,7 @@ from service_fixtures import KEYS, REPO, Service, wait_for
 from rlaif.client import Client
 
 WATCHER = """
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ import typer
 from rlaif.cli.service import submit_run, watch_or_cancel
 from rlaif.client import Client
 
+# A test suite started in the background by a non-interactive shell (`nohup scripts/test.sh &`) runs with SIGINT
+# ignored, and children inherit that: Python then installs no KeyboardInterrupt handler. The terminal a user presses
+# Ctrl-C in has the default, which is what this test is about.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 client = Client(sys.argv[1], sys.argv[2])
 repo = Path(sys.argv[3])
 run = submit_run(
