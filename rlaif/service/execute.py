@@ -36,7 +36,6 @@ from sqlalchemy.orm import Session
 
 from rlaif.config import EvalConfig, RunConfig
 from rlaif.constitution import Constitution
-from rlaif.endpoints import is_endpoint
 from rlaif.evaluation.head_to_head import HeadToHead, HeadToHeadState, needs_judge, pair_answers
 from rlaif.evaluation.report import ANSWERS_FILE, EvalReport, Sample, load_report
 from rlaif.peak_memory import records_peak_rss
@@ -401,8 +400,7 @@ def run_head_to_head(rt: Runtime, a: str, b: str, progress: bool = False) -> Hea
     a result already done for these two evaluations is returned as it is (a redelivered message)."""
     # Imported here, as the stage modules are (stage_module): torch loads when a task judges, not when a worker starts.
     from rlaif.evaluation.compare import judge_head_to_head
-    from rlaif.judging.endpoint import EndpointScorer
-    from rlaif.modeling import load_causal_lm, load_tokenizer
+    from rlaif.judging.judge import cached_judge
     from rlaif.stages.judge import judge_generator
 
     store = rt.store
@@ -430,11 +428,8 @@ def run_head_to_head(rt: Runtime, a: str, b: str, progress: bool = False) -> Hea
     judge, tokenizer, generator = None, None, None
     if needs_judge(pairs):
         log.info("head to head %s vs %s: %d shared prompts, judge %s", a, b, len(pairs.prompts), judge_name)
-        if is_endpoint(judge_name):  # (its requests are cached and counted next to the result)
-            judge = EndpointScorer(judge_name, stage_dir=store.stage_dir(a, head_to_head.FOLDER))
-            tokenizer = judge.tokenizer
-        else:
-            judge, tokenizer = load_causal_lm(judge_name, dtype=cfg.judge.dtype), load_tokenizer(judge_name)
+        # The judge stage's loader: in process, or the endpoint with its cache and usage next to the result.
+        judge, tokenizer = cached_judge(judge_name, cfg.judge.dtype, stage_dir=store.stage_dir(a, head_to_head.FOLDER))
         if cfg.judge.chain_of_thought:
             generator = judge_generator(judge, tokenizer, judge_name, cfg.generation.batch_size)
     axes = judge_head_to_head(pairs, judge, tokenizer, constitution, cfg, generator=generator, progress=progress)  # type: ignore[arg-type]

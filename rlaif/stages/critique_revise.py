@@ -186,7 +186,7 @@ def example_ngrams(shots: Conversation, n: int) -> set[tuple[str, ...]]:
     """The n-word runs of the few-shot turns the model wrote (answers, critiques, revisions), not the requests."""
     if n == 0:
         return set()
-    return set().union(set(), *(word_ngrams(m["content"], n) for m in shots if m["role"] == "assistant"))
+    return set().union(*(word_ngrams(m["content"], n) for m in shots if m["role"] == "assistant"))
 
 
 # A revision with these flags is never used as the final revision.
